@@ -1,0 +1,129 @@
+"""Private S3 buckets: the encrypted backups bucket and the load-balancer access-log bucket.
+
+Both get versioning, all four public-access blocks, owner-enforced object ownership, a
+policy refusing plain-HTTP requests and a lifecycle rule. The backups bucket is encrypted with
+the data key; the access-log bucket with S3-managed keys, the only encryption ALB log
+delivery supports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pulumi
+import pulumi_aws as aws
+
+from components.common import name_tag, policy_json, type_token
+
+BACKUP_PREFIX = "postgres/"
+ACCESS_LOG_PREFIX = "alb"
+
+
+@dataclass
+class PrivateBucketArgs:
+    purpose: str
+    # None means SSE-S3 (AES256); otherwise SSE-KMS with this key and an S3 bucket key.
+    kms_key_arn: Optional[pulumi.Input[str]]
+    expire_days: int
+    noncurrent_version_days: int
+    expire_prefix: str = ""
+    # Extra statements; "{bucket_arn}" in a Resource string is replaced by the bucket ARN.
+    extra_policy_statements: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+
+
+class PrivateBucket(pulumi.ComponentResource):
+    name: pulumi.Output[str]
+    arn: pulumi.Output[str]
+
+    def __init__(self, name: str, args: PrivateBucketArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__(type_token("storage", "PrivateBucket"), name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        bucket = aws.s3.Bucket(f"{name}-bucket", aws.s3.BucketArgs(
+            force_destroy=False, tags=name_tag(name, {"purpose": args.purpose})), child)
+        self.name = bucket.bucket
+        self.arn = bucket.arn
+
+        public_access = aws.s3.BucketPublicAccessBlock(f"{name}-public-access", aws.s3.BucketPublicAccessBlockArgs(
+            bucket=bucket.id, block_public_acls=True, block_public_policy=True,
+            ignore_public_acls=True, restrict_public_buckets=True), child)
+        aws.s3.BucketOwnershipControls(f"{name}-ownership", aws.s3.BucketOwnershipControlsArgs(
+            bucket=bucket.id, rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced")), child)
+        versioning = aws.s3.BucketVersioning(f"{name}-versioning", aws.s3.BucketVersioningInitArgs(
+            bucket=bucket.id, versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(
+                status="Enabled")), child)
+        if args.kms_key_arn is not None:
+            default = aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                sse_algorithm="aws:kms", kms_master_key_id=args.kms_key_arn)
+        else:
+            default = aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                sse_algorithm="AES256")
+        aws.s3.BucketServerSideEncryptionConfiguration(f"{name}-encryption", aws.s3.BucketServerSideEncryptionConfigurationInitArgs(
+            bucket=bucket.id, rules=[aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                apply_server_side_encryption_by_default=default,
+                bucket_key_enabled=args.kms_key_arn is not None)]), child)
+
+        aws.s3.BucketLifecycleConfiguration(f"{name}-lifecycle", aws.s3.BucketLifecycleConfigurationArgs(
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketLifecycleConfigurationRuleArgs(
+                    id="expire-current-objects", status="Enabled",
+                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=args.expire_prefix),
+                    expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(days=args.expire_days)),
+                aws.s3.BucketLifecycleConfigurationRuleArgs(
+                    id="expire-old-versions", status="Enabled",
+                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+                    noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                        noncurrent_days=args.noncurrent_version_days),
+                    expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(expired_object_delete_marker=True)),
+                aws.s3.BucketLifecycleConfigurationRuleArgs(
+                    # An interrupted multipart upload must not linger as hidden, billed parts.
+                    id="abort-incomplete-uploads", status="Enabled",
+                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+                    abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                        days_after_initiation=1)),
+            ]), pulumi.ResourceOptions(parent=self, depends_on=[versioning]))
+
+        statements: list[Mapping[str, Any]] = [{
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [bucket.arn, pulumi.Output.concat(bucket.arn, "/*")],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }]
+        if args.kms_key_arn is not None:
+            statements.append({
+                "Sid": "DenyObjectsNotEncryptedWithKms",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:PutObject",
+                "Resource": pulumi.Output.concat(bucket.arn, "/*"),
+                "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}},
+            })
+        for statement in args.extra_policy_statements:
+            resolved = dict(statement)
+            resource = resolved.get("Resource")
+            if isinstance(resource, str) and "{bucket_arn}" in resource:
+                resolved["Resource"] = pulumi.Output.format(resource.replace("{bucket_arn}", "{0}"), bucket.arn)
+            statements.append(resolved)
+        aws.s3.BucketPolicy(f"{name}-policy", aws.s3.BucketPolicyArgs(
+            bucket=bucket.id, policy=policy_json(statements)),
+            # A policy put before the public-access block could be judged public and refused.
+            pulumi.ResourceOptions(parent=self, depends_on=[public_access]))
+
+        self.register_outputs({"name": self.name, "arn": self.arn})
+
+
+def access_log_delivery_statements(account_id: str, elb_account_arn: pulumi.Input[str]) -> list[dict[str, Any]]:
+    """What ALB access-log delivery needs: the region's ELB account (regions older than
+    August 2022, such as eu-central-1) and the log-delivery service principal (newer ones)."""
+    target = "{bucket_arn}/" + f"{ACCESS_LOG_PREFIX}/AWSLogs/{account_id}/*"
+    return [
+        {"Sid": "ElbAccountWritesAccessLogs", "Effect": "Allow", "Principal": {"AWS": elb_account_arn},
+         "Action": "s3:PutObject", "Resource": target},
+        {"Sid": "LogDeliveryWritesAccessLogs", "Effect": "Allow",
+         "Principal": {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"},
+         "Action": "s3:PutObject", "Resource": target},
+    ]

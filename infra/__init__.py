@@ -1,0 +1,1 @@
+"""The Pulumi program: typed configuration, wiring of components, and the mock engine."""

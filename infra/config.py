@@ -1,0 +1,484 @@
+"""Typed, validated stack configuration.
+
+`load_stack_config()` reads every project key declared in Pulumi.yaml from `pulumi.Config`,
+parses it into one frozen `StackConfig` and checks every rule before the program registers a
+single resource. All problems are collected and reported together, one line each, naming the
+key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+import pulumi
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROJECT = "psychology-api"
+
+# CloudWatch Logs accepts only these retention periods.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
+                      1827, 2192, 2557, 2922, 3288, 3653)
+# Application Load Balancer policies that offer TLS 1.3 and keep TLS 1.2 as the minimum
+# (spec 3.4.1). Policies allowing TLS 1.0/1.1 are deliberately absent.
+TLS13_POLICIES = (
+    "ELBSecurityPolicy-TLS13-1-2-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-Res-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-Ext1-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-Ext2-2021-06",
+    "ELBSecurityPolicy-TLS13-1-3-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-FIPS-2023-04",
+    "ELBSecurityPolicy-TLS13-1-3-FIPS-2023-04",
+)
+POSTGRES_MAJORS = (14, 15, 16, 17)
+REDIS_VERSIONS = ("7.0", "7.1")
+RDS_MONITORING_INTERVALS = (0, 1, 5, 10, 15, 30, 60)
+
+# Keys whose values are credentials: read with get_secret and refused when set in plain text.
+SECRET_KEYS = (
+    "paymentsShopId", "paymentsSecretKey", "telegramBotToken", "telegramChannelId",
+    "googleCalendarClientId", "googleCalendarClientSecret", "smtpPassword",
+    "alertWebhookUrl", "pagerdutyRoutingKey",
+)
+
+_INSTANCE_TYPE = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"
+
+
+def _allowed(text: str) -> Any:
+    return {"allowed": text}
+
+
+class StackConfig(BaseModel):
+    """Every non-secret setting of one stack. Attribute names are snake_case; each field's
+    alias is the camelCase key of Pulumi.yaml."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
+
+    region: str = Field(alias="aws:region", pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$",
+                        json_schema_extra=_allowed("an AWS region such as eu-central-1"))
+    environment: Literal["staging", "prod"] = Field(
+        json_schema_extra=_allowed("'staging' or 'prod'"))
+
+    vpc_cidr: str = Field(alias="vpcCidr", json_schema_extra=_allowed(
+        "an IPv4 network such as 10.20.0.0/16, prefix /16 to /28"))
+    az_count: int = Field(alias="azCount", ge=2, le=6, json_schema_extra=_allowed(
+        "an integer from 2 to 6 (prod at least 3)"))
+    public_subnet_cidrs: tuple[str, ...] = Field(alias="publicSubnetCidrs",
+                                                 json_schema_extra=_allowed("a list of IPv4 CIDRs"))
+    private_subnet_cidrs: tuple[str, ...] = Field(alias="privateSubnetCidrs",
+                                                  json_schema_extra=_allowed("a list of IPv4 CIDRs"))
+    database_subnet_cidrs: tuple[str, ...] = Field(alias="databaseSubnetCidrs",
+                                                   json_schema_extra=_allowed("a list of IPv4 CIDRs"))
+    nat_gateway_per_az: bool = Field(alias="natGatewayPerAz",
+                                     json_schema_extra=_allowed("true or false"))
+    interface_endpoints: bool = Field(alias="interfaceEndpoints",
+                                      json_schema_extra=_allowed("true or false"))
+    flow_log_retention_days: int = Field(alias="flowLogRetentionDays", json_schema_extra=_allowed(
+        "one of " + ", ".join(map(str, LOG_RETENTION_DAYS))))
+
+    admin_cidrs: tuple[str, ...] = Field(alias="adminCidrs", json_schema_extra=_allowed(
+        "a list of IPv4/IPv6 networks, never 0.0.0.0/0 or ::/0"))
+    ssh_cidrs: tuple[str, ...] = Field(alias="sshCidrs", json_schema_extra=_allowed(
+        "a list of IPv4/IPv6 networks, never 0.0.0.0/0 or ::/0"))
+
+    kms_deletion_window_days: int = Field(alias="kmsDeletionWindowDays", ge=7, le=30,
+                                          json_schema_extra=_allowed("an integer from 7 to 30"))
+    backup_retention_days: int = Field(alias="backupRetentionDays", ge=1, le=3650,
+                                       json_schema_extra=_allowed("an integer from 1 to 3650"))
+    backup_noncurrent_version_days: int = Field(alias="backupNoncurrentVersionDays", ge=1, le=365,
+                                                json_schema_extra=_allowed("an integer from 1 to 365"))
+    access_log_retention_days: int = Field(alias="accessLogRetentionDays", ge=1, le=3650,
+                                           json_schema_extra=_allowed("an integer from 1 to 3650"))
+
+    secret_rotation_days: int = Field(alias="secretRotationDays", ge=1, le=1000,
+                                      json_schema_extra=_allowed("an integer from 1 to 1000"))
+    secret_recovery_window_days: int = Field(alias="secretRecoveryWindowDays", ge=7, le=30,
+                                             json_schema_extra=_allowed("an integer from 7 to 30"))
+    smtp_host: str = Field(alias="smtpHost", pattern=r"^$|^[A-Za-z0-9.-]+$",
+                           json_schema_extra=_allowed("a host name, or empty"))
+    smtp_port: int = Field(alias="smtpPort", json_schema_extra=_allowed("587 or 25 (or 465)"))
+    smtp_user: str = Field(alias="smtpUser", json_schema_extra=_allowed("a user name, or empty"))
+    email_from: str = Field(alias="emailFrom", pattern=r"^$|^[^@\s]+@[^@\s]+\.[^@\s]+$",
+                            json_schema_extra=_allowed("an e-mail address, or empty"))
+
+    domain_name: str = Field(alias="domainName",
+                             pattern=r"^$|^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$", max_length=253,
+                             json_schema_extra=_allowed("a lower-case DNS name such as api.example.com, or empty"))
+    hosted_zone_id: str = Field(alias="hostedZoneId", pattern=r"^$|^Z[A-Z0-9]{1,31}$",
+                                json_schema_extra=_allowed("a Route 53 hosted zone id such as Z0123456789ABC, or empty"))
+    certificate_arn: str = Field(
+        alias="certificateArn",
+        pattern=r"^$|^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$",
+        json_schema_extra=_allowed("an ACM certificate ARN, or empty"))
+    allow_http_only: bool = Field(alias="allowHttpOnly", json_schema_extra=_allowed(
+        "true only when environment is staging"))
+    ssl_policy: str = Field(alias="sslPolicy", json_schema_extra=_allowed(
+        "one of " + ", ".join(TLS13_POLICIES)))
+    maintenance: bool = Field(json_schema_extra=_allowed("true or false"))
+    deletion_protection: bool = Field(alias="deletionProtection", json_schema_extra=_allowed(
+        "true or false (true in prod)"))
+    health_check_path: str = Field(alias="healthCheckPath", pattern=r"^/[A-Za-z0-9._~/-]*$",
+                                   max_length=1024,
+                                   json_schema_extra=_allowed("an absolute URL path such as /health/"))
+    app_port: int = Field(alias="appPort", ge=1, le=65535, json_schema_extra=_allowed(
+        "a TCP port from 1 to 65535 other than 22"))
+
+    api_instance_type: str = Field(alias="apiInstanceType", pattern=_INSTANCE_TYPE,
+                                   json_schema_extra=_allowed("an EC2 instance type such as c6i.xlarge"))
+    api_min_size: int = Field(alias="apiMinSize", ge=1, le=100, json_schema_extra=_allowed(
+        "an integer from 1 to 100 (prod at least 2)"))
+    api_max_size: int = Field(alias="apiMaxSize", ge=1, le=100, json_schema_extra=_allowed(
+        "an integer from 1 to 100, at least apiMinSize"))
+    api_desired_capacity: int = Field(alias="apiDesiredCapacity", ge=1, le=100,
+                                      json_schema_extra=_allowed("an integer between apiMinSize and apiMaxSize"))
+    api_root_volume_gb: int = Field(alias="apiRootVolumeGb", ge=20, le=16384,
+                                    json_schema_extra=_allowed("an integer from 20 to 16384"))
+    api_cpu_target_percent: int = Field(alias="apiCpuTargetPercent", ge=10, le=90,
+                                        json_schema_extra=_allowed("an integer from 10 to 90"))
+    app_artifact_url: str = Field(alias="appArtifactUrl",
+                                  pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S*\{version\}\S*$",
+                                  json_schema_extra=_allowed(
+                                      "an s3://bucket/key URL containing '{version}'"))
+    app_version: str = Field(alias="appVersion", pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$",
+                             json_schema_extra=_allowed("a release name such as 1.4.2 (letters, digits, . _ + -)"))
+
+    db_engine_version: str = Field(alias="dbEngineVersion", pattern=r"^\d+(\.\d+)?$",
+                                   json_schema_extra=_allowed(
+                                       "a PostgreSQL version with major " + ", ".join(map(str, POSTGRES_MAJORS))
+                                       + " such as 16 or 16.8"))
+    db_instance_class: str = Field(alias="dbInstanceClass", pattern=r"^db\.[a-z0-9]+\.[a-z0-9]+$",
+                                   json_schema_extra=_allowed("an RDS instance class such as db.m6g.xlarge"))
+    db_allocated_storage_gb: int = Field(alias="dbAllocatedStorageGb", ge=20, le=65536,
+                                         json_schema_extra=_allowed("an integer from 20 to 65536"))
+    db_max_allocated_storage_gb: int = Field(alias="dbMaxAllocatedStorageGb", ge=20, le=65536,
+                                             json_schema_extra=_allowed(
+                                                 "an integer from 20 to 65536, at least dbAllocatedStorageGb"))
+    db_multi_az: bool = Field(alias="dbMultiAz", json_schema_extra=_allowed("true or false"))
+    db_backup_retention_days: int = Field(alias="dbBackupRetentionDays", ge=1, le=35,
+                                          json_schema_extra=_allowed("an integer from 1 to 35"))
+    db_name: str = Field(alias="dbName", pattern=r"^[a-z][a-z0-9_]{0,62}$",
+                         json_schema_extra=_allowed("a lower-case identifier (letters, digits, _), at most 63"))
+    db_performance_insights_retention_days: int = Field(
+        alias="dbPerformanceInsightsRetentionDays",
+        json_schema_extra=_allowed("7, 731, or a multiple of 31 up to 713"))
+    db_monitoring_interval_seconds: int = Field(alias="dbMonitoringIntervalSeconds",
+                                                json_schema_extra=_allowed(
+                                                    "one of " + ", ".join(map(str, RDS_MONITORING_INTERVALS))))
+
+    redis_engine_version: str = Field(alias="redisEngineVersion", json_schema_extra=_allowed(
+        "one of " + ", ".join(REDIS_VERSIONS)))
+    redis_node_type: str = Field(alias="redisNodeType", pattern=r"^cache\.[a-z0-9]+\.[a-z0-9]+$",
+                                 json_schema_extra=_allowed("an ElastiCache node type such as cache.m6g.large"))
+    redis_num_nodes: int = Field(alias="redisNumNodes", ge=1, le=6, json_schema_extra=_allowed(
+        "an integer from 1 to 6 (prod at least 2)"))
+    redis_snapshot_retention_days: int = Field(alias="redisSnapshotRetentionDays", ge=1, le=35,
+                                               json_schema_extra=_allowed("an integer from 1 to 35"))
+
+    release_steps: bool = Field(alias="releaseSteps", json_schema_extra=_allowed("true or false"))
+    pre_migration_snapshot: bool = Field(alias="preMigrationSnapshot",
+                                         json_schema_extra=_allowed("true or false"))
+
+    monitoring_instance_type: str = Field(alias="monitoringInstanceType", pattern=_INSTANCE_TYPE,
+                                          json_schema_extra=_allowed("an EC2 instance type such as t3.large"))
+    monitoring_volume_gb: int = Field(alias="monitoringVolumeGb", ge=20, le=16384,
+                                      json_schema_extra=_allowed("an integer from 20 to 16384"))
+    alarm_email: str = Field(alias="alarmEmail", pattern=r"^$|^[^@\s]+@[^@\s]+\.[^@\s]+$",
+                             json_schema_extra=_allowed("an e-mail address, or empty"))
+    backup_schedule: str = Field(alias="backupSchedule", pattern=r"^[\w*,:./ -]+$",
+                                 json_schema_extra=_allowed("a systemd OnCalendar expression"))
+    restore_drill_schedule: str = Field(alias="restoreDrillSchedule", pattern=r"^[\w*,:./ -]+$",
+                                        json_schema_extra=_allowed("a systemd OnCalendar expression"))
+
+    # --- derived values ------------------------------------------------------------
+    @property
+    def is_prod(self) -> bool:
+        return self.environment == "prod"
+
+    @property
+    def db_major_version(self) -> int:
+        return int(self.db_engine_version.split(".")[0])
+
+    @property
+    def db_parameter_group_family(self) -> str:
+        return f"postgres{self.db_major_version}"
+
+    @property
+    def redis_parameter_group_family(self) -> str:
+        return "redis7"
+
+    @property
+    def https_enabled(self) -> bool:
+        return bool(self.certificate_arn or (self.domain_name and self.hosted_zone_id))
+
+    @property
+    def app_artifact(self) -> str:
+        return self.app_artifact_url.replace("{version}", self.app_version)
+
+    @property
+    def app_artifact_bucket(self) -> str:
+        return self.app_artifact_url.removeprefix("s3://").split("/", 1)[0]
+
+    @property
+    def nat_gateway_count(self) -> int:
+        return self.az_count if self.nat_gateway_per_az else 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    value: Any
+    allowed: str
+
+    def __str__(self) -> str:
+        shown = json.dumps(value_for_display(self.value))
+        return f"{self.key} = {shown} is not allowed: {self.allowed}"
+
+
+def value_for_display(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+class ConfigError(Exception):
+    """Raised before any resource exists. Each line of str(error) is one problem."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(f"invalid configuration: {p}" for p in problems))
+
+
+def full_key(alias: str) -> str:
+    return alias if ":" in alias else f"{PROJECT}:{alias}"
+
+
+def _allowed_text(field_name: str) -> str:
+    info = StackConfig.model_fields[field_name]
+    extra = info.json_schema_extra
+    if isinstance(extra, dict) and "allowed" in extra:
+        return str(extra["allowed"])
+    return "a valid value"
+
+
+def _alias_to_field() -> dict[str, str]:
+    return {(info.alias or name): name for name, info in StackConfig.model_fields.items()}
+
+
+def parse_stack_config(raw: dict[str, Any]) -> StackConfig:
+    """Build the config from raw values keyed by Pulumi.yaml key, and check every rule."""
+    problems: list[Problem] = []
+    by_alias = _alias_to_field()
+    for key in raw:
+        if key not in by_alias:
+            problems.append(Problem(full_key(key), raw[key], "a key declared in Pulumi.yaml"))
+    for alias in by_alias:
+        if raw.get(alias) is None:
+            problems.append(Problem(full_key(alias), None, "a value (the key is required)"))
+    if problems:
+        raise ConfigError(problems)
+    try:
+        cfg = StackConfig.model_validate(raw)
+    except ValidationError as err:
+        for e in err.errors():
+            alias = str(e["loc"][0]) if e["loc"] else ""
+            name = by_alias.get(alias, alias)
+            problems.append(Problem(full_key(alias), raw.get(alias, e.get("input")),
+                                    _allowed_text(name) if name in StackConfig.model_fields else e["msg"]))
+        raise ConfigError(_dedupe(problems)) from None
+    problems.extend(check_rules(cfg))
+    if problems:
+        raise ConfigError(_dedupe(problems))
+    return cfg
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: set[str] = set()
+    out = []
+    for p in problems:
+        if p.key not in seen:
+            seen.add(p.key)
+            out.append(p)
+    return out
+
+
+# --- rules that span several keys or need more than a type check -----------------------
+
+def _network(text: str, version: Optional[int] = 4) -> Optional[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        return None
+    if version is not None and net.version != version:
+        return None
+    return net
+
+
+def check_rules(cfg: StackConfig) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def bad(alias: str, value: Any, allowed: str) -> None:
+        problems.append(Problem(full_key(alias), value, allowed))
+
+    vpc = _network(cfg.vpc_cidr)
+    if vpc is None or not 16 <= vpc.prefixlen <= 28:
+        bad("vpcCidr", cfg.vpc_cidr, _allowed_text("vpc_cidr"))
+    elif not vpc.is_private:
+        bad("vpcCidr", cfg.vpc_cidr, "a private (RFC 1918) IPv4 network such as 10.20.0.0/16")
+
+    if cfg.is_prod and cfg.az_count < 3:
+        bad("azCount", cfg.az_count, "at least 3 when environment is prod")
+
+    placed: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+    for alias, cidrs, min_hosts in (
+        ("publicSubnetCidrs", cfg.public_subnet_cidrs, 16),
+        # The application tier holds the API hosts at their maximum, the monitoring host,
+        # Lambda ENIs and interface endpoint ENIs: ask for at least a /24 per AZ.
+        ("privateSubnetCidrs", cfg.private_subnet_cidrs, 256),
+        ("databaseSubnetCidrs", cfg.database_subnet_cidrs, 16),
+    ):
+        if len(cidrs) != cfg.az_count:
+            bad(alias, cidrs, f"exactly one CIDR per AZ: {cfg.az_count} entries (azCount)")
+            continue
+        for cidr in cidrs:
+            net = _network(cidr)
+            if net is None:
+                bad(alias, cidrs, f"IPv4 networks in CIDR form; {cidr!r} is not one")
+                break
+            if not 16 <= net.prefixlen <= 28:
+                bad(alias, cidrs, f"subnet prefixes from /16 to /28; {cidr} is /{net.prefixlen}")
+                break
+            if net.num_addresses < min_hosts:
+                bad(alias, cidrs, f"subnets of at least {min_hosts} addresses for this tier; {cidr} has {net.num_addresses}")
+                break
+            if vpc is not None and not net.subnet_of(vpc):  # type: ignore[arg-type]
+                bad(alias, cidrs, f"subnets inside vpcCidr {cfg.vpc_cidr}; {cidr} is outside it")
+                break
+            clash = next((other for other, onet in placed if onet.overlaps(net)), None)
+            if clash is not None:
+                bad(alias, cidrs, f"non-overlapping subnets; {cidr} overlaps {clash}")
+                break
+            placed.append((cidr, net))
+
+    for alias, cidrs in (("adminCidrs", cfg.admin_cidrs), ("sshCidrs", cfg.ssh_cidrs)):
+        for cidr in cidrs:
+            net = _network(cidr, version=None)
+            if net is None:
+                bad(alias, cidrs, f"IPv4 or IPv6 networks in CIDR form (no host bits); {cidr!r} is not one")
+                break
+            if net.prefixlen == 0:
+                bad(alias, cidrs, f"specific networks; {cidr} opens the port to the whole internet")
+                break
+
+    if cfg.flow_log_retention_days not in LOG_RETENTION_DAYS:
+        bad("flowLogRetentionDays", cfg.flow_log_retention_days, _allowed_text("flow_log_retention_days"))
+
+    if cfg.smtp_port not in (25, 465, 587):
+        bad("smtpPort", cfg.smtp_port, _allowed_text("smtp_port"))
+
+    if cfg.allow_http_only and cfg.is_prod:
+        bad("allowHttpOnly", cfg.allow_http_only, "false when environment is prod: prod serves HTTPS only")
+    if cfg.domain_name and not cfg.hosted_zone_id and not cfg.certificate_arn:
+        bad("hostedZoneId", cfg.hosted_zone_id,
+            "the Route 53 zone of domainName (or set certificateArn) so the certificate can be validated")
+    if not cfg.https_enabled and not cfg.allow_http_only:
+        bad("certificateArn", cfg.certificate_arn,
+            "an ACM certificate ARN, or domainName + hostedZoneId"
+            + ("" if cfg.is_prod else ", or allowHttpOnly true (staging only)"))
+    if cfg.ssl_policy not in TLS13_POLICIES:
+        bad("sslPolicy", cfg.ssl_policy, _allowed_text("ssl_policy"))
+    if cfg.is_prod and not cfg.deletion_protection:
+        bad("deletionProtection", cfg.deletion_protection, "true when environment is prod")
+    if cfg.app_port == 22:
+        bad("appPort", cfg.app_port, _allowed_text("app_port"))
+
+    if cfg.is_prod and cfg.api_min_size < 2:
+        bad("apiMinSize", cfg.api_min_size, "at least 2 when environment is prod (two hosts for availability)")
+    if cfg.api_max_size < cfg.api_min_size:
+        bad("apiMaxSize", cfg.api_max_size, f"at least apiMinSize ({cfg.api_min_size})")
+    if not cfg.api_min_size <= cfg.api_desired_capacity <= cfg.api_max_size:
+        bad("apiDesiredCapacity", cfg.api_desired_capacity,
+            f"between apiMinSize ({cfg.api_min_size}) and apiMaxSize ({cfg.api_max_size})")
+
+    if cfg.db_major_version not in POSTGRES_MAJORS:
+        bad("dbEngineVersion", cfg.db_engine_version, _allowed_text("db_engine_version"))
+    if cfg.db_max_allocated_storage_gb < cfg.db_allocated_storage_gb:
+        bad("dbMaxAllocatedStorageGb", cfg.db_max_allocated_storage_gb,
+            f"at least dbAllocatedStorageGb ({cfg.db_allocated_storage_gb})")
+    pi = cfg.db_performance_insights_retention_days
+    if not (pi in (7, 731) or (pi % 31 == 0 and 31 <= pi <= 713)):
+        bad("dbPerformanceInsightsRetentionDays", pi, _allowed_text("db_performance_insights_retention_days"))
+    if cfg.db_monitoring_interval_seconds not in RDS_MONITORING_INTERVALS:
+        bad("dbMonitoringIntervalSeconds", cfg.db_monitoring_interval_seconds,
+            _allowed_text("db_monitoring_interval_seconds"))
+    if cfg.is_prod and not cfg.db_multi_az:
+        bad("dbMultiAz", cfg.db_multi_az, "true when environment is prod")
+
+    if cfg.redis_engine_version not in REDIS_VERSIONS:
+        bad("redisEngineVersion", cfg.redis_engine_version, _allowed_text("redis_engine_version"))
+    if cfg.is_prod and cfg.redis_num_nodes < 2:
+        bad("redisNumNodes", cfg.redis_num_nodes, "at least 2 when environment is prod (automatic failover)")
+    return problems
+
+
+# --- reading from pulumi.Config ------------------------------------------------------
+
+_ARRAY_KEYS = {alias for alias, name in _alias_to_field().items()
+               if StackConfig.model_fields[name].annotation == tuple[str, ...]}
+
+
+@dataclass(frozen=True)
+class SecretSettings:
+    """Credentials from secret config: None when not set, else a secret Output."""
+
+    values: dict[str, Optional[pulumi.Output[str]]]
+
+    def get(self, key: str) -> Optional[pulumi.Output[str]]:
+        return self.values.get(key)
+
+
+def _read_raw(config: pulumi.Config, aws_config: pulumi.Config) -> dict[str, Any]:
+    raw: dict[str, Any] = {"aws:region": aws_config.get("region")}
+    for alias in _alias_to_field():
+        if alias == "aws:region":
+            continue
+        text = config.get(alias)
+        if text is None:
+            continue
+        value: Any = text
+        if alias in _ARRAY_KEYS:
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text  # left as the raw string: the type check names the key
+            if isinstance(value, list):
+                value = tuple(value)
+        raw[alias] = value
+    return raw
+
+
+def load_stack_config() -> tuple[StackConfig, SecretSettings]:
+    """Read and validate the stack's configuration. Raises ConfigError; registers nothing."""
+    config = pulumi.Config(PROJECT)
+    cfg_or_error: Optional[StackConfig] = None
+    problems: list[Problem] = []
+    try:
+        cfg_or_error = parse_stack_config(_read_raw(config, pulumi.Config("aws")))
+    except ConfigError as err:
+        problems.extend(err.problems)
+
+    secrets: dict[str, Optional[pulumi.Output[str]]] = {}
+    for key in SECRET_KEYS:
+        plain = config.get(key)
+        if not plain:
+            secrets[key] = None
+            continue
+        if not pulumi.runtime.is_config_secret(full_key(key)):
+            problems.append(Problem(full_key(key), "[not shown]",
+                                    f"a secret value: set it with `pulumi config set --secret {key} ...`"))
+            continue
+        secrets[key] = config.require_secret(key)
+    if problems or cfg_or_error is None:
+        raise ConfigError(problems)
+    return cfg_or_error, SecretSettings(secrets)

@@ -1,0 +1,119 @@
+"""Wiring only: validated configuration in, components connected by their outputs, the output
+contract that CI reads exported. No resource is declared here except the AWS provider."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+
+from components.encryption import DataKey, DataKeyArgs
+from components.network import Network, NetworkArgs
+from components.secrets import AppSecrets, AppSecretsArgs
+from components.security import SecurityGroups, SecurityGroupsArgs
+from components.storage import (
+    ACCESS_LOG_PREFIX,
+    BACKUP_PREFIX,
+    PrivateBucket,
+    PrivateBucketArgs,
+    access_log_delivery_statements,
+)
+from infra.config import PROJECT, ConfigError, Problem, full_key, load_stack_config
+
+
+def default_tags(environment: str) -> dict[str, str]:
+    return {"project": PROJECT, "stack": pulumi.get_stack(), "managed-by": "pulumi", "environment": environment}
+
+
+def main() -> None:
+    # Validation comes first: on bad input nothing at all is registered.
+    cfg, secrets = load_stack_config()
+
+    provider = aws.Provider("aws", aws.ProviderArgs(
+        region=cfg.region,
+        default_tags=aws.ProviderDefaultTagsArgs(tags=default_tags(cfg.environment)),
+    ))
+    opts = pulumi.ResourceOptions(providers={"aws": provider})
+    invoke = pulumi.InvokeOptions(provider=provider)
+
+    zones = aws.get_availability_zones(
+        state="available",
+        filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])],
+        opts=invoke)
+    if len(zones.names) < cfg.az_count:
+        raise ConfigError([Problem(full_key("azCount"), cfg.az_count,
+                                   f"at most {len(zones.names)}, the AZs available in {cfg.region}")])
+    azs = list(zones.names[: cfg.az_count])
+    account_id = aws.get_caller_identity(opts=invoke).account_id
+    elb_account = aws.elb.get_service_account(opts=invoke)
+
+    data_key = DataKey("data", DataKeyArgs(
+        account_id=account_id, region=cfg.region, deletion_window_days=cfg.kms_deletion_window_days), opts)
+
+    network = Network("network", NetworkArgs(
+        vpc_cidr=cfg.vpc_cidr,
+        availability_zones=azs,
+        public_subnet_cidrs=cfg.public_subnet_cidrs,
+        private_subnet_cidrs=cfg.private_subnet_cidrs,
+        database_subnet_cidrs=cfg.database_subnet_cidrs,
+        nat_gateway_per_az=cfg.nat_gateway_per_az,
+        interface_endpoints=cfg.interface_endpoints,
+        flow_log_retention_days=cfg.flow_log_retention_days,
+        flow_log_kms_key_arn=data_key.arn,
+        region=cfg.region,
+        account_id=account_id,
+    ), opts)
+
+    security = SecurityGroups("sg", SecurityGroupsArgs(
+        vpc_id=network.vpc_id,
+        vpc_cidr=cfg.vpc_cidr,
+        app_port=cfg.app_port,
+        admin_cidrs=cfg.admin_cidrs,
+        ssh_cidrs=cfg.ssh_cidrs,
+    ), opts)
+
+    backups = PrivateBucket("backups", PrivateBucketArgs(
+        purpose="database-backups",
+        kms_key_arn=data_key.arn,
+        expire_prefix=BACKUP_PREFIX,
+        expire_days=cfg.backup_retention_days,
+        noncurrent_version_days=cfg.backup_noncurrent_version_days,
+    ), opts)
+    access_logs = PrivateBucket("access-logs", PrivateBucketArgs(
+        purpose="load-balancer-access-logs",
+        kms_key_arn=None,
+        expire_prefix=f"{ACCESS_LOG_PREFIX}/",
+        expire_days=cfg.access_log_retention_days,
+        noncurrent_version_days=cfg.backup_noncurrent_version_days,
+        extra_policy_statements=access_log_delivery_statements(account_id, elb_account.arn),
+    ), opts)
+
+    app_secrets = AppSecrets("secrets", AppSecretsArgs(
+        kms_key_arn=data_key.arn,
+        recovery_window_days=cfg.secret_recovery_window_days,
+        integration_values=secrets.values,
+        smtp_settings={k: v for k, v in {
+            "EMAIL_HOST": cfg.smtp_host, "EMAIL_PORT": str(cfg.smtp_port) if cfg.smtp_host else "",
+            "EMAIL_HOST_USER": cfg.smtp_user, "DEFAULT_FROM_EMAIL": cfg.email_from}.items() if v},
+    ), opts)
+
+    security_group_ids = dict(security.ids)
+    if network.endpoint_security_group_id is not None:
+        security_group_ids["endpoints"] = network.endpoint_security_group_id
+
+    # --- the output contract (README: "Stack outputs") -------------------------------
+    pulumi.export("environment", cfg.environment)
+    pulumi.export("region", cfg.region)
+    pulumi.export("availability_zones", azs)
+    pulumi.export("vpc_id", network.vpc_id)
+    pulumi.export("vpc_cidr", cfg.vpc_cidr)
+    pulumi.export("public_subnet_ids", network.public_subnet_ids)
+    pulumi.export("private_subnet_ids", network.private_subnet_ids)
+    pulumi.export("database_subnet_ids", network.database_subnet_ids)
+    pulumi.export("nat_public_ips", network.nat_public_ips)
+    pulumi.export("security_group_ids", security_group_ids)
+    pulumi.export("kms_key_arn", data_key.arn)
+    pulumi.export("backup_bucket_name", backups.name)
+    pulumi.export("access_log_bucket_name", access_logs.name)
+    pulumi.export("flow_log_group_name", network.flow_log_group_name)
+    pulumi.export("app_secret_arn", app_secrets.app_secret_arn)
+    pulumi.export("integration_secret_arns", app_secrets.integration_secret_arns)

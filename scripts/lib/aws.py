@@ -1,0 +1,29 @@
+"""boto3 clients with one place for region, endpoint override (moto, LocalStack, VPC
+endpoints), timeouts and retries."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import boto3
+from botocore.config import Config
+
+DEFAULT_REGION = "eu-central-1"
+
+_CLIENT_CONFIG = Config(
+    connect_timeout=5,
+    read_timeout=60,
+    retries={"max_attempts": 5, "mode": "adaptive"},
+)
+
+
+def region_name(region: Optional[str] = None) -> str:
+    return region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+def client(service: str, *, region: Optional[str] = None, endpoint_url: Optional[str] = None) -> Any:
+    """A boto3 client. `endpoint_url` (or AWS_ENDPOINT_URL, which boto3 reads itself) points
+    it at moto's server in tests."""
+    return boto3.client(service, region_name=region_name(region), endpoint_url=endpoint_url or None,
+                        config=_CLIENT_CONFIG)

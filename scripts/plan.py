@@ -1,0 +1,95 @@
+"""Offline plan: what `pulumi up` would build, without AWS credentials or the Pulumi CLI.
+
+Runs the real program (infra.program) under Pulumi's mock engine with a stack's config file
+and prints every resource (type, logical name, parent, the inputs that matter), the stack
+outputs and a count per type. Exit codes: 0 planned, 2 invalid configuration, 1 other errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from infra.config import ConfigError
+from infra.mock_engine import Plan, PlannedResource, run_program
+from scripts.lib import cli
+
+_SKIPPED_INPUTS = {"tags", "tagsAll", "__defaults"}
+
+
+def _summary(inputs: dict[str, Any], limit: int = 8, width: int = 70) -> str:
+    parts = []
+    for key, value in inputs.items():
+        if key in _SKIPPED_INPUTS or value in (None, "", [], {}):
+            continue
+        if isinstance(value, (dict, list)):
+            text = json.dumps(value, separators=(",", ":"))
+        else:
+            text = str(value)
+        if len(text) > width:
+            text = text[: width - 3] + "..."
+        parts.append(f"{key}={text}")
+        if len(parts) == limit:
+            break
+    return " ".join(parts)
+
+
+def _print_human(plan: Plan) -> None:
+    out = sys.stdout
+    out.write(f"Plan for stack {plan.stack!r}: {len(plan.resources)} resources\n\n")
+    depth: dict[Optional[str], int] = {None: 0}
+    for r in plan.ordered():
+        level = depth.get(r.parent, 0)
+        if not r.custom:
+            depth[r.name] = level + 1
+        indent = "  " * level
+        line = f"{indent}+ {r.type}  {r.name}"
+        details = _summary(r.inputs)
+        out.write(line + ("\n" + indent + "      " + details if details else "") + "\n")
+    out.write("\nOutputs:\n")
+    for name, value in plan.outputs.items():
+        out.write(f"  {name}: {json.dumps(value)}\n")
+    out.write("\nResources per type:\n")
+    for type_token, count in plan.counts().items():
+        out.write(f"  {count:4d}  {type_token}\n")
+
+
+def _resource_dict(r: PlannedResource) -> dict[str, Any]:
+    return r.to_json()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.plan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stack", required=True, help="stack name: staging or prod (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("--config-file", type=Path, default=None,
+                        help="plan this stack file instead of Pulumi.<stack>.yaml")
+    cli.add_common_arguments(parser)
+    args = parser.parse_args(argv)
+
+    config_file = args.config_file
+    if config_file is not None and not config_file.is_file():
+        cli.fail(f"--config-file {config_file}: no such file", cli.EXIT_USAGE)
+    if config_file is None and not (Path(__file__).resolve().parent.parent / f"Pulumi.{args.stack}.yaml").is_file():
+        cli.fail(f"--stack {args.stack}: no Pulumi.{args.stack}.yaml in the project", cli.EXIT_USAGE)
+
+    try:
+        plan = run_program(args.stack, config_file=config_file)
+    except ConfigError as err:
+        for line in str(err).splitlines():
+            cli.console.print(line, markup=False, style="red")
+        return cli.EXIT_USAGE
+
+    if args.json:
+        cli.emit_json(plan.to_json())
+    else:
+        _print_human(plan)
+    cli.verdict(True, f"planned {len(plan.resources)} resources for stack {args.stack}")
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    cli.run(main)

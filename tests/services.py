@@ -1,0 +1,157 @@
+"""Real local services for the integration tests and the benchmarks.
+
+* PostgreSQL 15: a throw-away cluster in a temporary directory on a free port, with TLS and
+  scram-sha-256 password authentication over TCP (plain TCP is rejected), started as the
+  `postgres` user when we run as root (PostgreSQL refuses to run as root).
+* Redis: started by pytest-redis in the tests (see tests/integration/conftest.py).
+* AWS: moto's ThreadedMotoServer on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import quote
+
+PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pg_bin_dir() -> Path:
+    for candidate in PG_BIN_CANDIDATES:
+        if Path(candidate, "pg_ctl").exists():
+            return Path(candidate)
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    raise RuntimeError("PostgreSQL server binaries (pg_ctl) not found; install postgresql-15")
+
+
+@dataclass
+class PgServer:
+    host: str
+    port: int
+    superuser: str
+    password: str
+    data_dir: Path
+    bin_dir: Path
+
+    def dsn(self, dbname: str = "postgres", user: Optional[str] = None, password: Optional[str] = None,
+            sslmode: str = "require") -> str:
+        user = user or self.superuser
+        password = self.password if password is None else password
+        return (f"postgresql://{quote(user)}:{quote(password, safe='')}@{self.host}:{self.port}/{dbname}"
+                f"?sslmode={sslmode}")
+
+    def conninfo(self, dbname: str = "postgres") -> dict[str, object]:
+        return {"host": self.host, "port": self.port, "user": self.superuser, "password": self.password,
+                "dbname": dbname, "sslmode": "require"}
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+def _self_signed_cert(directory: Path) -> None:
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-keyout", str(directory / "server.key"), "-out", str(directory / "server.crt")],
+        check=True, capture_output=True)
+    os.chmod(directory / "server.key", 0o600)
+
+
+def start_postgres(extra_settings: Optional[dict[str, str]] = None) -> PgServer:
+    """initdb + pg_ctl start of a TLS-only, password-authenticated cluster."""
+    bin_dir = pg_bin_dir()
+    base = Path(tempfile.mkdtemp(prefix="pgtest-"))
+    data_dir = base / "data"
+    password = secrets.token_urlsafe(18)
+    pwfile = base / "pwfile"
+    pwfile.write_text(password + "\n")
+    if os.geteuid() == 0:
+        pg = pwd.getpwnam("postgres")
+        os.chown(base, pg.pw_uid, pg.pw_gid)
+        os.chown(pwfile, pg.pw_uid, pg.pw_gid)
+    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres",
+                                 "--pwfile", str(pwfile), "-A", "scram-sha-256", "--encoding", "UTF8",
+                                 "--locale", "C.UTF-8"]),
+                   check=True, capture_output=True)
+    _self_signed_cert(data_dir)
+    if os.geteuid() == 0:
+        pg = pwd.getpwnam("postgres")
+        for name in ("server.key", "server.crt"):
+            os.chown(data_dir / name, pg.pw_uid, pg.pw_gid)
+    # TLS is the only way in over TCP, as on RDS with rds.force_ssl=1.
+    (data_dir / "pg_hba.conf").write_text(
+        "local all all scram-sha-256\n"
+        "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+        "hostnossl all all 0.0.0.0/0 reject\n")
+    port = free_port()
+    settings = {
+        "port": str(port), "listen_addresses": "'127.0.0.1'", "unix_socket_directories": f"'{base}'",
+        "ssl": "on", "ssl_cert_file": "'server.crt'", "ssl_key_file": "'server.key'",
+        "shared_preload_libraries": "'pg_stat_statements'", "max_connections": "100",
+        "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+    }
+    settings.update(extra_settings or {})
+    with (data_dir / "postgresql.conf").open("a") as conf:
+        for key, value in settings.items():
+            conf.write(f"{key} = {value}\n")
+    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(base / "server.log"),
+                                 "-w", "-t", "60", "start"]), check=True, capture_output=True)
+    return PgServer(host="127.0.0.1", port=port, superuser="postgres", password=password,
+                    data_dir=data_dir, bin_dir=bin_dir)
+
+
+def stop_postgres(server: PgServer) -> None:
+    subprocess.run(_as_postgres([str(server.bin_dir / "pg_ctl"), "-D", str(server.data_dir), "-m", "immediate",
+                                 "-w", "stop"]), capture_output=True)
+    shutil.rmtree(server.data_dir.parent, ignore_errors=True)
+
+
+@dataclass
+class MotoServer:
+    endpoint_url: str
+    server: object
+
+    def reset(self) -> None:
+        import requests
+
+        requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10)
+
+
+def start_moto() -> MotoServer:
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "eu-central-1",
+                       "AWS_REGION": "eu-central-1"}.items():
+        os.environ[key] = value
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.05)
+    return MotoServer(endpoint_url=url, server=server)
