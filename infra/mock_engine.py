@@ -239,8 +239,8 @@ def _azs(mocks: PlanMocks, _: dict) -> dict:
 
 def _ami(mocks: PlanMocks, args: dict) -> dict:
     return {"id": "ami-0c1f2e3d4b5a69788", "imageId": "ami-0c1f2e3d4b5a69788", "architecture": "x86_64",
-            "name": "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20261104",
-            "ownerId": "099720109477", "rootDeviceName": "/dev/sda1", "mostRecent": True}
+            "name": "al2023-ami-2023.9.20261104.0-kernel-6.12-x86_64", "ownerId": "137112412989",
+            "rootDeviceName": "/dev/xvda", "mostRecent": True, "virtualizationType": "hvm"}
 
 
 _INVOKES: dict[str, Callable[[PlanMocks, dict], dict]] = {

@@ -1,0 +1,138 @@
+"""The one way scripts reach PostgreSQL: TLS required, short connect timeouts, credentials from
+a DSN or from Secrets Manager (RDS secret format), password never on a command line or in logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Optional
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from scripts.lib.cli import ScriptError, masker
+from scripts.lib.secrets import read_secret_json
+
+# libpq modes that would allow a plain-text connection are upgraded to `require`.
+_WEAK_SSLMODES = {"disable", "allow", "prefer", None}
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class DbTarget:
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str = ""
+    sslmode: str = "require"
+    sslrootcert: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        masker.add(self.password)
+
+    def with_dbname(self, dbname: str) -> DbTarget:
+        return replace(self, dbname=dbname)
+
+    def with_credentials(self, user: str, password: str) -> DbTarget:
+        return replace(self, user=user, password=password)
+
+    def conninfo(self, application_name: str = "psychology-api-ops") -> str:
+        params: dict[str, Any] = {
+            "host": self.host, "port": self.port, "dbname": self.dbname, "user": self.user,
+            "password": self.password or None, "sslmode": self.sslmode,
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": application_name,
+        }
+        if self.sslrootcert:
+            params["sslrootcert"] = self.sslrootcert
+        return make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+    def libpq_env(self) -> dict[str, str]:
+        """Environment for pg_dump / pg_restore / psql: the password travels in the child's
+        environment, never in its argv (visible in `ps`)."""
+        env = dict(os.environ)
+        env.update({"PGHOST": self.host, "PGPORT": str(self.port), "PGDATABASE": self.dbname,
+                    "PGUSER": self.user, "PGSSLMODE": self.sslmode,
+                    "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_SECONDS)})
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        if self.sslrootcert:
+            env["PGSSLROOTCERT"] = self.sslrootcert
+        return env
+
+    def describe(self) -> str:
+        """Safe to print: no password."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}?sslmode={self.sslmode}"
+
+
+def _strong_sslmode(mode: Optional[str]) -> str:
+    return "require" if mode in _WEAK_SSLMODES else str(mode)
+
+
+def target_from_dsn(dsn: str) -> DbTarget:
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as err:
+        raise ScriptError(f"--dsn is not a valid PostgreSQL connection string: {masker(str(err))}") from None
+    missing = [k for k in ("host", "dbname", "user") if not params.get(k)]
+    if missing:
+        raise ScriptError(f"--dsn lacks {', '.join(missing)}")
+    return DbTarget(host=str(params["host"]), port=int(params.get("port") or 5432), dbname=str(params["dbname"]),
+                    user=str(params["user"]), password=str(params.get("password") or ""),
+                    sslmode=_strong_sslmode(params.get("sslmode")),  # type: ignore[arg-type]
+                    sslrootcert=params.get("sslrootcert"))  # type: ignore[arg-type]
+
+
+def target_from_secret(secret_id: str, *, host: Optional[str] = None, port: Optional[int] = None,
+                       dbname: Optional[str] = None, stage: str = "AWSCURRENT",
+                       endpoint_url: Optional[str] = None, region: Optional[str] = None,
+                       client: Any = None) -> DbTarget:
+    """Credentials from a Secrets Manager secret in the RDS format ({username, password} and,
+    for application secrets, host/port/dbname). Explicit arguments win over the secret."""
+    doc = read_secret_json(secret_id, stage=stage, endpoint_url=endpoint_url, region=region, client=client)
+    try:
+        user, password = str(doc["username"]), str(doc["password"])
+    except KeyError:
+        raise ScriptError(f"secret {secret_id} lacks username/password") from None
+    masker.add(password)
+    resolved_host = host or doc.get("host")
+    resolved_db = dbname or doc.get("dbname")
+    if not resolved_host or not resolved_db:
+        raise ScriptError(f"secret {secret_id} has no host/dbname; pass --db-host and --db-name")
+    return DbTarget(host=str(resolved_host), port=int(port or doc.get("port") or 5432), dbname=str(resolved_db),
+                    user=user, password=password)
+
+
+def connect(target: DbTarget, *, autocommit: bool = False, application_name: str = "psychology-api-ops") -> psycopg.Connection:
+    try:
+        return psycopg.connect(target.conninfo(application_name), autocommit=autocommit)
+    except psycopg.OperationalError as err:
+        # libpq messages can echo connection parameters; mask before anyone prints them.
+        raise ScriptError(f"cannot connect to {target.describe()}: {masker(str(err)).strip().splitlines()[0]}") from None
+
+
+def add_target_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    group = parser.add_argument_group("database")
+    group.add_argument("--dsn", default=None,
+                       help="PostgreSQL connection string (TLS is enforced: sslmode below 'require' is raised to it)")
+    group.add_argument("--secret-id", default=None,
+                       help="read the credentials from this Secrets Manager secret instead of --dsn")
+    group.add_argument("--db-host", default=None, help="host, when the secret has none (the RDS master secret)")
+    group.add_argument("--db-port", type=int, default=None, help="port (default: the secret's, else 5432)")
+    group.add_argument("--db-name", default=None, help="database name, when the secret has none")
+    parser.set_defaults(_db_target_required=required)
+
+
+def target_from_args(args: argparse.Namespace) -> Optional[DbTarget]:
+    if args.dsn and args.secret_id:
+        raise ScriptError("give either --dsn or --secret-id, not both", 2)
+    if args.dsn:
+        return target_from_dsn(args.dsn)
+    if args.secret_id:
+        return target_from_secret(args.secret_id, host=args.db_host, port=args.db_port, dbname=args.db_name,
+                                  endpoint_url=getattr(args, "endpoint_url", None), region=getattr(args, "region", None))
+    if getattr(args, "_db_target_required", True):
+        raise ScriptError("a database is required: --dsn DSN or --secret-id ARN", 2)
+    return None
