@@ -332,7 +332,8 @@ def check_rules(cfg: StackConfig) -> list[Problem]:
 
     placed: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
     for alias, cidrs, min_hosts in (
-        ("publicSubnetCidrs", cfg.public_subnet_cidrs, 16),
+        # An application load balancer needs subnets of at least /27.
+        ("publicSubnetCidrs", cfg.public_subnet_cidrs, 32),
         # The application tier holds the API hosts at their maximum, the monitoring host,
         # Lambda ENIs and interface endpoint ENIs: ask for at least a /24 per AZ.
         ("privateSubnetCidrs", cfg.private_subnet_cidrs, 256),

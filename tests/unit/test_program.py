@@ -1,0 +1,105 @@
+"""The program as a whole: the output contract, the provider and its tags, names, the plan CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import yaml
+
+from infra.mock_engine import ROOT_DIR, Plan
+
+FOUNDATION_OUTPUTS = {
+    "vpc_id", "public_subnet_ids", "private_subnet_ids", "database_subnet_ids", "security_group_ids",
+    "kms_key_arn", "backup_bucket_name", "app_secret_arn",
+}
+
+
+def test_output_contract(plan: Plan) -> None:
+    assert FOUNDATION_OUTPUTS <= set(plan.outputs)
+    assert set(plan.outputs["security_group_ids"]) >= {"alb", "api", "database", "redis", "dbops", "monitoring"}
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", name) for name in plan.outputs)
+
+
+def test_every_aws_resource_uses_the_tagging_provider(plan: Plan) -> None:
+    provider = plan.one("pulumi:providers:aws")
+    assert provider.inputs["region"] == "eu-central-1"
+    tags = json.loads(provider.inputs["defaultTags"])["tags"] if isinstance(provider.inputs["defaultTags"], str) \
+        else provider.inputs["defaultTags"]["tags"]
+    assert tags == {"project": "psychology-api", "stack": plan.stack, "managed-by": "pulumi", "environment": plan.stack}
+    for resource in plan.resources:
+        if resource.custom and resource.type.startswith("aws:"):
+            assert resource.provider and resource.provider.startswith(provider.urn), resource.name
+
+
+def test_logical_names_are_unique(plan: Plan) -> None:
+    counts = Counter(r.name for r in plan.resources)
+    assert [name for name, n in counts.items() if n > 1] == []
+
+
+def test_children_are_parented_to_their_component(plan: Plan) -> None:
+    components = {r.name for r in plan.resources if not r.custom}
+    for resource in plan.resources:
+        if resource.custom and resource.type.startswith("aws:") and resource.type != "pulumi:providers:aws":
+            assert resource.parent in components, f"{resource.name} has no component parent"
+
+
+def test_the_plan_is_deterministic(plans: dict[str, Plan]) -> None:
+    from infra.mock_engine import run_program
+
+    again = run_program("staging")
+    assert json.dumps(again.to_json(), sort_keys=True) == json.dumps(plans["staging"].to_json(), sort_keys=True)
+
+
+def test_plan_cli_json_document() -> None:
+    result = subprocess.run([sys.executable, "-m", "scripts.plan", "--stack", "prod", "--json"], cwd=ROOT_DIR,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["stack"] == "prod" and doc["outputs"]["vpc_id"].startswith("vpc-")
+    first = doc["resources"][0]
+    assert set(first) >= {"type", "name", "id", "parent", "inputs"}
+    by_type = Counter(r["type"] for r in doc["resources"])
+    assert by_type["aws:ec2/natGateway:NatGateway"] == 3
+    assert len({r["inputs"]["availabilityZone"] for r in doc["resources"] if r["type"] == "aws:ec2/subnet:Subnet"}) == 3
+    # References can be followed: every subnet's vpcId is the VPC's id.
+    vpc_id = next(r["id"] for r in doc["resources"] if r["type"] == "aws:ec2/vpc:Vpc")
+    assert all(r["inputs"]["vpcId"] == vpc_id for r in doc["resources"] if r["type"] == "aws:ec2/subnet:Subnet")
+    assert doc["counts"] == dict(sorted(by_type.items()))
+    assert result.stderr.strip().splitlines()[-1].startswith("PASS: planned")
+
+
+def test_plan_cli_human_output_lists_resources_outputs_and_counts() -> None:
+    result = subprocess.run([sys.executable, "-m", "scripts.plan", "--stack", "staging"], cwd=ROOT_DIR,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "+ aws:ec2/vpc:Vpc  network-vpc" in result.stdout
+    assert "Outputs:" in result.stdout and "vpc_id:" in result.stdout
+    assert re.search(r"^\s+1\s+aws:ec2/natGateway:NatGateway$", result.stdout, re.M)
+
+
+def test_readme_documents_every_config_key_and_output(plans: dict[str, Plan]) -> None:
+    readme = (ROOT_DIR / "README.md").read_text()
+    project = yaml.safe_load((ROOT_DIR / "Pulumi.yaml").read_text())
+    for key in project["config"]:
+        if ":" not in key:
+            assert f"`{key}`" in readme, f"README lacks config key {key}"
+    for plan in plans.values():
+        for output in plan.outputs:
+            assert f"`{output}`" in readme, f"README lacks output {output}"
+
+
+def test_stack_files_hold_no_plain_secrets() -> None:
+    from infra.config import SECRET_KEYS
+
+    for stack in ("staging", "prod"):
+        config = yaml.safe_load((ROOT_DIR / f"Pulumi.{stack}.yaml").read_text())["config"]
+        for key, value in config.items():
+            short = key.split(":", 1)[1]
+            if short in SECRET_KEYS:
+                assert isinstance(value, dict) and set(value) == {"secure"}, key
+            assert not re.search(r"(password|secret|token|apikey)", short, re.I) or short in (
+                "secretRotationDays", "secretRecoveryWindowDays") or isinstance(value, dict), key

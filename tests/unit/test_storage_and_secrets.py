@@ -1,0 +1,121 @@
+"""Encryption at rest, the two buckets and the application secrets, under mocks."""
+
+from __future__ import annotations
+
+import json
+
+from infra.mock_engine import SECRET_MASK, Plan, PlannedResource, run_program
+
+
+def bucket_side(plan: Plan, bucket_output: str, kind: str) -> PlannedResource:
+    name = plan.outputs[bucket_output]
+    (found,) = [r for r in plan.of_type(kind) if r.inputs.get("bucket") == name]
+    return found
+
+
+def test_data_key_rotates_and_has_an_alias(plan: Plan) -> None:
+    key = plan.one("aws:kms/key:Key")
+    assert key.inputs["enableKeyRotation"] is True
+    assert key.inputs["deletionWindowInDays"] == {"staging": 7, "prod": 30}[plan.stack]
+    alias = plan.one("aws:kms/alias:Alias")
+    assert alias.inputs["name"] == f"alias/psychology-api-{plan.stack}-data"
+    assert alias.inputs["targetKeyId"] == key.outputs["keyId"]
+    assert plan.outputs["kms_key_arn"] == key.outputs["arn"]
+
+
+def test_key_policy_keeps_iam_control_and_scopes_services(plan: Plan) -> None:
+    policy = json.loads(plan.one("aws:kms/key:Key").inputs["policy"])
+    sids = {s["Sid"]: s for s in policy["Statement"]}
+    assert sids["AccountAdministersKeyThroughIam"]["Principal"] == {"AWS": "arn:aws:iam::123456789012:root"}
+    logs = sids["CloudWatchLogsEncryptsOurLogGroups"]
+    assert "kms:EncryptionContext:aws:logs:arn" in logs["Condition"]["ArnLike"]
+    assert "AWSServiceRoleForAutoScaling" in sids["AutoScalingUsesKeyForEbs"]["Principal"]["AWS"]
+    assert sids["AutoScalingCreatesEbsGrants"]["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
+
+
+def test_backup_bucket_is_private_versioned_kms_encrypted_and_tls_only(plan: Plan) -> None:
+    block = bucket_side(plan, "backup_bucket_name", "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    for flag in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"):
+        assert block.inputs[flag] is True
+    versioning = bucket_side(plan, "backup_bucket_name", "aws:s3/bucketVersioning:BucketVersioning")
+    assert versioning.inputs["versioningConfiguration"]["status"] == "Enabled"
+    sse = bucket_side(plan, "backup_bucket_name",
+                      "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    (rule,) = sse.inputs["rules"]
+    assert rule["applyServerSideEncryptionByDefault"] == {"sseAlgorithm": "aws:kms", "kmsMasterKeyId": plan.outputs["kms_key_arn"]}
+    assert rule["bucketKeyEnabled"] is True
+    policy = json.loads(bucket_side(plan, "backup_bucket_name", "aws:s3/bucketPolicy:BucketPolicy").inputs["policy"])
+    deny_tls = next(s for s in policy["Statement"] if s["Sid"] == "DenyInsecureTransport")
+    assert deny_tls["Effect"] == "Deny" and deny_tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert any(s["Sid"] == "DenyObjectsNotEncryptedWithKms" for s in policy["Statement"])
+    ownership = bucket_side(plan, "backup_bucket_name", "aws:s3/bucketOwnershipControls:BucketOwnershipControls")
+    assert ownership.inputs["rule"]["objectOwnership"] == "BucketOwnerEnforced"
+
+
+def test_backup_lifecycle_expires_after_the_retention(plan: Plan) -> None:
+    lifecycle = bucket_side(plan, "backup_bucket_name", "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+    by_id = {r["id"]: r for r in lifecycle.inputs["rules"]}
+    assert by_id["expire-current-objects"]["filter"] == {"prefix": "postgres/"}
+    assert by_id["expire-current-objects"]["expiration"]["days"] == 30
+    assert by_id["expire-old-versions"]["noncurrentVersionExpiration"]["noncurrentDays"] == 7
+    assert by_id["abort-incomplete-uploads"]["abortIncompleteMultipartUpload"]["daysAfterInitiation"] == 1
+    assert all(r["status"] == "Enabled" for r in by_id.values())
+
+
+def test_retention_follows_configuration() -> None:
+    plan = run_program("staging", overrides={"backupRetentionDays": 14})
+    lifecycle = bucket_side(plan, "backup_bucket_name", "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+    assert next(r for r in lifecycle.inputs["rules"] if r["id"] == "expire-current-objects")["expiration"]["days"] == 14
+
+
+def test_access_log_bucket_lets_alb_log_delivery_write_its_prefix_only(plan: Plan) -> None:
+    sse = bucket_side(plan, "access_log_bucket_name",
+                      "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    # ALB access logs only support SSE-S3.
+    assert sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"] == {"sseAlgorithm": "AES256"}
+    policy = json.loads(bucket_side(plan, "access_log_bucket_name", "aws:s3/bucketPolicy:BucketPolicy").inputs["policy"])
+    writers = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
+    bucket = plan.outputs["access_log_bucket_name"]
+    assert {json.dumps(s["Principal"], sort_keys=True) for s in writers} == {
+        json.dumps({"AWS": "arn:aws:iam::054676820928:root"}),
+        json.dumps({"Service": "logdelivery.elasticloadbalancing.amazonaws.com"})}
+    for statement in writers:
+        assert statement["Action"] == "s3:PutObject"
+        assert statement["Resource"] == f"arn:aws:s3:::{bucket}/alb/AWSLogs/123456789012/*"
+    block = bucket_side(plan, "access_log_bucket_name", "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert all(block.inputs[f] for f in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+
+
+def test_secrets_are_encrypted_with_the_data_key(plan: Plan) -> None:
+    secrets = plan.of_type("aws:secretsmanager/secret:Secret")
+    assert {s.inputs["name"] for s in secrets} >= {
+        f"psychology-api/{plan.stack}/app",
+        *(f"psychology-api/{plan.stack}/integrations/{i}" for i in ("payments", "telegram", "google-calendar", "smtp"))}
+    for secret in secrets:
+        assert secret.inputs["kmsKeyId"] == plan.outputs["kms_key_arn"], secret.name
+        assert secret.inputs["recoveryWindowInDays"] == {"staging": 7, "prod": 30}[plan.stack]
+
+
+def test_django_secret_key_is_generated_and_never_plain(plan: Plan) -> None:
+    password = plan.one("random:index/randomPassword:RandomPassword", "secrets-django-secret-key")
+    assert password.inputs["length"] >= 50
+    version = plan.one("aws:secretsmanager/secretVersion:SecretVersion", "secrets-app-value")
+    assert version.inputs["secretString"] == SECRET_MASK
+    assert plan.outputs["app_secret_arn"].startswith("arn:aws:secretsmanager:")
+
+
+def test_integration_secrets_come_from_secret_config_only() -> None:
+    token = "7411:telegram-token-that-must-stay-secret"
+    plan = run_program("staging", secret_overrides={"telegramBotToken": token, "smtpPassword": "smtp-pass-123"},
+                       overrides={"smtpHost": "smtp.example.com", "smtpUser": "noreply"})
+    versions = {v.name: v for v in plan.of_type("aws:secretsmanager/secretVersion:SecretVersion")}
+    assert set(versions) == {"secrets-app-value", "secrets-telegram-value", "secrets-smtp-value"}
+    assert versions["secrets-telegram-value"].inputs["secretString"] == SECRET_MASK
+    dump = json.dumps(plan.to_json())
+    assert token not in dump and "smtp-pass-123" not in dump
+
+
+def test_no_secret_value_reaches_plain_outputs(plan: Plan) -> None:
+    dump = json.dumps(plan.outputs)
+    for resource in plan.of_type("random:index/randomPassword:RandomPassword"):
+        assert resource.outputs["result"] not in dump
