@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -239,6 +240,9 @@ class Problem:
 def value_for_display(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
+    # Config arrives as text; show numbers and booleans as the user typed them.
+    if isinstance(value, str) and re.fullmatch(r"-?\d+|true|false", value):
+        return json.loads(value)
     return value
 
 

@@ -103,3 +103,29 @@ def test_stack_files_hold_no_plain_secrets() -> None:
                 assert isinstance(value, dict) and set(value) == {"secure"}, key
             assert not re.search(r"(password|secret|token|apikey)", short, re.I) or short in (
                 "secretRotationDays", "secretRecoveryWindowDays") or isinstance(value, dict), key
+
+
+def test_the_cli_entry_point_runs_the_same_program(plans: dict[str, Plan]) -> None:
+    """infra/__main__.py is what `pulumi up` executes; under mocks it registers the same resources."""
+    import runpy
+
+    from infra.mock_engine import run_program
+
+    entry = str(ROOT_DIR / "infra" / "__main__.py")
+    plan = run_program("staging", program=lambda: runpy.run_path(entry, run_name="__main__"))
+    assert plan.counts() == plans["staging"].counts()
+    assert plan.outputs == plans["staging"].outputs
+
+
+def test_the_cli_entry_point_reports_bad_config_without_a_traceback() -> None:
+    """The engine prints a RunError as its message only."""
+    import runpy
+
+    import pulumi
+    import pytest
+
+    from infra.mock_engine import run_program
+
+    entry = str(ROOT_DIR / "infra" / "__main__.py")
+    with pytest.raises(pulumi.RunError, match=r"invalid configuration: psychology-api:azCount = 1 "):
+        run_program("staging", overrides={"azCount": 1}, program=lambda: runpy.run_path(entry, run_name="__main__"))
