@@ -66,6 +66,8 @@ class PgParameter:
     static: bool
     # Where the value comes from: the spec's line, or why the platform sets it.
     source: str
+    # The spec's postgresql.conf value, as written there ("2GB"), for the spec's parameters.
+    spec: Optional[str] = None
     # Set for settings sized by memory: the spec's value in the base unit (the cap of the formula).
     cap: Optional[int] = None
 
@@ -84,15 +86,15 @@ def _memory_proportional(name: str, spec_text: str, unit_bytes: int, static: boo
     term = "DBInstanceClassMemory" + (f"*{numerator}" if numerator != 1 else "") + f"/{denominator}"
     cap = in_unit(spec_text, unit_bytes)
     return PgParameter(name, f"LEAST({{{term}}},{cap})", static,
-                       f"spec: {name} = {spec_text} (= RAM*{share} of 8 GB, capped)", cap=cap)
+                       f"spec: {name} = {spec_text} (= RAM*{share} of 8 GB, capped)", spec=spec_text, cap=cap)
 
 
 def _sized(name: str, spec_text: str, unit_bytes: int, static: bool) -> PgParameter:
-    return PgParameter(name, str(in_unit(spec_text, unit_bytes)), static, f"spec: {name} = {spec_text}")
+    return PgParameter(name, str(in_unit(spec_text, unit_bytes)), static, f"spec: {name} = {spec_text}", spec=spec_text)
 
 
 def _plain(name: str, spec_text: str, static: bool) -> PgParameter:
-    return PgParameter(name, spec_text, static, f"spec: {name} = {spec_text}")
+    return PgParameter(name, spec_text, static, f"spec: {name} = {spec_text}", spec=spec_text)
 
 
 # The spec's postgresql.conf, in its order.
