@@ -54,6 +54,9 @@ class DatabaseArgs:
     account_id: str
     master_username: str = MASTER_USERNAME
     iam_database_authentication: bool = False
+    # A major upgrade is a reviewed, one-release change: True together with the new major in
+    # dbEngineVersion (which also brings a parameter group of the new family), then back to False.
+    allow_major_version_upgrade: bool = False
 
 
 class Database(pulumi.ComponentResource):
@@ -118,7 +121,7 @@ class Database(pulumi.ComponentResource):
             engine_version=args.engine_version,
             # With a major version only, RDS picks the newest minor and keeps it current.
             auto_minor_version_upgrade=True,
-            allow_major_version_upgrade=False,
+            allow_major_version_upgrade=args.allow_major_version_upgrade,
             instance_class=args.instance_class,
             storage_type="gp3",
             allocated_storage=args.allocated_storage_gb,

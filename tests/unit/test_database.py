@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pulumi
@@ -268,28 +268,29 @@ def test_component_refuses_a_family_that_does_not_match_the_engine() -> None:
         run_program("staging", program=program)
 
 
-def _component_outputs(**overrides: Any) -> dict[str, Any]:
-    """Build the component alone; return its plan and the outputs it exported."""
-
+def test_component_alone_exports_its_secret_and_user() -> None:
     def program() -> None:
-        args = dict(
+        db = Database("db", DatabaseArgs(
             engine_version="16.8", parameter_group_family="postgres16", instance_class="db.t4g.medium",
             allocated_storage_gb=20, max_allocated_storage_gb=100, multi_az=False, db_name="app",
             subnet_group_name="subnets", security_group_id="sg-1", kms_key_arn="arn:aws:kms:x",
             backup_retention_days=7, deletion_protection=True, apply_immediately=False,
             performance_insights_retention_days=7, monitoring_interval_seconds=60, log_retention_days=30,
-            account_id="123456789012")
-        args.update(overrides)
-        db = Database("db", DatabaseArgs(**args))  # type: ignore[arg-type]
+            account_id="123456789012"))
         pulumi.export("secret", db.master_secret_arn)
         pulumi.export("username", db.master_username)
 
     plan = run_program("staging", program=program)
-    return {"plan": plan, **plan.outputs}
+    assert plan.outputs["secret"].startswith("arn:aws:secretsmanager:")
+    assert plan.outputs["username"] == "psychology_admin"
+    assert plan.one(RDS).inputs["finalSnapshotIdentifier"] == "psychology-api-staging-postgres-final"
+    assert [r.name for r in plan.resources if r.parent is None] == ["db"]
 
 
-def test_component_alone_exports_its_secret_and_user() -> None:
-    out = _component_outputs()
-    assert out["secret"].startswith("arn:aws:secretsmanager:")
-    assert out["username"] == "psychology_admin"
-    assert out["plan"].one(RDS).inputs["finalSnapshotIdentifier"].endswith("-postgres-final")
+def test_readme_parameter_table_matches_the_parameter_group() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    for parameter in PARAMETERS:
+        row = next((r for r in rows if f"`{parameter.name}`" in r.split("|")[1]), None)
+        assert row is not None, f"README has no row for {parameter.name}"
+        assert f"`{parameter.value}`" in row and parameter.apply_method in row, row
