@@ -111,8 +111,8 @@ class Cache(pulumi.ComponentResource):
             transit_encryption_enabled=True,
             transit_encryption_mode="required",
             auth_token=auth_token.result,
-            # A new token is added next to the old one, so running clients keep working
-            # until they have read the new secret.
+            # A new token is accepted next to the previous one, so running clients keep
+            # working until they have read the new secret.
             auth_token_update_strategy="ROTATE",  # noqa: S106 - a strategy name, not a token
             snapshot_retention_limit=args.snapshot_retention_days,
             snapshot_window=SNAPSHOT_WINDOW,
