@@ -167,6 +167,8 @@ class StackConfig(BaseModel):
     db_monitoring_interval_seconds: int = Field(alias="dbMonitoringIntervalSeconds",
                                                 json_schema_extra=_allowed(
                                                     "one of " + ", ".join(map(str, RDS_MONITORING_INTERVALS))))
+    data_log_retention_days: int = Field(alias="dataLogRetentionDays", json_schema_extra=_allowed(
+        "one of " + ", ".join(map(str, LOG_RETENTION_DAYS))))
 
     redis_engine_version: str = Field(alias="redisEngineVersion", json_schema_extra=_allowed(
         "one of " + ", ".join(REDIS_VERSIONS)))
@@ -417,6 +419,8 @@ def check_rules(cfg: StackConfig) -> list[Problem]:
     if cfg.db_monitoring_interval_seconds not in RDS_MONITORING_INTERVALS:
         bad("dbMonitoringIntervalSeconds", cfg.db_monitoring_interval_seconds,
             _allowed_text("db_monitoring_interval_seconds"))
+    if cfg.data_log_retention_days not in LOG_RETENTION_DAYS:
+        bad("dataLogRetentionDays", cfg.data_log_retention_days, _allowed_text("data_log_retention_days"))
     if cfg.is_prod and not cfg.db_multi_az:
         bad("dbMultiAz", cfg.db_multi_az, "true when environment is prod")
 

@@ -309,6 +309,14 @@ def _computed_rds(m: PlanMocks, args: Any, rid: str, state: dict) -> dict:
     return out
 
 
+def _computed_name_prefix(m: PlanMocks, args: Any, rid: str, state: dict) -> dict:
+    """Resources named by `namePrefix` get the provider's 26-character unique suffix."""
+    prefix = state.get("namePrefix")
+    if not prefix or args.inputs.get("name"):
+        return {}
+    return {"name": f"{prefix}{_short_hash(m.stack, args.name, length=26)}"}
+
+
 def _computed_redis(m: PlanMocks, args: Any, rid: str, state: dict) -> dict:
     gid = state.get("replicationGroupId") or args.name
     return {"primaryEndpointAddress": f"master.{gid}.abcdef.euc1.cache.amazonaws.com",
@@ -351,6 +359,7 @@ _COMPUTED: dict[str, Callable[[PlanMocks, Any, str, dict], dict]] = {
     "aws:lb/loadBalancer:LoadBalancer": _computed_lb,
     "aws:lb/targetGroup:TargetGroup": _computed_tg,
     "aws:rds/instance:Instance": _computed_rds,
+    "aws:rds/parameterGroup:ParameterGroup": _computed_name_prefix,
     "aws:elasticache/replicationGroup:ReplicationGroup": _computed_redis,
     "aws:ec2/instance:Instance": _computed_instance,
     "aws:iam/role:Role": _computed_role,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
+from components.cache import Cache, CacheArgs
+from components.database import Database, DatabaseArgs
 from components.encryption import DataKey, DataKeyArgs
 from components.network import Network, NetworkArgs
 from components.secrets import AppSecrets, AppSecretsArgs
@@ -96,6 +98,42 @@ def main() -> None:
             "EMAIL_HOST_USER": cfg.smtp_user, "DEFAULT_FROM_EMAIL": cfg.email_from}.items() if v},
     ), opts)
 
+    # --- data tier: PostgreSQL and Redis (each needs only the network, its group and the key) --
+    database = Database("postgres", DatabaseArgs(
+        engine_version=cfg.db_engine_version,
+        parameter_group_family=cfg.db_parameter_group_family,
+        instance_class=cfg.db_instance_class,
+        allocated_storage_gb=cfg.db_allocated_storage_gb,
+        max_allocated_storage_gb=cfg.db_max_allocated_storage_gb,
+        multi_az=cfg.db_multi_az,
+        db_name=cfg.db_name,
+        subnet_group_name=network.db_subnet_group_name,
+        security_group_id=security.ids["database"],
+        kms_key_arn=data_key.arn,
+        backup_retention_days=cfg.db_backup_retention_days,
+        deletion_protection=cfg.deletion_protection,
+        apply_immediately=not cfg.is_prod,
+        performance_insights_retention_days=cfg.db_performance_insights_retention_days,
+        monitoring_interval_seconds=cfg.db_monitoring_interval_seconds,
+        log_retention_days=cfg.data_log_retention_days,
+        account_id=account_id,
+    ), opts)
+    cache = Cache("redis", CacheArgs(
+        engine_version=cfg.redis_engine_version,
+        parameter_group_family=cfg.redis_parameter_group_family,
+        node_type=cfg.redis_node_type,
+        num_nodes=cfg.redis_num_nodes,
+        availability_zones=azs,
+        subnet_group_name=network.cache_subnet_group_name,
+        security_group_id=security.ids["redis"],
+        kms_key_arn=data_key.arn,
+        snapshot_retention_days=cfg.redis_snapshot_retention_days,
+        apply_immediately=not cfg.is_prod,
+        final_snapshot=cfg.deletion_protection,
+        secret_recovery_window_days=cfg.secret_recovery_window_days,
+        log_retention_days=cfg.data_log_retention_days,
+    ), opts)
+
     security_group_ids = dict(security.ids)
     if network.endpoint_security_group_id is not None:
         security_group_ids["endpoints"] = network.endpoint_security_group_id
@@ -117,3 +155,12 @@ def main() -> None:
     pulumi.export("flow_log_group_name", network.flow_log_group_name)
     pulumi.export("app_secret_arn", app_secrets.app_secret_arn)
     pulumi.export("integration_secret_arns", app_secrets.integration_secret_arns)
+    pulumi.export("db_endpoint", database.endpoint)
+    pulumi.export("db_port", database.port)
+    pulumi.export("db_name", database.db_name)
+    pulumi.export("db_identifier", database.identifier)
+    pulumi.export("db_master_secret_arn", database.master_secret_arn)
+    pulumi.export("redis_endpoint", cache.primary_endpoint)
+    pulumi.export("redis_port", cache.port)
+    pulumi.export("redis_replication_group_id", cache.replication_group_id)
+    pulumi.export("redis_secret_arn", cache.secret_arn)
