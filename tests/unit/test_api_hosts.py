@@ -8,6 +8,7 @@ from typing import Any
 import pulumi
 
 from components.api_hosts import ApiHosts, ApiHostsArgs
+from components.hostconfig import decode_user_data
 from infra.mock_engine import Plan, run_program
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -178,4 +179,7 @@ def test_data_tier_secrets_join_the_policy_when_given() -> None:
     reads = next(s for s in json.loads(plan.named("api-app-access").inputs["policy"])["Statement"]
                  if s["Sid"] == "ReadTheAppSecrets")
     assert reads["Resource"] == ["arn:app", "arn:smtp", db_arn, redis_arn]
+    fetch_env = decode_user_data(plan.one(LT).inputs["userData"])
+    assert f'readonly DATABASE_SECRET_ARN="{db_arn}"' in fetch_env
+    assert f'readonly REDIS_SECRET_ARN="{redis_arn}"' in fetch_env
 
