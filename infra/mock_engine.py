@@ -350,6 +350,36 @@ def _computed_secret(m: PlanMocks, args: Any, rid: str, state: dict) -> dict:
     return {"arn": f"arn:aws:secretsmanager:{m.region}:{MOCK_ACCOUNT_ID}:secret:{name}-AbCdEf"}
 
 
+def _computed_certificate(m: PlanMocks, args: Any, rid: str, state: dict) -> dict:
+    domain = state.get("domainName", "example.com")
+    token = _short_hash(m.stack, domain, length=32)
+    return {"arn": f"arn:aws:acm:{m.region}:{MOCK_ACCOUNT_ID}:certificate/{token[:8]}-{token[8:12]}-4{token[13:16]}-8{token[17:20]}-{token[20:32]}",
+            "status": "PENDING_VALIDATION",
+            "domainValidationOptions": [{
+                "domainName": domain, "resourceRecordType": "CNAME",
+                "resourceRecordName": f"_{token[:16]}.{domain}.",
+                "resourceRecordValue": f"_{token[16:]}.validations.aws."}]}
+
+
+def _computed_record(m: PlanMocks, args: Any, rid: str, state: dict) -> dict:
+    return {"fqdn": str(state.get("name", "")).rstrip(".")}
+
+
+def _computed_launch_template(m: PlanMocks, args: Any, rid: str, state: dict) -> dict:
+    return {"latestVersion": 1, "defaultVersion": 1,
+            "arn": f"arn:aws:ec2:{m.region}:{MOCK_ACCOUNT_ID}:launch-template/{rid}"}
+
+
+def _computed_asg(m: PlanMocks, args: Any, rid: str, state: dict) -> dict:
+    name = state["name"]
+    return {"arn": f"arn:aws:autoscaling:{m.region}:{MOCK_ACCOUNT_ID}:autoScalingGroup:"
+                   f"{_short_hash(m.stack, name, length=8)}-0000-4000-8000-{_short_hash(name, length=12)}:autoScalingGroupName/{name}"}
+
+
+def _computed_instance_profile(m: PlanMocks, args: Any, rid: str, state: dict) -> dict:
+    return {"arn": f"arn:aws:iam::{MOCK_ACCOUNT_ID}:instance-profile/{state['name']}", "uniqueId": "AIPAPLAN"}
+
+
 _COMPUTED: dict[str, Callable[[PlanMocks, Any, str, dict], dict]] = {
     "aws:s3/bucket:Bucket": _computed_bucket,
     "aws:ec2/vpc:Vpc": _computed_vpc,
@@ -367,6 +397,11 @@ _COMPUTED: dict[str, Callable[[PlanMocks, Any, str, dict], dict]] = {
     "random:index/randomPassword:RandomPassword": _computed_random,
     "random:index/randomString:RandomString": _computed_random,
     "aws:secretsmanager/secret:Secret": _computed_secret,
+    "aws:acm/certificate:Certificate": _computed_certificate,
+    "aws:route53/record:Record": _computed_record,
+    "aws:ec2/launchTemplate:LaunchTemplate": _computed_launch_template,
+    "aws:autoscaling/group:Group": _computed_asg,
+    "aws:iam/instanceProfile:InstanceProfile": _computed_instance_profile,
 }
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
+from components.api_hosts import ApiHosts, ApiHostsArgs, amazon_linux_2023_ami
 from components.cache import Cache, CacheArgs
 from components.database import Database, DatabaseArgs
 from components.encryption import DataKey, DataKeyArgs
+from components.loadbalancer import LoadBalancer, LoadBalancerArgs
 from components.network import Network, NetworkArgs
 from components.secrets import AppSecrets, AppSecretsArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
@@ -134,6 +136,56 @@ def main() -> None:
         log_retention_days=cfg.data_log_retention_days,
     ), opts)
 
+    # --- compute: load balancer and API hosts (README: "Load balancer and API hosts") ---
+    alb = LoadBalancer("alb", LoadBalancerArgs(
+        vpc_id=network.vpc_id,
+        public_subnet_ids=network.public_subnet_ids,
+        security_group_id=security.ids["alb"],
+        access_log_bucket=access_logs.name,
+        access_log_prefix=ACCESS_LOG_PREFIX,
+        access_log_bucket_ready=[access_logs],
+        app_port=cfg.app_port,
+        health_check_path=cfg.health_check_path,
+        ssl_policy=cfg.ssl_policy,
+        deletion_protection=cfg.deletion_protection,
+        maintenance=cfg.maintenance,
+        certificate_arn=cfg.certificate_arn,
+        domain_name=cfg.domain_name,
+        hosted_zone_id=cfg.hosted_zone_id,
+        allow_http_only=cfg.allow_http_only,
+    ), opts)
+    ami = amazon_linux_2023_ami(invoke)
+    artifact_bucket, artifact_key = cfg.app_artifact.removeprefix("s3://").split("/", 1)
+    api = ApiHosts("api", ApiHostsArgs(
+        ami_id=ami.id,
+        root_device_name=ami.root_device_name,
+        instance_type=cfg.api_instance_type,
+        root_volume_gb=cfg.api_root_volume_gb,
+        kms_key_arn=data_key.arn,
+        private_subnet_ids=network.private_subnet_ids,
+        security_group_id=security.ids["api"],
+        target_group_arn=alb.target_group_arn,
+        min_size=cfg.api_min_size,
+        max_size=cfg.api_max_size,
+        desired_capacity=cfg.api_desired_capacity,
+        cpu_target_percent=cfg.api_cpu_target_percent,
+        environment=cfg.environment,
+        region=cfg.region,
+        vpc_cidr=cfg.vpc_cidr,
+        app_port=cfg.app_port,
+        health_check_path=cfg.health_check_path,
+        app_version=cfg.app_version,
+        artifact_bucket=artifact_bucket,
+        artifact_key=artifact_key,
+        public_host=alb.public_host,
+        tags=default_tags(cfg.environment),
+        app_secret_arn=app_secrets.app_secret_arn,
+        integration_secret_arns=app_secrets.integration_secret_arns,
+        # The database app credentials secret is wired with the database-operations part.
+        database_secret_arn=None,
+        redis_secret_arn=cache.secret_arn,
+    ), opts)
+
     security_group_ids = dict(security.ids)
     if network.endpoint_security_group_id is not None:
         security_group_ids["endpoints"] = network.endpoint_security_group_id
@@ -164,3 +216,12 @@ def main() -> None:
     pulumi.export("redis_port", cache.port)
     pulumi.export("redis_replication_group_id", cache.replication_group_id)
     pulumi.export("redis_secret_arn", cache.secret_arn)
+    pulumi.export("api_url", alb.url)
+    pulumi.export("alb_dns_name", alb.dns_name)
+    pulumi.export("alb_zone_id", alb.zone_id)
+    pulumi.export("alb_arn_suffix", alb.arn_suffix)
+    pulumi.export("target_group_arn", alb.target_group_arn)
+    pulumi.export("target_group_arn_suffix", alb.target_group_arn_suffix)
+    pulumi.export("asg_name", api.asg_name)
+    pulumi.export("api_role_name", api.role_name)
+    pulumi.export("maintenance_mode", cfg.maintenance)

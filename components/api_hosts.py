@@ -1,0 +1,287 @@
+"""Auto-scaled API hosts: launch template, instance role, auto-scaling group (spec 3.2.1, 3.7).
+
+Amazon Linux 2023 hosts in the private subnets, no public address, IMDSv2 only, encrypted gp3
+root volume with the data key. Each host bootstraps from cloud-init (components/hostconfig.py):
+it reads its secrets by ARN at boot and installs the release named in configuration. A new
+release (appVersion) or any change of the host configuration makes a new launch-template
+version, and the group replaces its hosts by a rolling instance refresh that launches new hosts
+before it retires old ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pulumi
+import pulumi_aws as aws
+
+from components.common import assume_role_policy, name_tag, physical_prefix, policy_json, type_token
+from components.hostconfig import ApiHostSettings, encode_user_data, render_api_user_data
+
+# The filter of the contract: the newest Amazon Linux 2023 image for x86_64 from Amazon.
+AL2023_AMI_NAME = "al2023-ami-2023.*-kernel-*-x86_64"
+MANAGED_POLICIES = {
+    "ssm": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+    "cloudwatch-agent": "arn:aws:iam::aws:policy/CloudWatchAgentServerPolicy",
+}
+API_LOG_RETENTION_DAYS = 90
+# First boot installs packages, builds the virtualenv from the release's wheels and collects
+# static files before nginx answers the health check.
+HEALTH_CHECK_GRACE_SECONDS = 600
+INSTANCE_WARMUP_SECONDS = 300
+GROUP_METRICS = tuple(aws.autoscaling.Metric(m) for m in (
+    "GroupMinSize", "GroupMaxSize", "GroupDesiredCapacity", "GroupInServiceInstances",
+    "GroupPendingInstances", "GroupStandbyInstances", "GroupTerminatingInstances", "GroupTotalInstances"))
+
+
+def amazon_linux_2023_ami(opts: Optional[pulumi.InvokeOptions] = None) -> aws.ec2.AwaitableGetAmiResult:
+    """The newest Amazon Linux 2023 x86_64 image (shared by every EC2 host of the project)."""
+    return aws.ec2.get_ami(
+        most_recent=True,
+        owners=["amazon"],
+        filters=[
+            aws.ec2.GetAmiFilterArgs(name="name", values=[AL2023_AMI_NAME]),
+            aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
+            aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"]),
+        ],
+        opts=opts)
+
+
+@dataclass
+class ApiHostsArgs:
+    ami_id: pulumi.Input[str]
+    instance_type: str
+    root_volume_gb: int
+    kms_key_arn: pulumi.Input[str]
+    private_subnet_ids: Sequence[pulumi.Input[str]]
+    security_group_id: pulumi.Input[str]
+    target_group_arn: pulumi.Input[str]
+    min_size: int
+    max_size: int
+    desired_capacity: int
+    cpu_target_percent: int
+    environment: str
+    region: str
+    vpc_cidr: str
+    app_port: int
+    health_check_path: str
+    app_version: str
+    artifact_bucket: str
+    artifact_key: str
+    # Host name clients use (LoadBalancer.public_host).
+    public_host: pulumi.Input[str]
+    # Tags for what the provider's default tags do not reach (instances, volumes, the group).
+    tags: Mapping[str, str]
+    app_secret_arn: pulumi.Input[str]
+    # Integration name -> secret ARN (AppSecrets.integration_secret_arns).
+    integration_secret_arns: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    # Created by the database-operations part ({engine, host, port, dbname, username, password}).
+    database_secret_arn: Optional[pulumi.Input[str]] = None
+    # Created by the data part ({host, port, auth_token, tls}).
+    redis_secret_arn: Optional[pulumi.Input[str]] = None
+    root_device_name: str = "/dev/xvda"
+    log_retention_days: int = API_LOG_RETENTION_DAYS
+
+
+class ApiHosts(pulumi.ComponentResource):
+    asg_name: pulumi.Output[str]
+    launch_template_id: pulumi.Output[str]
+    role_arn: pulumi.Output[str]
+    role_name: pulumi.Output[str]
+    instance_profile_name: pulumi.Output[str]
+    log_group_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ApiHostsArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__(type_token("api_hosts", "ApiHosts"), name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        prefix = physical_prefix()
+        host_tags = {**args.tags, "Name": f"{prefix}-api", "role": "api"}
+
+        log_group = aws.cloudwatch.LogGroup(f"{name}-logs", aws.cloudwatch.LogGroupArgs(
+            name=f"/{pulumi.get_project()}/{pulumi.get_stack()}/api",
+            retention_in_days=args.log_retention_days,
+            kms_key_id=args.kms_key_arn,
+            tags=name_tag("api-logs"),
+        ), child)
+
+        role = aws.iam.Role(f"{name}-role", aws.iam.RoleArgs(
+            name_prefix=f"{prefix}-api-"[:38],
+            description="API hosts: SSM sessions, CloudWatch agent, the app's secrets and its release artifact",
+            assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
+            tags=name_tag("api-role"),
+        ), child)
+        for label, policy_arn in MANAGED_POLICIES.items():
+            aws.iam.RolePolicyAttachment(f"{name}-{label}", aws.iam.RolePolicyAttachmentArgs(
+                role=role.name, policy_arn=policy_arn), child)
+        secret_arns = self._secret_arns(args)
+        aws.iam.RolePolicy(f"{name}-app-access", aws.iam.RolePolicyArgs(
+            role=role.id,
+            policy=policy_json(instance_policy_statements(
+                secret_arns, args.kms_key_arn, args.region, args.artifact_bucket, args.artifact_key)),
+        ), child)
+        profile = aws.iam.InstanceProfile(f"{name}-profile", aws.iam.InstanceProfileArgs(
+            name_prefix=f"{prefix}-api-"[:38], role=role.name, tags=name_tag("api-profile")), child)
+
+        user_data = pulumi.Output.all(
+            public_host=args.public_host,
+            log_group=log_group.name,
+            app_secret=args.app_secret_arn,
+            integrations=pulumi.Output.all(**dict(args.integration_secret_arns)),
+            database=args.database_secret_arn,
+            redis=args.redis_secret_arn,
+        ).apply(lambda v: encode_user_data(render_api_user_data(ApiHostSettings(
+            environment=args.environment,
+            region=args.region,
+            app_version=args.app_version,
+            artifact_bucket=args.artifact_bucket,
+            artifact_key=args.artifact_key,
+            app_port=args.app_port,
+            health_check_path=args.health_check_path,
+            vpc_cidr=args.vpc_cidr,
+            public_host=v["public_host"],
+            log_group_name=v["log_group"],
+            app_secret_arn=v["app_secret"],
+            integration_secret_arns=v["integrations"] or {},
+            database_secret_arn=v["database"],
+            redis_secret_arn=v["redis"],
+        ))))
+
+        tag_specifications = [
+            aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=host_tags)
+            for kind in ("instance", "volume", "network-interface")
+        ]
+        template = aws.ec2.LaunchTemplate(f"{name}-lt", aws.ec2.LaunchTemplateArgs(
+            name_prefix=f"{prefix}-api-",
+            description=f"psychology-api hosts, release {args.app_version}",
+            image_id=args.ami_id,
+            instance_type=args.instance_type,
+            iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens="required",
+                # One hop: nothing behind the host (a container, a proxied request) reaches
+                # the instance credentials.
+                http_put_response_hop_limit=1,
+                instance_metadata_tags="enabled",
+            ),
+            block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                device_name=args.root_device_name,
+                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                    volume_type="gp3",
+                    volume_size=args.root_volume_gb,
+                    encrypted="true",
+                    kms_key_id=args.kms_key_arn,
+                    delete_on_termination="true",
+                ),
+            )],
+            network_interfaces=[aws.ec2.LaunchTemplateNetworkInterfaceArgs(
+                device_index=0,
+                associate_public_ip_address="false",
+                security_groups=[args.security_group_id],
+                delete_on_termination="true",
+            )],
+            monitoring=aws.ec2.LaunchTemplateMonitoringArgs(enabled=True),
+            user_data=user_data,
+            tag_specifications=tag_specifications,
+            update_default_version=True,
+            tags=name_tag("api-lt"),
+        ), child)
+
+        group = aws.autoscaling.Group(f"{name}-asg", aws.autoscaling.GroupArgs(
+            name=f"{prefix}-api",
+            vpc_zone_identifiers=list(args.private_subnet_ids),
+            min_size=args.min_size,
+            max_size=args.max_size,
+            desired_capacity=args.desired_capacity,
+            # A host counts as healthy only when the load balancer's health check passes.
+            health_check_type="ELB",
+            health_check_grace_period=HEALTH_CHECK_GRACE_SECONDS,
+            default_instance_warmup=INSTANCE_WARMUP_SECONDS,
+            target_group_arns=[args.target_group_arn],
+            # The exact version (not $Latest): a new version is a change of the group, which
+            # starts the instance refresh.
+            launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
+                id=template.id, version=template.latest_version.apply(str)),
+            instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
+                strategy="Rolling",
+                preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
+                    # Launch before terminate: capacity never drops below 100 % during a release.
+                    min_healthy_percentage=100,
+                    max_healthy_percentage=200,
+                    instance_warmup=str(INSTANCE_WARMUP_SECONDS),
+                    skip_matching=True,
+                ),
+            ),
+            # Health-check replacements also launch first, then terminate.
+            instance_maintenance_policy=aws.autoscaling.GroupInstanceMaintenancePolicyArgs(
+                min_healthy_percentage=100, max_healthy_percentage=200),
+            termination_policies=["OldestLaunchTemplate", "OldestInstance"],
+            enabled_metrics=list(GROUP_METRICS),
+            metrics_granularity="1Minute",
+            # `pulumi up` fails when the hosts do not become healthy behind the load balancer.
+            wait_for_capacity_timeout="15m",
+            min_elb_capacity=args.min_size,
+            tags=[aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True)
+                  for k, v in sorted(host_tags.items())],
+        ), pulumi.ResourceOptions(
+            parent=self,
+            # The desired capacity is the starting point; afterwards the scaling policy owns it.
+            ignore_changes=["desiredCapacity"]))
+
+        aws.autoscaling.Policy(f"{name}-cpu-target", aws.autoscaling.PolicyArgs(
+            autoscaling_group_name=group.name,
+            policy_type="TargetTrackingScaling",
+            target_tracking_configuration=aws.autoscaling.PolicyTargetTrackingConfigurationArgs(
+                predefined_metric_specification=aws.autoscaling.PolicyTargetTrackingConfigurationPredefinedMetricSpecificationArgs(
+                    predefined_metric_type="ASGAverageCPUUtilization"),
+                target_value=float(args.cpu_target_percent),
+            ),
+        ), child)
+
+        self.asg_name = group.name
+        self.launch_template_id = template.id
+        self.role_arn = role.arn
+        self.role_name = role.name
+        self.instance_profile_name = profile.name
+        self.log_group_name = log_group.name
+        self.register_outputs({
+            "asg_name": self.asg_name, "launch_template_id": self.launch_template_id, "role_arn": self.role_arn,
+            "role_name": self.role_name, "instance_profile_name": self.instance_profile_name,
+            "log_group_name": self.log_group_name,
+        })
+
+    @staticmethod
+    def _secret_arns(args: ApiHostsArgs) -> list[pulumi.Input[str]]:
+        arns: list[pulumi.Input[str]] = [args.app_secret_arn]
+        arns.extend(args.integration_secret_arns[k] for k in sorted(args.integration_secret_arns))
+        arns.extend(arn for arn in (args.database_secret_arn, args.redis_secret_arn) if arn is not None)
+        return arns
+
+
+def instance_policy_statements(secret_arns: Sequence[pulumi.Input[str]], kms_key_arn: pulumi.Input[str],
+                               region: str, artifact_bucket: str, artifact_key: str) -> list[dict[str, Any]]:
+    """What the hosts' own code needs: the app's secrets, the key they are encrypted with
+    (through Secrets Manager only), and the one release archive of this deployment."""
+    return [
+        {
+            "Sid": "ReadTheAppSecrets",
+            "Effect": "Allow",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": list(secret_arns),
+        },
+        {
+            "Sid": "DecryptSecretsThroughSecretsManager",
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": kms_key_arn,
+            "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}},
+        },
+        {
+            "Sid": "ReadTheReleaseArtifact",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": f"arn:aws:s3:::{artifact_bucket}/{artifact_key}",
+        },
+    ]
