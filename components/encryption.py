@@ -28,6 +28,8 @@ class DataKey(pulumi.ComponentResource):
         super().__init__(type_token("encryption", "DataKey"), name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         account_root = f"arn:aws:iam::{args.account_id}:root"
+        autoscaling_role = (f"arn:aws:iam::{args.account_id}:role/aws-service-role/autoscaling.amazonaws.com/"
+                            "AWSServiceRoleForAutoScaling")
         key = aws.kms.Key(f"{name}-key", aws.kms.KeyArgs(
             description=f"{physical_prefix()}: data at rest (RDS, ElastiCache, Secrets Manager, S3 backups, EBS, logs, SNS)",
             key_usage="ENCRYPT_DECRYPT",
@@ -55,19 +57,26 @@ class DataKey(pulumi.ComponentResource):
                 },
                 {
                     # Auto Scaling launches the API hosts with volumes encrypted by this key.
+                    # The service-linked role is named by condition, not as principal: in an
+                    # account that never used Auto Scaling the role does not exist yet, and KMS
+                    # refuses a policy whose principal does not exist.
                     "Sid": "AutoScalingUsesKeyForEbs",
                     "Effect": "Allow",
-                    "Principal": {"AWS": f"arn:aws:iam::{args.account_id}:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"},
+                    "Principal": {"AWS": "*"},
                     "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"],
                     "Resource": "*",
+                    "Condition": {"StringEquals": {"kms:CallerAccount": args.account_id},
+                                  "ArnEquals": {"aws:PrincipalArn": autoscaling_role}},
                 },
                 {
                     "Sid": "AutoScalingCreatesEbsGrants",
                     "Effect": "Allow",
-                    "Principal": {"AWS": f"arn:aws:iam::{args.account_id}:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"},
+                    "Principal": {"AWS": "*"},
                     "Action": "kms:CreateGrant",
                     "Resource": "*",
-                    "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}},
+                    "Condition": {"StringEquals": {"kms:CallerAccount": args.account_id},
+                                  "ArnEquals": {"aws:PrincipalArn": autoscaling_role},
+                                  "Bool": {"kms:GrantIsForAWSResource": "true"}},
                 },
                 {
                     # CloudWatch alarms publish to the encrypted alerts topic.

@@ -29,8 +29,16 @@ def test_key_policy_keeps_iam_control_and_scopes_services(plan: Plan) -> None:
     assert sids["AccountAdministersKeyThroughIam"]["Principal"] == {"AWS": "arn:aws:iam::123456789012:root"}
     logs = sids["CloudWatchLogsEncryptsOurLogGroups"]
     assert "kms:EncryptionContext:aws:logs:arn" in logs["Condition"]["ArnLike"]
-    assert "AWSServiceRoleForAutoScaling" in sids["AutoScalingUsesKeyForEbs"]["Principal"]["AWS"]
-    assert sids["AutoScalingCreatesEbsGrants"]["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
+    slr = "arn:aws:iam::123456789012:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
+    for sid in ("AutoScalingUsesKeyForEbs", "AutoScalingCreatesEbsGrants"):
+        # Named by condition so the key can be created before the service-linked role exists,
+        # and only that role of this account matches.
+        condition = sids[sid]["Condition"]
+        assert condition["ArnEquals"] == {"aws:PrincipalArn": slr}
+        assert condition["StringEquals"] == {"kms:CallerAccount": "123456789012"}
+    assert sids["AutoScalingCreatesEbsGrants"]["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
+    wildcard = [s for s in policy["Statement"] if s["Principal"] == {"AWS": "*"}]
+    assert all("aws:PrincipalArn" in s["Condition"].get("ArnEquals", {}) for s in wildcard)
 
 
 def test_backup_bucket_is_private_versioned_kms_encrypted_and_tls_only(plan: Plan) -> None:
