@@ -221,7 +221,11 @@ class StackConfig(BaseModel):
 
     @property
     def app_artifact_bucket(self) -> str:
-        return self.app_artifact_url.removeprefix("s3://").split("/", 1)[0]
+        return self.app_artifact.removeprefix("s3://").split("/", 1)[0]
+
+    @property
+    def app_artifact_key(self) -> str:
+        return self.app_artifact.removeprefix("s3://").split("/", 1)[1]
 
     @property
     def nat_gateway_count(self) -> int:

@@ -155,7 +155,6 @@ def main() -> None:
         allow_http_only=cfg.allow_http_only,
     ), opts)
     ami = amazon_linux_2023_ami(invoke)
-    artifact_bucket, artifact_key = cfg.app_artifact.removeprefix("s3://").split("/", 1)
     api = ApiHosts("api", ApiHostsArgs(
         ami_id=ami.id,
         root_device_name=ami.root_device_name,
@@ -175,8 +174,8 @@ def main() -> None:
         app_port=cfg.app_port,
         health_check_path=cfg.health_check_path,
         app_version=cfg.app_version,
-        artifact_bucket=artifact_bucket,
-        artifact_key=artifact_key,
+        artifact_bucket=cfg.app_artifact_bucket,
+        artifact_key=cfg.app_artifact_key,
         public_host=alb.public_host,
         tags=default_tags(cfg.environment),
         app_secret_arn=app_secrets.app_secret_arn,
