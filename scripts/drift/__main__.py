@@ -16,8 +16,9 @@ Exit codes: 0 no drift, 2 drift found, 1 error (one line on stderr).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 from scripts.drift import engine, report, scan, state
 from scripts.lib import cli
@@ -25,9 +26,17 @@ from scripts.lib import cli
 MODES = ("engine", "scan")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors end with exit 1: exit 2 means "drift found" to the nightly job."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise cli.ScriptError(f"{self.prog}: {message}", cli.EXIT_FAILURE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scripts.drift", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m scripts.drift", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     modes = parser.add_subparsers(dest="mode", metavar="{engine,scan}")
 
     engine_parser = modes.add_parser("engine", help="read-only refresh preview through the Automation API (default mode)")
@@ -44,8 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    import sys
-
     args_list = list(sys.argv[1:] if argv is None else argv)
     # Engine mode is the default: `--stack prod` alone means `engine --stack prod`.
     if args_list and args_list[0] not in MODES and args_list[0] not in ("-h", "--help"):
@@ -53,8 +60,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     if args.mode is None:
-        parser.print_help()
-        return cli.EXIT_USAGE
+        parser.print_help(sys.stderr)
+        return cli.EXIT_FAILURE
 
     if args.mode == "engine":
         result = engine.run_engine(args.stack, args.work_dir.resolve())
