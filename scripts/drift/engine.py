@@ -111,8 +111,12 @@ def _register_secret_values(bag: Mapping[str, Any], secret_names: Iterable[str])
             masking.conceal(masking.scrub(bag[name]))
 
 
+def _op(metadata: auto_events.StepEventMetadata) -> str:
+    return metadata.op.value if hasattr(metadata.op, "value") else str(metadata.op)
+
+
 def _operation(metadata: auto_events.StepEventMetadata, changes: list[EngineChange]) -> Optional[str]:
-    op = metadata.op.value if hasattr(metadata.op, "value") else str(metadata.op)
+    op = _op(metadata)
     if op == "delete" or (op in _NEUTRAL_OPS and metadata.old is not None and metadata.new is None):
         return "delete"
     if op in _NEUTRAL_OPS:
@@ -129,17 +133,24 @@ def drift_from_events(events: Iterable[EventLike],
     export: secret-wrapped values and additionalSecretOutputs)."""
     secret_paths = secret_paths or {}
     latest: dict[str, auto_events.StepEventMetadata] = {}
+    has_result: set[str] = set()
+    failed: set[str] = set()
     order: list[str] = []
     report = EngineReport(stack=stack)
     for raw in events:
         event = _event(raw)
-        step = event.res_outputs_event or event.resource_pre_event or event.res_op_failed_event
+        if event.res_op_failed_event is not None:
+            failed.add(event.res_op_failed_event.metadata.urn)
+        step = event.res_outputs_event or event.resource_pre_event
         if step is not None:
             metadata = step.metadata
             if metadata.urn not in latest:
                 order.append(metadata.urn)
-            # Outputs events come after pre events and hold the step's result: the later one wins.
-            if event.resource_pre_event is None or metadata.urn not in latest:
+            # The outputs event comes after the pre event and holds the step's result: it wins.
+            if event.res_outputs_event is not None:
+                latest[metadata.urn] = metadata
+                has_result.add(metadata.urn)
+            elif metadata.urn not in has_result:
                 latest[metadata.urn] = metadata
         if event.summary_event is not None:
             report.resource_changes = {str(getattr(k, "value", k)): v for k, v in event.summary_event.resource_changes.items()}
@@ -150,8 +161,15 @@ def drift_from_events(events: Iterable[EventLike],
         metadata = latest[urn]
         if metadata.type.startswith("pulumi:providers:") or metadata.type == "pulumi:pulumi:Stack":
             continue
+        if urn in failed:
+            report.diagnostics.append(f"could not read {urn}: see the error above")
+            continue
+        if urn not in has_result and _op(metadata) in _NEUTRAL_OPS:
+            continue  # a step announced but never finished says nothing about the resource
         secret_names = set(secret_paths.get(urn, ()))
         old_bag, new_bag = _state_bag(metadata.old), _state_bag(metadata.new)
+        old_inputs = (metadata.old.inputs if metadata.old else None) or {}
+        new_inputs = (metadata.new.inputs if metadata.new else None) or {}
         _register_secret_values(old_bag, secret_names)
         _register_secret_values(new_bag, secret_names)
 
@@ -168,7 +186,11 @@ def drift_from_events(events: Iterable[EventLike],
         for dotted, kind in sorted(paths.items()):
             parts = split_path(dotted)
             old_value = lookup(old_bag, parts)
+            if old_value is _MISSING:
+                old_value = lookup(old_inputs, parts)  # a diff over inputs names input paths
             new_value = lookup(new_bag, parts) if metadata.new is not None else _MISSING
+            if new_value is _MISSING and metadata.new is not None:
+                new_value = lookup(new_inputs, parts)
             secret = (bool(parts) and str(parts[0]) in secret_names) or any(
                 v is not _MISSING and masking.contains_secret(v) for v in (old_value, new_value))
             changes.append(EngineChange(dotted, kind, _masked(old_value, parts, secret),

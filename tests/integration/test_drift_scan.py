@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import boto3
-import pytest
 
 from tests.services import MotoServer
 
@@ -483,14 +482,13 @@ def test_scan_errors_are_one_line(moto: MotoServer, tmp_path: Path) -> None:
     assert unreachable.stderr.strip().splitlines()[-1].startswith("error: ec2.describe_vpcs failed")
 
 
-@pytest.mark.parametrize("stack_tag", ["staging"])
-def test_other_stacks_resources_are_not_unmanaged(moto: MotoServer, tmp_path: Path, stack_tag: str) -> None:
+def test_other_stacks_resources_are_not_unmanaged(moto: MotoServer, tmp_path: Path) -> None:
     world = World(moto)
     world.state.add("aws:ec2/vpc:Vpc", "network-vpc", world.ec2.create_vpc(CidrBlock="10.30.0.0/16", TagSpecifications=[
         {"ResourceType": "vpc", "Tags": aws_tags("vpc")}])["Vpc"]["VpcId"], {"cidrBlock": "10.30.0.0/16"})
     # The staging stack's bucket shares the account: it belongs to a state we did not pass.
     world.s3.create_bucket(Bucket=f"{PROJECT}-staging-backups", CreateBucketConfiguration={"LocationConstraint": REGION})
-    world.s3.put_bucket_tagging(Bucket=f"{PROJECT}-staging-backups", Tagging={"TagSet": aws_tags("backups", stack=stack_tag)})
+    world.s3.put_bucket_tagging(Bucket=f"{PROJECT}-staging-backups", Tagging={"TagSet": aws_tags("backups", stack="staging")})
     # A hand-made bucket with our project tag but no stack tag is ours, and unmanaged.
     world.s3.create_bucket(Bucket=f"{PROJECT}-scratch", CreateBucketConfiguration={"LocationConstraint": REGION})
     world.s3.put_bucket_tagging(Bucket=f"{PROJECT}-scratch", Tagging={"TagSet": [{"Key": "project", "Value": PROJECT}]})

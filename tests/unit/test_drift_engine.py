@@ -184,6 +184,26 @@ def test_refresh_step_without_new_state_means_the_resource_is_gone() -> None:
     assert finish(gone.drifted, gone.summary()) == EXIT_DRIFT
 
 
+def test_a_failed_read_or_an_unfinished_step_is_not_a_deletion() -> None:
+    host = state(EC2, "monitoring", "i-0123", {"instanceType": "t3.small"})
+    failed = events.EngineEvent.from_json({"sequence": 3, "timestamp": 1, "resOpFailedEvent": {
+        "metadata": {"op": "refresh", "urn": urn(EC2, "monitoring"), "type": EC2, "provider": PROVIDER, "old": host},
+        "status": 1, "steps": 0}})
+    found = drift_from_events([step_event("resourcePreEvent", "refresh", EC2, "monitoring", host, None), failed,
+                               step_event("resourcePreEvent", "refresh", BUCKET, "backups",
+                                          state(BUCKET, "backups", "b", {}), None)])
+    assert found.drifted_resources == []
+    assert found.diagnostics == [f"could not read {urn(EC2, 'monitoring')}: see the error above"]
+
+
+def test_input_paths_fall_back_to_inputs() -> None:
+    old = state(DB, "db", "db-1", {"publiclyAccessible": False}, inputs={"allocatedStorage": 20})
+    new = state(DB, "db", "db-1", {"publiclyAccessible": False}, inputs={"allocatedStorage": 50})
+    found = drift_from_events([step_event("resOutputsEvent", "update", DB, "db", old, new,
+                                          detailed={"allocatedStorage": "update"})])
+    assert [(c.path, c.old, c.new) for c in found.drifted_resources[0].changes] == [("allocatedStorage", 20, 50)]
+
+
 def test_events_may_be_given_as_json_dicts() -> None:
     host = state(EC2, "monitoring", "i-0123", {"instanceType": "t3.small"})
     raw = {"sequence": 1, "timestamp": 1, "resOutputsEvent": {"metadata": {
