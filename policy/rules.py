@@ -300,12 +300,13 @@ _SECRET_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("an AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
     ("an AWS secret access key", re.compile(r"(?i)aws_?secret_?access_?key\s*[=:]\s*['\"]?[A-Za-z0-9/+]{40}")),
     ("a private key", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")),
-    # A literal value, not a shell/template reference ($VAR, $(cmd), ${x}, {{ x }}, <x>) nor a boolean.
+    # A key that starts a token (not a segment of an ARN such as ...:secret:name) assigned a literal
+    # value, not a shell/template reference ($VAR, $(cmd), ${x}, {{ x }}, <x>) nor a boolean.
     ("a password assignment", re.compile(
-        r"(?i)[\w.-]*(?:password|passwd|pwd)\s*[=:]\s*['\"]?"
+        r"(?i)(?<![\w.:/-])[\w.-]*(?:password|passwd|pwd)\s*[=:]\s*['\"]?"
         r"(?![$\{<%(\[])(?!(?:true|false|yes|no|null|none)\b)[^\s'\"]{4,}")),
     ("a token, secret or API key assignment", re.compile(
-        r"(?i)[\w.-]*(?:token|secret|api[_-]?key|access[_-]?key)\s*[=:]\s*['\"]?"
+        r"(?i)(?<![\w.:/-])[\w.-]*(?:token|secret|api[_-]?key|access[_-]?key)\s*[=:]\s*['\"]?"
         r"(?![$\{<%(\[])[A-Za-z0-9/+=_.\-]{12,}")),
     ("a GitHub token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b")),
     ("a Slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),

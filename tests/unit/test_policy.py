@@ -165,6 +165,7 @@ def test_user_data_layers_are_decoded() -> None:
 
 
 @pytest.mark.parametrize("text", [BENIGN_SCRIPT, BENIGN_CLOUD_CONFIG, "SECRET_ARN=arn:aws:secretsmanager:eu-central-1:1:secret:x\n",
+                                  "DB=arn:aws:secretsmanager:eu-central-1:123456789012:secret:psychology-api/prod/db-AbCdEf\n",
                                   "password: ${DB_PASSWORD}\nPASSWORD=$(cat /run/pw)\nlock_passwd: true\n"])
 def test_user_data_references_are_not_secrets(text: str) -> None:
     assert find_secrets(text) == []
