@@ -238,6 +238,38 @@ def _provider_message(plan: Plan, resource: PlannedResource) -> Optional[analyze
     return message
 
 
+def test_pack_serves_the_analyzer_protocol_as_the_cli_starts_it() -> None:
+    """Start the pack the way the Pulumi CLI's python analyzer plugin does (`python -u -m
+    pulumi.policy <engine> <pack dir>` from the pack directory), then talk gRPC to it."""
+    import grpc
+    from google.protobuf import empty_pb2
+    from pulumi.runtime.proto import analyzer_pb2_grpc
+
+    process = subprocess.Popen([sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:1", "."],
+                               cwd=ROOT / "policy", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        port = process.stdout.readline().strip()
+        assert port.isdigit(), process.stderr.read() if process.stderr else ""
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = analyzer_pb2_grpc.AnalyzerStub(channel)
+            info = stub.GetAnalyzerInfo(empty_pb2.Empty(), timeout=30)
+            assert info.name == PACK_NAME
+            assert [p.name for p in info.policies] == RULE_NAMES
+            assert {p.enforcementLevel for p in info.policies} == {analyzer_pb2.MANDATORY}
+            request = analyzer_pb2.AnalyzeRequest(type="aws:kms/key:Key", name="k",
+                                                  urn="urn:pulumi:prod::psychology-api::aws:kms/key:Key::k")
+            json_format.ParseDict({"enableKeyRotation": False}, request.properties)
+            names = {d.policyName for d in stub.Analyze(request, timeout=30).diagnostics}
+            assert names == {"kms-key-rotation", "aws-provider-default-tags"}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
 def _stack_props(resource: PlannedResource) -> dict:
     """What AnalyzeStack receives: the resource's state (inputs plus computed outputs)."""
     return {**resource.outputs, "id": resource.id}
