@@ -2,7 +2,10 @@
 
 Runs the real program (infra.program) under Pulumi's mock engine with a stack's config file
 and prints every resource (type, logical name, parent, the inputs that matter), the stack
-outputs and a count per type. Exit codes: 0 planned, 2 invalid configuration, 1 other errors.
+outputs and a count per type. With --policy it also runs the security baseline (policy/rules.py,
+the rules of the `policy` pack) over the planned resources and lists every violation.
+Exit codes: 0 planned (and no policy violation), 1 a mandatory policy violation or another
+error, 2 invalid configuration.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any, Optional
 
 from infra.config import ConfigError
 from infra.mock_engine import Plan, PlannedResource, run_program
+from policy.model import Violation
+from policy.plan import check_plan
+from policy.rules import RULES
 from scripts.lib import cli
 
 _SKIPPED_INPUTS = {"tags", "tagsAll", "__defaults"}
@@ -61,12 +67,27 @@ def _resource_dict(r: PlannedResource) -> dict[str, Any]:
     return r.to_json()
 
 
+def _print_violations(violations: list[Violation]) -> None:
+    out = sys.stdout
+    out.write(f"\nPolicy: {len(RULES)} rules of the security baseline, {len(violations)} violation(s)\n")
+    for v in violations:
+        out.write(f"  [{v.enforcement}] {v.rule}  {v.resource_type}  {v.resource_name}\n"
+                  f"      {v.message}  ({v.control})\n")
+
+
+def _policy_document(violations: list[Violation]) -> dict[str, Any]:
+    return {"rules": len(RULES), "violations": [v.to_json() for v in violations],
+            "mandatory_violations": sum(1 for v in violations if v.enforcement == "mandatory")}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", required=True, help="stack name: staging or prod (reads Pulumi.<stack>.yaml)")
     parser.add_argument("--config-file", type=Path, default=None,
                         help="plan this stack file instead of Pulumi.<stack>.yaml")
+    parser.add_argument("--policy", action="store_true",
+                        help="also run the security-baseline policy rules over the plan; exit 1 on any violation")
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -83,12 +104,23 @@ def main(argv: Optional[list[str]] = None) -> int:
             cli.console.print(line, markup=False, style="red")
         return cli.EXIT_USAGE
 
+    violations = check_plan(plan) if args.policy else []
     if args.json:
-        cli.emit_json(plan.to_json())
+        document = plan.to_json()
+        if args.policy:
+            document["policy"] = _policy_document(violations)
+        cli.emit_json(document)
     else:
         _print_human(plan)
-    cli.verdict(True, f"planned {len(plan.resources)} resources for stack {args.stack}")
-    return cli.EXIT_OK
+        if args.policy:
+            _print_violations(violations)
+    summary = f"planned {len(plan.resources)} resources for stack {args.stack}"
+    if not args.policy:
+        cli.verdict(True, summary)
+        return cli.EXIT_OK
+    mandatory = sum(1 for v in violations if v.enforcement == "mandatory")
+    cli.verdict(mandatory == 0, f"{summary}; {len(RULES)} policy rules, {mandatory} mandatory violation(s)")
+    return cli.EXIT_OK if mandatory == 0 else cli.EXIT_FAILURE
 
 
 if __name__ == "__main__":
