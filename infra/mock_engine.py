@@ -176,6 +176,7 @@ _ID_PREFIX = {
     "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": "sg-",
     "aws:ec2/routeTableAssociation:RouteTableAssociation": "rtbassoc-",
     "aws:ec2/route:Route": "r-",
+    "aws:ebs/volume:Volume": "vol-",
 }
 _ARN_SERVICE = {
     "ec2": "ec2", "vpc": "ec2", "s3": "s3", "kms": "kms", "iam": "iam", "lb": "elasticloadbalancing",
@@ -342,6 +343,10 @@ def _computed_secret(m: PlanMocks, args: Any, rid: str, state: dict) -> dict:
     return {"arn": f"arn:aws:secretsmanager:{m.region}:{MOCK_ACCOUNT_ID}:secret:{name}-AbCdEf"}
 
 
+def _computed_topic(m: PlanMocks, args: Any, rid: str, state: dict) -> dict:
+    return {"arn": f"arn:aws:sns:{m.region}:{MOCK_ACCOUNT_ID}:{state['name']}"}
+
+
 _COMPUTED: dict[str, Callable[[PlanMocks, Any, str, dict], dict]] = {
     "aws:s3/bucket:Bucket": _computed_bucket,
     "aws:ec2/vpc:Vpc": _computed_vpc,
@@ -358,6 +363,7 @@ _COMPUTED: dict[str, Callable[[PlanMocks, Any, str, dict], dict]] = {
     "random:index/randomPassword:RandomPassword": _computed_random,
     "random:index/randomString:RandomString": _computed_random,
     "aws:secretsmanager/secret:Secret": _computed_secret,
+    "aws:sns/topic:Topic": _computed_topic,
 }
 
 
