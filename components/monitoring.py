@@ -146,7 +146,7 @@ class MonitoringHost(pulumi.ComponentResource):
             description="Monitoring host: EC2 discovery, its own secrets, backups, alerts topic",
             assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
             tags=name_tag("monitoring-role")), child)
-        aws.iam.RolePolicyAttachment(f"{name}-ssm", aws.iam.RolePolicyAttachmentArgs(
+        ssm_core = aws.iam.RolePolicyAttachment(f"{name}-ssm", aws.iam.RolePolicyAttachmentArgs(
             role=role.name, policy_arn=SSM_CORE_POLICY), child)
         readable_secrets: list[pulumi.Input[str]] = [grafana_secret.arn, args.db_master_secret_arn]
         if alerting_secret is not None:
@@ -155,7 +155,7 @@ class MonitoringHost(pulumi.ComponentResource):
             readable_secrets.append(args.db_monitor_secret_arn)
         if args.redis_secret_arn is not None:
             readable_secrets.append(args.redis_secret_arn)
-        aws.iam.RolePolicy(f"{name}-policy", aws.iam.RolePolicyArgs(
+        permissions = aws.iam.RolePolicy(f"{name}-policy", aws.iam.RolePolicyArgs(
             role=role.id,
             policy=host_policy(args, readable_secrets)), child)
         profile = aws.iam.InstanceProfile(f"{name}-profile", aws.iam.InstanceProfileArgs(
@@ -233,8 +233,9 @@ class MonitoringHost(pulumi.ComponentResource):
             tags=name_tag("monitoring", {"role": "monitoring"}),
         ), pulumi.ResourceOptions(
             parent=self,
-            # The boot script reads the bundle and the secrets' values: they must exist first.
-            depends_on=[bundle, *secret_versions],
+            # The boot script uses its permissions to read the bundle and the secrets' values:
+            # all of them must exist before it runs.
+            depends_on=[bundle, permissions, ssm_core, *secret_versions],
             # A newer AMI alone must not replace the host in the middle of an unrelated
             # deployment; roll it deliberately with `pulumi up --replace <urn>`.
             ignore_changes=["ami"]))

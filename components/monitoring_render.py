@@ -21,6 +21,7 @@ replaced and boots with exactly what the repository holds.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import gzip
 import hashlib
 import re
@@ -55,6 +56,10 @@ BACKUP_PREFIX = "postgres/"                            # contract with the backu
 
 # What scripts/ imports on the host; versions come from requirements.txt (one place).
 OPS_PACKAGES = ("boto3", "psycopg[binary]", "rich", "tenacity")
+# The part of scripts/ the host runs: the shared layer and the backup/restore tools. Other
+# operator scripts stay out, so changing them does not replace the monitoring host.
+OPS_SCRIPT_PATTERNS = ("__init__.py", "lib/*.py", "lib/**/*.py", "backup*.py", "restore*.py",
+                       "backup*/**/*.py", "restore*/**/*.py")
 
 # External APIs probed for reachability over HTTPS (unauthenticated: 2xx-4xx all prove the
 # path works). E-mail cannot be probed from here: the monitoring host has no SMTP egress.
@@ -344,14 +349,20 @@ def ops_requirements(requirements_file: Path = ROOT_DIR / "requirements.txt") ->
     return "# Rendered from requirements.txt by components/monitoring_render.py.\n" + "\n".join(lines) + "\n"
 
 
+def is_ops_script(relative_path: str) -> bool:
+    """Whether a file of scripts/ (path relative to it) belongs in the operations bundle."""
+    if "__pycache__" in relative_path.split("/"):
+        return False
+    return any(fnmatch.fnmatchcase(relative_path, pattern) for pattern in OPS_SCRIPT_PATTERNS)
+
+
 def bundle_files() -> dict[str, str]:
     """Archive path -> text of every file in the operations bundle (sorted, deterministic)."""
     files: dict[str, str] = {}
     scripts = ROOT_DIR / "scripts"
     for path in sorted(scripts.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        files[path.relative_to(ROOT_DIR).as_posix()] = path.read_text()
+        if is_ops_script(path.relative_to(scripts).as_posix()):
+            files[path.relative_to(ROOT_DIR).as_posix()] = path.read_text()
     files["requirements-ops.txt"] = ops_requirements()
     for name, content in rule_files().items():
         files[f"monitoring/rules/{name}"] = content

@@ -222,7 +222,7 @@ def test_host_is_al2023_sized_from_config_with_detailed_monitoring(plan: Plan) -
 
 
 def test_host_waits_for_bundle_and_secret_values(plan: Plan) -> None:
-    assert {"monitoring-ops-bundle", "monitoring-grafana-value"} <= set(host(plan).depends_on)
+    assert {"monitoring-ops-bundle", "monitoring-grafana-value", "monitoring-policy", "monitoring-ssm"} <= set(host(plan).depends_on)
 
 
 # --- identity -------------------------------------------------------------------------------------

@@ -388,6 +388,18 @@ def test_ops_requirements_are_pinned_from_requirements_txt() -> None:
     assert [line.split("==")[0] for line in lines] == list(render.OPS_PACKAGES)
 
 
+def test_bundle_holds_the_scripts_the_timers_run_and_nothing_else() -> None:
+    units = render.systemd_units(settings())
+    modules = {m for text in units.values() for m in re.findall(r"-m scripts\.(\w+)", text)}
+    assert modules == {"backup", "restore_drill"}
+    for module in (*modules, "restore", "lib/cli", "lib/db", "lib/aws", "lib/secrets"):
+        assert render.is_ops_script(f"{module}.py"), module
+    assert render.is_ops_script("__init__.py")
+    for unrelated in ("plan.py", "smoke.py", "migrate.py", "lib/__pycache__/cli.cpython-311.pyc"):
+        assert not render.is_ops_script(unrelated), unrelated
+    assert "scripts/plan.py" not in render.bundle_files()
+
+
 def test_bundle_is_deterministic_and_named_by_content() -> None:
     first, second = render.bundle_files(), render.bundle_files()
     assert first == second and render.bundle_key(first) == render.bundle_key(second)
