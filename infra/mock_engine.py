@@ -176,6 +176,7 @@ _ID_PREFIX = {
     "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": "sg-",
     "aws:ec2/routeTableAssociation:RouteTableAssociation": "rtbassoc-",
     "aws:ec2/route:Route": "r-",
+    "aws:ebs/volume:Volume": "vol-",
 }
 _ARN_SERVICE = {
     "ec2": "ec2", "vpc": "ec2", "s3": "s3", "kms": "kms", "iam": "iam", "lb": "elasticloadbalancing",
@@ -380,6 +381,10 @@ def _computed_instance_profile(m: PlanMocks, args: Any, rid: str, state: dict) -
     return {"arn": f"arn:aws:iam::{MOCK_ACCOUNT_ID}:instance-profile/{state['name']}", "uniqueId": "AIPAPLAN"}
 
 
+def _computed_topic(m: PlanMocks, args: Any, rid: str, state: dict) -> dict:
+    return {"arn": f"arn:aws:sns:{m.region}:{MOCK_ACCOUNT_ID}:{state['name']}"}
+
+
 _COMPUTED: dict[str, Callable[[PlanMocks, Any, str, dict], dict]] = {
     "aws:s3/bucket:Bucket": _computed_bucket,
     "aws:ec2/vpc:Vpc": _computed_vpc,
@@ -402,6 +407,7 @@ _COMPUTED: dict[str, Callable[[PlanMocks, Any, str, dict], dict]] = {
     "aws:ec2/launchTemplate:LaunchTemplate": _computed_launch_template,
     "aws:autoscaling/group:Group": _computed_asg,
     "aws:iam/instanceProfile:InstanceProfile": _computed_instance_profile,
+    "aws:sns/topic:Topic": _computed_topic,
 }
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
+from components.alarms import AlertsTopic, AlertsTopicArgs, CloudWatchAlarms, CloudWatchAlarmsArgs
 from components.api_hosts import ApiHosts, ApiHostsArgs, amazon_linux_2023_ami
 from components.cache import Cache, CacheArgs
 from components.database import Database, DatabaseArgs
 from components.encryption import DataKey, DataKeyArgs
 from components.loadbalancer import LoadBalancer, LoadBalancerArgs
+from components.monitoring import MonitoringHost, MonitoringHostArgs
 from components.network import Network, NetworkArgs
 from components.secrets import AppSecrets, AppSecretsArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
@@ -185,6 +187,51 @@ def main() -> None:
         redis_secret_arn=cache.secret_arn,
     ), opts)
 
+    # --- monitoring: the host (Prometheus, Alertmanager, Grafana, backups) and CloudWatch alarms ---
+    alerts = AlertsTopic("alerts", AlertsTopicArgs(
+        kms_key_arn=data_key.arn, account_id=account_id, region=cfg.region, alarm_email=cfg.alarm_email), opts)
+    monitoring = MonitoringHost("monitoring", MonitoringHostArgs(
+        subnet_id=network.private_subnet_ids[0],
+        availability_zone=azs[0],
+        security_group_id=security.ids["monitoring"],
+        account_id=account_id,
+        region=cfg.region,
+        environment=cfg.environment,
+        kms_key_arn=data_key.arn,
+        backup_bucket_name=backups.name,
+        backup_bucket_arn=backups.arn,
+        alerts_topic_arn=alerts.arn,
+        db_address=database.endpoint,
+        db_name=cfg.db_name,
+        db_master_secret_arn=database.master_secret_arn,
+        public_url=alb.url,
+        https=cfg.https_enabled,
+        app_port=cfg.app_port,
+        instance_type=cfg.monitoring_instance_type,
+        volume_gb=cfg.monitoring_volume_gb,
+        backup_schedule=cfg.backup_schedule,
+        restore_drill_schedule=cfg.restore_drill_schedule,
+        secret_recovery_window_days=cfg.secret_recovery_window_days,
+        health_check_path=cfg.health_check_path,
+        postgres_major_version=cfg.db_major_version,
+        redis_secret_arn=cache.secret_arn,
+        alert_webhook_url=secrets.get("alertWebhookUrl"),
+        pagerduty_routing_key=secrets.get("pagerdutyRoutingKey"),
+        final_snapshot=cfg.deletion_protection,
+    ), opts)
+    CloudWatchAlarms("alarms", CloudWatchAlarmsArgs(
+        alerts_topic_arn=alerts.arn,
+        region=cfg.region,
+        alb_arn_suffix=alb.arn_suffix,
+        target_group_arn_suffix=alb.target_group_arn_suffix,
+        asg_name=api.asg_name,
+        db_instance_identifier=database.identifier,
+        db_allocated_storage_gb=cfg.db_allocated_storage_gb,
+        redis_replication_group_id=cache.replication_group_id,
+        redis_num_nodes=cfg.redis_num_nodes,
+        monitoring_instance_id=monitoring.instance_id,
+    ), opts)
+
     security_group_ids = dict(security.ids)
     if network.endpoint_security_group_id is not None:
         security_group_ids["endpoints"] = network.endpoint_security_group_id
@@ -224,3 +271,7 @@ def main() -> None:
     pulumi.export("asg_name", api.asg_name)
     pulumi.export("api_role_name", api.role_name)
     pulumi.export("maintenance_mode", cfg.maintenance)
+    pulumi.export("monitoring_instance_id", monitoring.instance_id)
+    pulumi.export("grafana_url", monitoring.grafana_url)
+    pulumi.export("grafana_admin_secret_arn", monitoring.grafana_admin_secret_arn)
+    pulumi.export("alerts_topic_arn", alerts.arn)

@@ -57,7 +57,7 @@ def test_detailed_monitoring_image_and_instance_type(plan: Plan) -> None:
     assert lt["imageId"] == "ami-0c1f2e3d4b5a69788"  # the AL2023 answer of the mock engine
     assert lt["instanceType"] == {"staging": "t3.medium", "prod": "c6i.xlarge"}[plan.stack]
     assert lt["updateDefaultVersion"] is True
-    profile = plan.one("aws:iam/instanceProfile:InstanceProfile")
+    profile = plan.one("aws:iam/instanceProfile:InstanceProfile", "api-profile")
     assert lt["iamInstanceProfile"] == {"arn": profile.outputs["arn"]}
 
 

@@ -1,0 +1,336 @@
+"""The monitoring host: Prometheus, Alertmanager, Grafana and the exporters on one EC2 instance
+in a private subnet, plus the nightly backup and the monthly restore drill (systemd timers).
+
+The instance is disposable; its state is not. Prometheus' TSDB, Alertmanager's silences,
+Grafana's database and the backup metrics live on a separate encrypted EBS volume that a
+replacement instance re-attaches. That is what makes `user_data_replace_on_change` the right
+choice: cloud-init applies user data once per instance, so an in-place change would leave
+the running host on the old configuration; replacing it makes every configuration change
+(and every change of the operations bundle, whose key is in the user data) take effect, and
+loses no history.
+
+Secrets never travel in user data: the host reads them at boot with its own role, by ARN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from components.common import assume_role_policy, name_tag, physical_prefix, policy_json, type_token
+from components.monitoring_render import (
+    BACKUP_PREFIX,
+    CLOUDWATCH_NAMESPACE,
+    MonitoringSettings,
+    bundle_files,
+    bundle_key,
+    user_data_base64,
+)
+
+GRAFANA_PORT = 3000
+ROOT_VOLUME_GB = 20
+DATA_DEVICE_NAME = "/dev/sdf"
+SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+
+
+@dataclass
+class MonitoringHostArgs:
+    # Placement and access.
+    subnet_id: pulumi.Input[str]                 # one private subnet
+    availability_zone: str                       # the subnet's AZ (the data volume must match)
+    security_group_id: pulumi.Input[str]         # SecurityGroups.ids["monitoring"]
+    account_id: str
+    region: str
+    environment: str
+    # Encryption, storage, alerting.
+    kms_key_arn: pulumi.Input[str]
+    backup_bucket_name: pulumi.Input[str]
+    backup_bucket_arn: pulumi.Input[str]
+    alerts_topic_arn: pulumi.Input[str]
+    # The database to watch and back up (from the data part).
+    db_address: pulumi.Input[str]
+    db_name: str
+    db_master_secret_arn: pulumi.Input[str]      # RDS-managed {username,password}
+    # What Prometheus probes from outside: "https://api.example.com" or "http://<alb dns>".
+    public_url: pulumi.Input[str]
+    https: bool
+    app_port: int
+    # Sizes and schedules (config).
+    instance_type: str
+    volume_gb: int
+    backup_schedule: str
+    restore_drill_schedule: str
+    secret_recovery_window_days: int
+    health_check_path: str = "/health/"
+    db_port: int = 5432
+    postgres_major_version: int = 16
+    # Optional inputs from other parts: without them the matching exporter stays off.
+    db_monitor_secret_arn: Optional[pulumi.Input[str]] = None   # psychology-api/<stack>/database/monitor
+    redis_secret_arn: Optional[pulumi.Input[str]] = None        # {"host","port","auth_token","tls"}
+    # Optional alert channels (secret config); without them Alertmanager sends to SNS.
+    alert_webhook_url: Optional[pulumi.Input[str]] = None
+    pagerduty_routing_key: Optional[pulumi.Input[str]] = None
+    # Keep a snapshot of the data volume when the stack is destroyed (prod).
+    final_snapshot: bool = False
+
+
+class MonitoringHost(pulumi.ComponentResource):
+    instance_id: pulumi.Output[str]
+    private_ip: pulumi.Output[str]
+    role_arn: pulumi.Output[str]
+    data_volume_id: pulumi.Output[str]
+    grafana_admin_secret_arn: pulumi.Output[str]
+    alerting_secret_arn: Optional[pulumi.Output[str]]
+    grafana_url: pulumi.Output[str]
+    bundle_key: str
+
+    def __init__(self, name: str, args: MonitoringHostArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__(type_token("monitoring", "MonitoringHost"), name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        secrets_base = f"{pulumi.get_project()}/{pulumi.get_stack()}"
+
+        # --- secrets the host reads at boot -----------------------------------------------
+        grafana_password = random.RandomPassword(f"{name}-grafana-admin-password", random.RandomPasswordArgs(
+            length=32, special=False), child)
+        grafana_secret_name = f"{secrets_base}/grafana"
+        grafana_secret = aws.secretsmanager.Secret(f"{name}-grafana", aws.secretsmanager.SecretArgs(
+            name=grafana_secret_name,
+            description="Grafana admin credentials of the monitoring host (generated)",
+            kms_key_id=args.kms_key_arn,
+            recovery_window_in_days=args.secret_recovery_window_days,
+            tags=name_tag("grafana-secret", {"secret-kind": "operator"})), child)
+        grafana_version = aws.secretsmanager.SecretVersion(f"{name}-grafana-value", aws.secretsmanager.SecretVersionArgs(
+            secret_id=grafana_secret.id,
+            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps(
+                {"admin_user": "admin", "admin_password": grafana_password.result}))), child)
+        secret_versions: list[pulumi.Resource] = [grafana_version]
+
+        alerting_document: dict[str, Any] = {}
+        if args.alert_webhook_url is not None:
+            alerting_document["webhook_url"] = args.alert_webhook_url
+        if args.pagerduty_routing_key is not None:
+            alerting_document["pagerduty_routing_key"] = args.pagerduty_routing_key
+        alerting_secret: Optional[aws.secretsmanager.Secret] = None
+        if alerting_document:
+            alerting_secret = aws.secretsmanager.Secret(f"{name}-alerting", aws.secretsmanager.SecretArgs(
+                name=f"{secrets_base}/alerting",
+                description="Alertmanager receiver credentials: chat webhook URL, PagerDuty routing key",
+                kms_key_id=args.kms_key_arn,
+                recovery_window_in_days=args.secret_recovery_window_days,
+                tags=name_tag("alerting-secret", {"secret-kind": "integration"})), child)
+            secret_versions.append(aws.secretsmanager.SecretVersion(f"{name}-alerting-value", aws.secretsmanager.SecretVersionArgs(
+                secret_id=alerting_secret.id,
+                secret_string=pulumi.Output.secret(pulumi.Output.json_dumps(alerting_document))), child))
+
+        # --- the operations bundle: scripts, pinned requirements, rules, dashboards ---------
+        files = bundle_files()
+        self.bundle_key = bundle_key(files)
+        bundle = aws.s3.BucketObjectv2(f"{name}-ops-bundle", aws.s3.BucketObjectv2Args(
+            bucket=args.backup_bucket_name,
+            key=self.bundle_key,
+            source=pulumi.AssetArchive({path: pulumi.StringAsset(text) for path, text in files.items()}),
+            content_type="application/zip",
+            # The bucket refuses objects not encrypted with KMS.
+            server_side_encryption="aws:kms",
+            kms_key_id=args.kms_key_arn,
+            bucket_key_enabled=True,
+            tags=name_tag("ops-bundle")), child)
+
+        # --- identity: exactly what the host does, nothing more ----------------------------
+        role = aws.iam.Role(f"{name}-role", aws.iam.RoleArgs(
+            name=f"{physical_prefix()}-monitoring",
+            description="Monitoring host: EC2 discovery, its own secrets, backups, alerts topic",
+            assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
+            tags=name_tag("monitoring-role")), child)
+        ssm_core = aws.iam.RolePolicyAttachment(f"{name}-ssm", aws.iam.RolePolicyAttachmentArgs(
+            role=role.name, policy_arn=SSM_CORE_POLICY), child)
+        readable_secrets: list[pulumi.Input[str]] = [grafana_secret.arn, args.db_master_secret_arn]
+        if alerting_secret is not None:
+            readable_secrets.append(alerting_secret.arn)
+        if args.db_monitor_secret_arn is not None:
+            readable_secrets.append(args.db_monitor_secret_arn)
+        if args.redis_secret_arn is not None:
+            readable_secrets.append(args.redis_secret_arn)
+        permissions = aws.iam.RolePolicy(f"{name}-policy", aws.iam.RolePolicyArgs(
+            role=role.id,
+            policy=host_policy(args, readable_secrets)), child)
+        profile = aws.iam.InstanceProfile(f"{name}-profile", aws.iam.InstanceProfileArgs(
+            name=f"{physical_prefix()}-monitoring", role=role.name, tags=name_tag("monitoring-profile")), child)
+
+        # --- storage -------------------------------------------------------------------------
+        data_volume = aws.ebs.Volume(f"{name}-data", aws.ebs.VolumeArgs(
+            availability_zone=args.availability_zone,
+            size=args.volume_gb,
+            type="gp3",
+            encrypted=True,
+            kms_key_id=args.kms_key_arn,
+            final_snapshot=args.final_snapshot,
+            tags=name_tag("monitoring-data", {"role": "monitoring"})), child)
+
+        # --- probing the public URL over plain HTTP needs port 80 out (staging without TLS) ---
+        if not args.https:
+            aws.vpc.SecurityGroupEgressRule(f"{name}-probe-http-out", aws.vpc.SecurityGroupEgressRuleArgs(
+                security_group_id=args.security_group_id, ip_protocol="tcp", from_port=80, to_port=80,
+                # The load balancer is reached at its public addresses (through NAT), so no
+                # security-group reference can express it.
+                cidr_ipv4="0.0.0.0/0",
+                description="Blackbox probes of the public URL over plain HTTP (no certificate in this stack)",
+                tags=name_tag("monitoring-out-80")), child)
+
+        # --- the instance --------------------------------------------------------------------
+        ami = aws.ec2.get_ami(
+            most_recent=True, owners=["amazon"],
+            filters=[
+                aws.ec2.GetAmiFilterArgs(name="name", values=["al2023-ami-2023.*-kernel-*-x86_64"]),
+                aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
+                aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"]),
+            ],
+            opts=pulumi.InvokeOptions(parent=self))
+
+        alerting_arn: pulumi.Input[Optional[str]] = alerting_secret.arn if alerting_secret is not None else None
+        inputs = pulumi.Output.all(
+            public_url=args.public_url, topic=args.alerts_topic_arn, bucket=args.backup_bucket_name,
+            key=args.kms_key_arn, db_host=args.db_address, master=args.db_master_secret_arn,
+            grafana=grafana_secret.arn, volume=data_volume.id, monitor=args.db_monitor_secret_arn,
+            redis=args.redis_secret_arn, alerting=alerting_arn)
+
+        def render(v: dict[str, Any]) -> str:
+            return user_data_base64(MonitoringSettings(
+                project=pulumi.get_project(), stack=pulumi.get_stack(), environment=args.environment,
+                region=args.region, public_url=v["public_url"], https=args.https, app_port=args.app_port,
+                alerts_topic_arn=v["topic"], backup_bucket=v["bucket"], kms_key_arn=v["key"],
+                db_host=v["db_host"], db_port=args.db_port, db_name=args.db_name, db_master_secret_arn=v["master"],
+                grafana_secret_arn=v["grafana"], grafana_secret_name=grafana_secret_name,
+                data_volume_id=v["volume"], volume_gb=args.volume_gb,
+                backup_schedule=args.backup_schedule, restore_drill_schedule=args.restore_drill_schedule,
+                bundle_key=self.bundle_key, db_monitor_secret_arn=v["monitor"], redis_secret_arn=v["redis"],
+                alerting_secret_arn=v["alerting"], webhook_enabled=args.alert_webhook_url is not None,
+                pagerduty_enabled=args.pagerduty_routing_key is not None,
+                postgres_client_major=args.postgres_major_version,
+                probe_paths=tuple(dict.fromkeys((args.health_check_path, "/api/v1/health/")))))
+
+        instance = aws.ec2.Instance(f"{name}-host", aws.ec2.InstanceArgs(
+            ami=ami.id,
+            instance_type=args.instance_type,
+            subnet_id=args.subnet_id,
+            vpc_security_group_ids=[args.security_group_id],
+            associate_public_ip_address=False,
+            iam_instance_profile=profile.name,
+            monitoring=True,
+            ebs_optimized=True,
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1,
+                instance_metadata_tags="disabled"),
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                volume_type="gp3", volume_size=ROOT_VOLUME_GB, encrypted=True, kms_key_id=args.kms_key_arn,
+                delete_on_termination=True, tags=name_tag("monitoring-root", {"role": "monitoring"})),
+            user_data_base64=inputs.apply(render),
+            user_data_replace_on_change=True,
+            tags=name_tag("monitoring", {"role": "monitoring"}),
+        ), pulumi.ResourceOptions(
+            parent=self,
+            # The boot script uses its permissions to read the bundle and the secrets' values:
+            # all of them must exist before it runs.
+            depends_on=[bundle, permissions, ssm_core, *secret_versions],
+            # A newer AMI alone must not replace the host in the middle of an unrelated
+            # deployment; roll it deliberately with `pulumi up --replace <urn>`.
+            ignore_changes=["ami"]))
+
+        aws.ec2.VolumeAttachment(f"{name}-data-attachment", aws.ec2.VolumeAttachmentArgs(
+            device_name=DATA_DEVICE_NAME, instance_id=instance.id, volume_id=data_volume.id,
+            # Stop the old instance before detaching so Prometheus closes its TSDB cleanly.
+            stop_instance_before_detaching=True,
+        ), pulumi.ResourceOptions(
+            parent=self,
+            # On replacement the volume must leave the old instance before it can join the new
+            # one (create-before-delete would try to attach a volume still in use).
+            delete_before_replace=True))
+
+        self.instance_id = instance.id
+        self.private_ip = instance.private_ip
+        self.role_arn = role.arn
+        self.data_volume_id = data_volume.id
+        self.grafana_admin_secret_arn = grafana_secret.arn
+        self.alerting_secret_arn = alerting_secret.arn if alerting_secret is not None else None
+        self.grafana_url = pulumi.Output.concat(
+            f"http://localhost:{GRAFANA_PORT} after: aws ssm start-session --region {args.region} --target ",
+            instance.id,
+            f" --document-name AWS-StartPortForwardingSession --parameters portNumber={GRAFANA_PORT},localPortNumber={GRAFANA_PORT}")
+        self.register_outputs({
+            "instance_id": self.instance_id, "private_ip": self.private_ip, "role_arn": self.role_arn,
+            "data_volume_id": self.data_volume_id, "grafana_admin_secret_arn": self.grafana_admin_secret_arn,
+            "grafana_url": self.grafana_url, "bundle_key": self.bundle_key,
+        })
+
+
+def host_policy(args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[str]]) -> pulumi.Output[str]:
+    """The monitoring host's inline policy: least privilege, exact ARNs wherever the API allows."""
+    region = args.region
+    backups_objects = pulumi.Output.concat(args.backup_bucket_arn, "/", BACKUP_PREFIX, "*")
+    return policy_json([
+        {
+            # Prometheus EC2 service discovery. Describe* calls support no resource-level
+            # permissions, so "*" is the only resource IAM accepts here.
+            "Sid": "DiscoverApiHosts",
+            "Effect": "Allow",
+            "Action": ["ec2:DescribeInstances", "ec2:DescribeAvailabilityZones"],
+            "Resource": "*",
+        },
+        {
+            "Sid": "ReadOwnSecrets",
+            "Effect": "Allow",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": readable_secrets,
+        },
+        {
+            # Secrets, backups and the alerts topic are encrypted with the data key; the host may
+            # use it only through those three services.
+            "Sid": "UseDataKeyThroughServices",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+            "Resource": args.kms_key_arn,
+            "Condition": {"StringEquals": {"kms:ViaService": [
+                f"secretsmanager.{region}.amazonaws.com", f"s3.{region}.amazonaws.com", f"sns.{region}.amazonaws.com"]}},
+        },
+        {
+            # Backups: write (multipart), verify, read for restores. No delete: retention is the
+            # bucket's lifecycle rule, and a compromised host cannot erase the backups.
+            "Sid": "WriteAndReadBackups",
+            "Effect": "Allow",
+            "Action": ["s3:PutObject", "s3:GetObject", "s3:GetObjectAttributes",
+                       "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+            "Resource": backups_objects,
+        },
+        {
+            "Sid": "ListBackups",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": args.backup_bucket_arn,
+            "Condition": {"StringLike": {"s3:prefix": [f"{BACKUP_PREFIX}*"]}},
+        },
+        {
+            "Sid": "ReadOpsBundle",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": pulumi.Output.concat(args.backup_bucket_arn, "/ops/*"),
+        },
+        {
+            "Sid": "PublishAlerts",
+            "Effect": "Allow",
+            "Action": "sns:Publish",
+            "Resource": args.alerts_topic_arn,
+        },
+        {
+            # CloudWatch agent (memory, disk, heartbeat). PutMetricData has no resource-level
+            # permissions; the namespace condition confines it to this host's namespace.
+            "Sid": "PublishHostMetrics",
+            "Effect": "Allow",
+            "Action": "cloudwatch:PutMetricData",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"cloudwatch:namespace": CLOUDWATCH_NAMESPACE}},
+        },
+    ])

@@ -1,0 +1,385 @@
+"""Rendering of the monitoring host's files: Prometheus, Alertmanager, blackbox_exporter,
+Grafana, systemd units and timers, the boot script, the cloud-init user data and the
+operations bundle.
+
+Everything here is a pure function of `MonitoringSettings` (plain values, no Outputs), so the
+same code renders the user data inside `pulumi up` and the files the validator tests feed to
+promtool, amtool, cloud-init, shellcheck and systemd-analyze. Templates live in
+`components/templates/monitoring/` and are rendered with StrictUndefined: a missing value is an
+error, never an empty string in a config file.
+
+Two delivery paths, chosen by size:
+* the user data (cloud-init, gzip + base64, under EC2's 16 KB limit) carries everything that
+  differs per stack: configs, units and timers, the boot script;
+* the operations bundle (a zip in the backups bucket under `ops/`, its name carrying the
+  SHA-256 of its content) carries what is the same everywhere: the backup/restore scripts
+  with their pinned requirements, the alert rule files and the dashboards.
+Any change to either changes the user data (the bundle key is in it), so the host is
+replaced and boots with exactly what the repository holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import gzip
+import hashlib
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Optional
+
+import jinja2
+import yaml
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates" / "monitoring"
+
+# Paths on the host.
+DATA_DIR = "/var/lib/monitoring"                       # the separate, persistent EBS volume
+TEXTFILE_DIR = "/var/lib/node_exporter/textfile"       # contract: backup metrics go here
+OPS_DIR = "/opt/psychology-ops"
+SECRETS_DIR = "/etc/psychology/secrets"
+ALERTMANAGER_SECRETS_DIR = "/etc/alertmanager/secrets"
+RULES_DIR = "/etc/prometheus/rules"
+ALERTMANAGER_TEMPLATES_DIR = "/etc/alertmanager/templates"
+DASHBOARDS_DIR = f"{OPS_DIR}/current/monitoring/dashboards"
+BOOTSTRAP_PATH = "/usr/local/sbin/psychology-monitoring-bootstrap"
+
+CLOUDWATCH_NAMESPACE = "PsychologyApi/MonitoringHost"
+USER_DATA_LIMIT_BYTES = 16384                          # EC2's limit on user data
+RETENTION_DAYS = 31                                    # a month: the SLO window
+BACKUP_PREFIX = "postgres/"                            # contract with the backups part
+
+# What scripts/ imports on the host; versions come from requirements.txt (one place).
+OPS_PACKAGES = ("boto3", "psycopg[binary]", "rich", "tenacity")
+# The part of scripts/ the host runs: the shared layer and the backup/restore tools. Other
+# operator scripts stay out, so changing them does not replace the monitoring host.
+OPS_SCRIPT_PATTERNS = ("__init__.py", "lib/*.py", "lib/**/*.py", "backup*.py", "restore*.py",
+                       "backup*/**/*.py", "restore*/**/*.py")
+
+# External APIs probed for reachability over HTTPS (unauthenticated: 2xx-4xx all prove the
+# path works). E-mail cannot be probed from here: the monitoring host has no SMTP egress.
+INTEGRATION_PROBES = (
+    ("google-calendar", "https://www.googleapis.com/calendar/v3/colors"),
+    ("payments", "https://api.yookassa.ru/v3/me"),
+    ("telegram", "https://api.telegram.org/"),
+)
+
+UNIT_TEMPLATES = (
+    "prometheus.service", "alertmanager.service", "node_exporter.service", "postgres_exporter.service",
+    "redis_exporter.service", "blackbox_exporter.service", "grafana-server.service",
+    "psychology-backup.service", "psychology-backup.timer",
+    "psychology-restore-drill.service", "psychology-restore-drill.timer",
+)
+DASHBOARD_FILES = ("golden-paths.json", "errors-latency.json", "integrations-health.json")
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """Everything that differs between stacks, as plain values."""
+
+    project: str
+    stack: str
+    environment: str
+    region: str
+    public_url: str                       # https://api.example.com or http://<alb dns>
+    https: bool
+    app_port: int
+    alerts_topic_arn: str
+    backup_bucket: str
+    kms_key_arn: str
+    db_host: str
+    db_name: str
+    db_master_secret_arn: str
+    grafana_secret_arn: str
+    grafana_secret_name: str
+    data_volume_id: str
+    volume_gb: int
+    backup_schedule: str
+    restore_drill_schedule: str
+    bundle_key: str
+    db_port: int = 5432
+    db_monitor_secret_arn: Optional[str] = None
+    redis_secret_arn: Optional[str] = None
+    alerting_secret_arn: Optional[str] = None
+    webhook_enabled: bool = False
+    pagerduty_enabled: bool = False
+    postgres_client_major: int = 16
+    probe_paths: tuple[str, ...] = ("/health/", "/api/v1/health/")
+
+    @property
+    def probe_urls(self) -> list[str]:
+        base = self.public_url.rstrip("/")
+        return [f"{base}{path}" for path in self.probe_paths]
+
+
+def _shquote(value: Any) -> str:
+    return shlex.quote("" if value is None else str(value))
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - YAML, INI, shell and unit files, never HTML
+    )
+    env.filters["shquote"] = _shquote
+    return env
+
+
+def render_template(name: str, **values: Any) -> str:
+    return _environment().get_template(name).render(**values)
+
+
+def template_text(name: str) -> str:
+    return (TEMPLATES_DIR / name).read_text()
+
+
+@cache
+def releases() -> dict[str, dict[str, Any]]:
+    """Pinned versions, URLs and SHA-256 sums of the software downloaded at boot."""
+    data: dict[str, dict[str, Any]] = yaml.safe_load(template_text("host/releases.yaml"))
+    for name, release in data.items():
+        if not str(release["url"]).startswith("https://"):
+            raise ValueError(f"{name}: downloads must use HTTPS")
+        if not re.fullmatch(r"[0-9a-f]{64}", str(release["sha256"])):
+            raise ValueError(f"{name}: sha256 must be 64 hex digits")
+    return data
+
+
+def _common(s: MonitoringSettings) -> dict[str, Any]:
+    return {
+        "project": s.project, "stack": s.stack, "environment": s.environment, "region": s.region,
+        "data_dir": DATA_DIR, "textfile_dir": TEXTFILE_DIR, "ops_dir": OPS_DIR, "secrets_dir": SECRETS_DIR,
+    }
+
+
+# --- Prometheus ----------------------------------------------------------------------
+
+def prometheus_config(s: MonitoringSettings, rules_dir: str = RULES_DIR) -> str:
+    return render_template(
+        "prometheus/prometheus.yml.j2", **_common(s),
+        rules_dir=rules_dir,
+        postgres_exporter=s.db_monitor_secret_arn is not None,
+        redis_exporter=s.redis_secret_arn is not None,
+        db_instance_label=s.db_host.split(".")[0],
+        redis_instance_label="redis",
+        api_jobs=[
+            {"name": "api-node", "port": 9100, "metrics_path": "/metrics"},
+            # django-prometheus through nginx on the application port.
+            {"name": "api", "port": s.app_port, "metrics_path": "/metrics"},
+        ],
+        probe_urls=s.probe_urls,
+        integrations=[{"name": name, "url": url} for name, url in INTEGRATION_PROBES],
+    )
+
+
+def rule_files() -> dict[str, str]:
+    rules = TEMPLATES_DIR / "prometheus" / "rules"
+    return {p.name: p.read_text() for p in sorted(rules.glob("*.yml"))}
+
+
+def blackbox_config(s: MonitoringSettings) -> str:
+    return render_template("blackbox/blackbox.yml.j2", **_common(s), https=s.https)
+
+
+# --- Alertmanager ----------------------------------------------------------------------
+
+def alert_receivers(s: MonitoringSettings) -> list[dict[str, Any]]:
+    """Spec 5.3.2 routing with the channels this stack has. Chat (a Slack-compatible incoming
+    webhook) takes every severity, PagerDuty pages critical alerts only; a receiver left
+    without a channel sends to the SNS topic, so no alert is ever dropped."""
+    chat, pager = s.webhook_enabled, s.pagerduty_enabled
+    return [
+        {"name": "default", "chat": chat, "pager": False, "sns": not chat},
+        {"name": "critical", "chat": chat, "pager": pager, "sns": not (chat or pager)},
+        {"name": "warning", "chat": chat, "pager": False, "sns": not chat},
+    ]
+
+
+def alertmanager_config(s: MonitoringSettings, secrets_dir: str = ALERTMANAGER_SECRETS_DIR,
+                        templates_dir: str = ALERTMANAGER_TEMPLATES_DIR) -> str:
+    channels = [name for name, on in (("chat webhook", s.webhook_enabled), ("PagerDuty (critical)", s.pagerduty_enabled)) if on]
+    comment = (f"Channels: {', '.join(channels)}; a receiver without one sends to the SNS topic." if channels
+               else "No chat webhook or PagerDuty key configured: every alert goes to the SNS topic.")
+    values = {**_common(s), "secrets_dir": secrets_dir}
+    return render_template(
+        "alertmanager/alertmanager.yml.j2", **values,
+        templates_dir=templates_dir, alerts_topic_arn=s.alerts_topic_arn,
+        receivers=alert_receivers(s), channels_comment=comment)
+
+
+# --- Grafana ---------------------------------------------------------------------------
+
+def grafana_files(s: MonitoringSettings, dashboards_dir: str = DASHBOARDS_DIR) -> dict[str, str]:
+    return {
+        "/etc/grafana/grafana.ini": render_template(
+            "grafana/grafana.ini.j2", **_common(s), grafana_secret_name=s.grafana_secret_name),
+        "/etc/grafana/provisioning/datasources/prometheus.yml": template_text("grafana/datasource.yml"),
+        "/etc/grafana/provisioning/dashboards/psychology-api.yml": render_template(
+            "grafana/dashboards.yml.j2", dashboards_dir=dashboards_dir),
+    }
+
+
+def dashboards() -> dict[str, str]:
+    return {name: template_text(f"grafana/dashboards/{name}") for name in DASHBOARD_FILES}
+
+
+# --- systemd -----------------------------------------------------------------------------
+
+def systemd_units(s: MonitoringSettings) -> dict[str, str]:
+    values = {
+        **_common(s),
+        "retention_days": RETENTION_DAYS,
+        # Leave a fifth of the volume to Grafana, Alertmanager and compaction headroom.
+        "retention_size_gb": max(1, int(s.volume_gb * 0.8)),
+        "db_master_secret_arn": s.db_master_secret_arn,
+        "db_host": s.db_host,
+        "db_name": s.db_name,
+        "backup_bucket": s.backup_bucket,
+        "backup_prefix": BACKUP_PREFIX,
+        "kms_key_arn": s.kms_key_arn,
+        "scratch_db": f"{s.db_name}_restore_drill",
+        "backup_schedule": s.backup_schedule,
+        "restore_drill_schedule": s.restore_drill_schedule,
+    }
+    return {name: render_template(f"systemd/{name}.j2", **values) for name in UNIT_TEMPLATES}
+
+
+# --- the boot script and cloud-init ---------------------------------------------------------
+
+def postgres_client_package(major: int) -> str:
+    # Amazon Linux 2023 ships PostgreSQL clients 15, 16 and 17; pg_dump must be at least as
+    # new as the server, and a newer one dumps older servers.
+    return f"postgresql{max(16, major)}"
+
+
+def bootstrap_script(s: MonitoringSettings) -> str:
+    return render_template(
+        "host/bootstrap.sh.j2", **_common(s),
+        backup_bucket=s.backup_bucket, bundle_key=s.bundle_key, data_volume_id=s.data_volume_id,
+        grafana_secret_arn=s.grafana_secret_arn, alerting_secret_arn=s.alerting_secret_arn or "",
+        db_monitor_secret_arn=s.db_monitor_secret_arn or "", redis_secret_arn=s.redis_secret_arn or "",
+        db_host=s.db_host, db_port=s.db_port, db_name=s.db_name,
+        webhook_enabled=s.webhook_enabled, pagerduty_enabled=s.pagerduty_enabled,
+        postgres_client_package=postgres_client_package(s.postgres_client_major),
+        releases=releases())
+
+
+def host_files(s: MonitoringSettings) -> dict[str, tuple[str, str]]:
+    """Every file cloud-init writes: path -> (content, permissions). None holds a secret."""
+    files: dict[str, tuple[str, str]] = {
+        "/etc/prometheus/prometheus.yml": (prometheus_config(s), "0644"),
+        "/etc/alertmanager/alertmanager.yml": (alertmanager_config(s), "0644"),
+        "/etc/blackbox_exporter/blackbox.yml": (blackbox_config(s), "0644"),
+        "/etc/psychology/cloudwatch-agent.json": (render_template(
+            "host/cloudwatch-agent.json.j2", cloudwatch_namespace=CLOUDWATCH_NAMESPACE, data_dir=DATA_DIR), "0644"),
+        BOOTSTRAP_PATH: (bootstrap_script(s), "0755"),
+    }
+    for path, content in grafana_files(s).items():
+        files[path] = (content, "0644")
+    for name, content in systemd_units(s).items():
+        files[f"/etc/systemd/system/{name}"] = (content, "0644")
+    return files
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    pass
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_LiteralDumper.add_representer(str, _str_representer)
+
+
+def cloud_config(s: MonitoringSettings) -> str:
+    document = {
+        "write_files": [
+            {"path": path, "owner": "root:root", "permissions": mode, "content": content}
+            for path, (content, mode) in sorted(host_files(s).items())
+        ],
+        "runcmd": [[BOOTSTRAP_PATH]],
+    }
+    header = (f"#cloud-config\n# Monitoring host of {s.project}/{s.stack}, rendered by components/monitoring_render.py.\n")
+    return header + yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, width=1000, allow_unicode=True)
+
+
+def user_data_base64(s: MonitoringSettings) -> str:
+    """The cloud-config gzipped (cloud-init recognises the gzip magic) and base64-encoded."""
+    compressed = gzip.compress(cloud_config(s).encode(), compresslevel=9, mtime=0)
+    encoded = base64.b64encode(compressed).decode()
+    if len(encoded) > USER_DATA_LIMIT_BYTES:
+        raise ValueError(f"monitoring user data is {len(encoded)} bytes, over EC2's {USER_DATA_LIMIT_BYTES}")
+    return encoded
+
+
+def decode_user_data(encoded: str) -> str:
+    return gzip.decompress(base64.b64decode(encoded)).decode()
+
+
+# --- the operations bundle -------------------------------------------------------------------
+
+def _requirement_name(line: str) -> str:
+    return re.split(r"[=<>!~;\s]", line, maxsplit=1)[0].strip().lower()
+
+
+def ops_requirements(requirements_file: Path = ROOT_DIR / "requirements.txt") -> str:
+    """The host's virtualenv requirements, pinned exactly as in requirements.txt."""
+    pinned = {}
+    for raw in requirements_file.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            pinned[_requirement_name(line)] = line
+    missing = [p for p in OPS_PACKAGES if p.lower() not in pinned]
+    if missing:
+        raise ValueError(f"requirements.txt pins none of {missing}, which the ops scripts need")
+    lines = [pinned[p.lower()] for p in OPS_PACKAGES]
+    unpinned = [line for line in lines if "==" not in line]
+    if unpinned:
+        raise ValueError(f"ops requirements must be pinned with ==: {unpinned}")
+    return "# Rendered from requirements.txt by components/monitoring_render.py.\n" + "\n".join(lines) + "\n"
+
+
+def is_ops_script(relative_path: str) -> bool:
+    """Whether a file of scripts/ (path relative to it) belongs in the operations bundle."""
+    if "__pycache__" in relative_path.split("/"):
+        return False
+    return any(fnmatch.fnmatchcase(relative_path, pattern) for pattern in OPS_SCRIPT_PATTERNS)
+
+
+def bundle_files() -> dict[str, str]:
+    """Archive path -> text of every file in the operations bundle (sorted, deterministic)."""
+    files: dict[str, str] = {}
+    scripts = ROOT_DIR / "scripts"
+    for path in sorted(scripts.rglob("*.py")):
+        if is_ops_script(path.relative_to(scripts).as_posix()):
+            files[path.relative_to(ROOT_DIR).as_posix()] = path.read_text()
+    files["requirements-ops.txt"] = ops_requirements()
+    for name, content in rule_files().items():
+        files[f"monitoring/rules/{name}"] = content
+    for name, content in dashboards().items():
+        files[f"monitoring/dashboards/{name}"] = content
+    files["monitoring/alertmanager/psychology.tmpl"] = template_text("alertmanager/psychology.tmpl")
+    return dict(sorted(files.items()))
+
+
+def bundle_digest(files: Mapping[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        data = files[name].encode()
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def bundle_key(files: Mapping[str, str]) -> str:
+    return f"ops/monitoring-bundle-{bundle_digest(files)[:16]}.zip"

@@ -1,0 +1,560 @@
+"""The monitoring host, the alerts topic and the CloudWatch alarms under the mock engine.
+
+The load balancer, the API hosts' group, RDS and Redis are built by other parts; here the
+program builds the real network, security groups, data key and backups bucket, and stands in
+placeholder values for the rest (`monitoring_program`), exactly as the wiring will pass them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pytest
+import yaml
+
+from components.alarms import AlertsTopic, AlertsTopicArgs, CloudWatchAlarms, CloudWatchAlarmsArgs
+from components.encryption import DataKey, DataKeyArgs
+from components.monitoring import MonitoringHost, MonitoringHostArgs
+from components.monitoring_render import BOOTSTRAP_PATH, CLOUDWATCH_NAMESPACE, decode_user_data
+from components.network import Network, NetworkArgs
+from components.security import SecurityGroups, SecurityGroupsArgs
+from components.storage import BACKUP_PREFIX, PrivateBucket, PrivateBucketArgs
+from infra.config import load_stack_config
+from infra.mock_engine import MOCK_ACCOUNT_ID, Plan, PlannedResource, run_program
+from infra.program import default_tags
+
+STACKS = ("staging", "prod")
+INSTANCE = "aws:ec2/instance:Instance"
+ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+SECRET = "aws:secretsmanager/secret:Secret"
+REGION = "eu-central-1"
+DB_MASTER_SECRET = f"arn:aws:secretsmanager:{REGION}:{MOCK_ACCOUNT_ID}:secret:rds!db-0123abcd-AbCdEf"
+DB_MONITOR_SECRET = f"arn:aws:secretsmanager:{REGION}:{MOCK_ACCOUNT_ID}:secret:psychology-api/STACK/database/monitor-AbCdEf"
+REDIS_SECRET = f"arn:aws:secretsmanager:{REGION}:{MOCK_ACCOUNT_ID}:secret:psychology-api/STACK/redis-AbCdEf"
+WEBHOOK = "https://hooks.example.com/services/T000/B000/very-secret-webhook-token"
+PAGERDUTY_KEY = "pd-routing-key-0123456789abcdef0123"
+
+
+def monitoring_program(with_optional_inputs: bool = True) -> Callable[[], None]:
+    """The wiring of the monitoring part, with placeholders for the other parts' outputs."""
+
+    def program() -> None:
+        cfg, secrets = load_stack_config()
+        stack = pulumi.get_stack()
+        provider = aws.Provider("aws", aws.ProviderArgs(
+            region=cfg.region, default_tags=aws.ProviderDefaultTagsArgs(tags=default_tags(cfg.environment))))
+        opts = pulumi.ResourceOptions(providers={"aws": provider})
+        invoke = pulumi.InvokeOptions(provider=provider)
+        azs = list(aws.get_availability_zones(state="available", opts=invoke).names[: cfg.az_count])
+        account_id = aws.get_caller_identity(opts=invoke).account_id
+
+        data_key = DataKey("data", DataKeyArgs(
+            account_id=account_id, region=cfg.region, deletion_window_days=cfg.kms_deletion_window_days), opts)
+        network = Network("network", NetworkArgs(
+            vpc_cidr=cfg.vpc_cidr, availability_zones=azs, public_subnet_cidrs=cfg.public_subnet_cidrs,
+            private_subnet_cidrs=cfg.private_subnet_cidrs, database_subnet_cidrs=cfg.database_subnet_cidrs,
+            nat_gateway_per_az=cfg.nat_gateway_per_az, interface_endpoints=cfg.interface_endpoints,
+            flow_log_retention_days=cfg.flow_log_retention_days, flow_log_kms_key_arn=data_key.arn,
+            region=cfg.region, account_id=account_id), opts)
+        security = SecurityGroups("sg", SecurityGroupsArgs(
+            vpc_id=network.vpc_id, vpc_cidr=cfg.vpc_cidr, app_port=cfg.app_port,
+            admin_cidrs=cfg.admin_cidrs, ssh_cidrs=cfg.ssh_cidrs), opts)
+        backups = PrivateBucket("backups", PrivateBucketArgs(
+            purpose="database-backups", kms_key_arn=data_key.arn, expire_prefix=BACKUP_PREFIX,
+            expire_days=cfg.backup_retention_days, noncurrent_version_days=cfg.backup_noncurrent_version_days), opts)
+
+        # Placeholders for the load-balancer, compute and data parts.
+        alb_dns = pulumi.Output.from_input(f"psychology-api-{stack}-alb-1234567890.{cfg.region}.elb.amazonaws.com")
+        public_url = (pulumi.Output.from_input(f"https://{cfg.domain_name}") if cfg.https_enabled
+                      else pulumi.Output.concat("http://", alb_dns))
+        db_address = pulumi.Output.from_input(f"psychology-api-{stack}-db.c0abcdefghij.{cfg.region}.rds.amazonaws.com")
+
+        alerts = AlertsTopic("alerts", AlertsTopicArgs(
+            kms_key_arn=data_key.arn, account_id=account_id, region=cfg.region, alarm_email=cfg.alarm_email), opts)
+        monitoring = MonitoringHost("monitoring", MonitoringHostArgs(
+            subnet_id=network.private_subnet_ids[0],
+            availability_zone=azs[0],
+            security_group_id=security.ids["monitoring"],
+            account_id=account_id,
+            region=cfg.region,
+            environment=cfg.environment,
+            kms_key_arn=data_key.arn,
+            backup_bucket_name=backups.name,
+            backup_bucket_arn=backups.arn,
+            alerts_topic_arn=alerts.arn,
+            db_address=db_address,
+            db_name=cfg.db_name,
+            db_master_secret_arn=pulumi.Output.from_input(DB_MASTER_SECRET),
+            public_url=public_url,
+            https=cfg.https_enabled,
+            app_port=cfg.app_port,
+            instance_type=cfg.monitoring_instance_type,
+            volume_gb=cfg.monitoring_volume_gb,
+            backup_schedule=cfg.backup_schedule,
+            restore_drill_schedule=cfg.restore_drill_schedule,
+            secret_recovery_window_days=cfg.secret_recovery_window_days,
+            health_check_path=cfg.health_check_path,
+            postgres_major_version=cfg.db_major_version,
+            db_monitor_secret_arn=(pulumi.Output.from_input(DB_MONITOR_SECRET.replace("STACK", stack))
+                                   if with_optional_inputs else None),
+            redis_secret_arn=(pulumi.Output.from_input(REDIS_SECRET.replace("STACK", stack))
+                              if with_optional_inputs else None),
+            alert_webhook_url=secrets.get("alertWebhookUrl"),
+            pagerduty_routing_key=secrets.get("pagerdutyRoutingKey"),
+            final_snapshot=cfg.deletion_protection,
+        ), opts)
+        CloudWatchAlarms("alarms", CloudWatchAlarmsArgs(
+            alerts_topic_arn=alerts.arn,
+            region=cfg.region,
+            alb_arn_suffix=pulumi.Output.from_input(f"app/psychology-api-{stack}-alb/0123456789abcdef"),
+            target_group_arn_suffix=pulumi.Output.from_input(f"targetgroup/psychology-api-{stack}-api/fedcba9876543210"),
+            asg_name=pulumi.Output.from_input(f"psychology-api-{stack}-api"),
+            db_instance_identifier=pulumi.Output.from_input(f"psychology-api-{stack}-db"),
+            db_allocated_storage_gb=cfg.db_allocated_storage_gb,
+            redis_replication_group_id=pulumi.Output.from_input(f"psychology-api-{stack}-redis"),
+            redis_num_nodes=cfg.redis_num_nodes,
+            monitoring_instance_id=monitoring.instance_id,
+        ), opts)
+
+        pulumi.export("monitoring_instance_id", monitoring.instance_id)
+        pulumi.export("grafana_url", monitoring.grafana_url)
+        pulumi.export("alerts_topic_arn", alerts.arn)
+        pulumi.export("grafana_admin_secret_arn", monitoring.grafana_admin_secret_arn)
+
+    return program
+
+
+# These override the shared `plans`/`plan` fixtures in this module: the plans of the
+# monitoring part's program rather than of infra/program.py (which does not wire it yet).
+@pytest.fixture(scope="module")
+def plans() -> dict[str, Plan]:
+    return {stack: run_program(stack, program=monitoring_program()) for stack in STACKS}
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def plan(request: pytest.FixtureRequest, plans: dict[str, Plan]) -> Plan:
+    return plans[request.param]
+
+
+@pytest.fixture(scope="module")
+def with_channels() -> Plan:
+    return run_program("prod", program=monitoring_program(),
+                       overrides={"alarmEmail": "oncall@example.com"},
+                       secret_overrides={"alertWebhookUrl": WEBHOOK, "pagerdutyRoutingKey": PAGERDUTY_KEY})
+
+
+def host(plan: Plan) -> PlannedResource:
+    return plan.one(INSTANCE, "monitoring-host")
+
+
+def user_data(plan: Plan) -> str:
+    return decode_user_data(host(plan).inputs["userDataBase64"])
+
+
+def written_files(plan: Plan) -> dict[str, str]:
+    document = yaml.safe_load(user_data(plan))
+    return {entry["path"]: entry["content"] for entry in document["write_files"]}
+
+
+def role_policy(plan: Plan) -> list[dict[str, Any]]:
+    document = json.loads(plan.one("aws:iam/rolePolicy:RolePolicy", "monitoring-policy").inputs["policy"])
+    return document["Statement"]
+
+
+def statement(plan: Plan, sid: str) -> dict[str, Any]:
+    return next(s for s in role_policy(plan) if s["Sid"] == sid)
+
+
+def alarm(plan: Plan, role: str) -> PlannedResource:
+    return plan.one(ALARM, f"alarms-{role}")
+
+
+# --- the instance ------------------------------------------------------------------------------
+
+def test_host_sits_in_a_private_subnet_without_public_ip(plan: Plan) -> None:
+    inputs = host(plan).inputs
+    private = {r.id for r in plan.of_type("aws:ec2/subnet:Subnet") if "private" in r.name}
+    assert inputs["subnetId"] in private
+    assert inputs["associatePublicIpAddress"] is False
+
+
+def test_host_requires_imdsv2_with_hop_limit_one(plan: Plan) -> None:
+    metadata = host(plan).inputs["metadataOptions"]
+    assert metadata["httpTokens"] == "required"
+    assert metadata["httpPutResponseHopLimit"] == 1
+
+
+def test_host_uses_monitoring_security_group_only(plan: Plan) -> None:
+    monitoring_sg = plan.one("aws:ec2/securityGroup:SecurityGroup", "sg-monitoring").id
+    assert host(plan).inputs["vpcSecurityGroupIds"] == [monitoring_sg]
+
+
+def test_host_volumes_are_encrypted_gp3_with_the_data_key(plan: Plan) -> None:
+    key_arn = plan.one("aws:kms/key:Key", "data-key").outputs["arn"]
+    root = host(plan).inputs["rootBlockDevice"]
+    assert root["encrypted"] is True and root["kmsKeyId"] == key_arn and root["volumeType"] == "gp3"
+    data = plan.one("aws:ebs/volume:Volume", "monitoring-data").inputs
+    expected_gb = {"staging": 50, "prod": 100}[plan.stack]
+    assert data["encrypted"] is True and data["kmsKeyId"] == key_arn
+    assert data["type"] == "gp3" and data["size"] == expected_gb
+    assert data["availabilityZone"] == "eu-central-1a"
+    assert data["finalSnapshot"] is (plan.stack == "prod")
+
+
+def test_data_volume_attachment_survives_host_replacement(plan: Plan) -> None:
+    attachment = plan.one("aws:ec2/volumeAttachment:VolumeAttachment", "monitoring-data-attachment")
+    assert attachment.inputs["instanceId"] == host(plan).id
+    assert attachment.inputs["volumeId"] == plan.one("aws:ebs/volume:Volume", "monitoring-data").id
+    assert attachment.inputs["stopInstanceBeforeDetaching"] is True
+
+
+def test_host_is_al2023_sized_from_config_with_detailed_monitoring(plan: Plan) -> None:
+    inputs = host(plan).inputs
+    assert inputs["ami"] == "ami-0c1f2e3d4b5a69788"
+    assert inputs["instanceType"] == {"staging": "t3.medium", "prod": "t3.large"}[plan.stack]
+    assert inputs["monitoring"] is True
+    assert inputs["userDataReplaceOnChange"] is True
+    assert inputs["tags"]["Name"] == f"psychology-api-{plan.stack}-monitoring"
+
+
+def test_host_waits_for_bundle_and_secret_values(plan: Plan) -> None:
+    assert {"monitoring-ops-bundle", "monitoring-grafana-value", "monitoring-policy", "monitoring-ssm"} <= set(host(plan).depends_on)
+
+
+# --- identity -------------------------------------------------------------------------------------
+
+def test_role_trusts_ec2_and_has_ssm_core(plan: Plan) -> None:
+    trust = json.loads(plan.one("aws:iam/role:Role", "monitoring-role").inputs["assumeRolePolicy"])
+    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+    attachments = plan.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    assert [a.inputs["policyArn"] for a in attachments if a.parent == "monitoring"] == [
+        "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]
+    assert host(plan).inputs["iamInstanceProfile"] == f"psychology-api-{plan.stack}-monitoring"
+
+
+def test_role_wildcards_only_where_the_api_requires_them(plan: Plan) -> None:
+    wildcard = {s["Sid"]: s for s in role_policy(plan) if s["Resource"] == "*"}
+    assert set(wildcard) == {"DiscoverApiHosts", "PublishHostMetrics"}
+    assert wildcard["DiscoverApiHosts"]["Action"] == ["ec2:DescribeInstances", "ec2:DescribeAvailabilityZones"]
+    assert wildcard["PublishHostMetrics"]["Condition"] == {"StringEquals": {"cloudwatch:namespace": CLOUDWATCH_NAMESPACE}}
+    for s in role_policy(plan):
+        assert s["Effect"] == "Allow"
+        actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+        assert all("*" not in action for action in actions), s
+
+
+def test_role_reads_exactly_its_secrets(plan: Plan) -> None:
+    grafana = plan.one(SECRET, "monitoring-grafana").outputs["arn"]
+    resources = statement(plan, "ReadOwnSecrets")["Resource"]
+    assert sorted(resources) == sorted([
+        grafana, DB_MASTER_SECRET, DB_MONITOR_SECRET.replace("STACK", plan.stack),
+        REDIS_SECRET.replace("STACK", plan.stack)])
+
+
+def test_role_uses_the_data_key_only_through_services(plan: Plan) -> None:
+    key_arn = plan.one("aws:kms/key:Key", "data-key").outputs["arn"]
+    kms = statement(plan, "UseDataKeyThroughServices")
+    assert kms["Resource"] == key_arn
+    assert sorted(kms["Condition"]["StringEquals"]["kms:ViaService"]) == [
+        f"s3.{REGION}.amazonaws.com", f"secretsmanager.{REGION}.amazonaws.com", f"sns.{REGION}.amazonaws.com"]
+
+
+def test_role_writes_backups_but_cannot_delete_them(plan: Plan) -> None:
+    bucket_arn = plan.one("aws:s3/bucket:Bucket", "backups-bucket").outputs["arn"]
+    write = statement(plan, "WriteAndReadBackups")
+    assert write["Resource"] == f"{bucket_arn}/postgres/*"
+    assert set(write["Action"]) == {"s3:PutObject", "s3:GetObject", "s3:GetObjectAttributes",
+                                    "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}
+    listing = statement(plan, "ListBackups")
+    assert listing["Resource"] == bucket_arn
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["postgres/*"]}}
+    assert statement(plan, "ReadOpsBundle")["Resource"] == f"{bucket_arn}/ops/*"
+    every_action = [a for s in role_policy(plan) for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])]
+    assert not [a for a in every_action if "Delete" in a]
+
+
+def test_role_publishes_to_the_alerts_topic_only(plan: Plan) -> None:
+    topic_arn = plan.one("aws:sns/topic:Topic", "alerts-topic").outputs["arn"]
+    assert statement(plan, "PublishAlerts") == {
+        "Sid": "PublishAlerts", "Effect": "Allow", "Action": "sns:Publish", "Resource": topic_arn}
+
+
+# --- secrets --------------------------------------------------------------------------------------
+
+def test_grafana_password_is_generated_and_kept_in_secrets_manager(plan: Plan) -> None:
+    secret = plan.one(SECRET, "monitoring-grafana")
+    assert secret.inputs["name"] == f"psychology-api/{plan.stack}/grafana"
+    assert secret.inputs["kmsKeyId"] == plan.one("aws:kms/key:Key", "data-key").outputs["arn"]
+    version = plan.one("aws:secretsmanager/secretVersion:SecretVersion", "monitoring-grafana-value")
+    assert version.inputs["secretString"] == "[secret]"
+    assert plan.one("random:index/randomPassword:RandomPassword", "monitoring-grafana-admin-password").inputs["length"] >= 32
+    assert plan.outputs["grafana_admin_secret_arn"] == secret.outputs["arn"]
+
+
+def test_alerting_secret_exists_only_when_a_channel_is_configured(plan: Plan, with_channels: Plan) -> None:
+    assert not [r for r in plan.of_type(SECRET) if r.name == "monitoring-alerting"]
+    secret = with_channels.one(SECRET, "monitoring-alerting")
+    assert secret.inputs["name"] == "psychology-api/prod/alerting"
+    assert secret.outputs["arn"] in statement(with_channels, "ReadOwnSecrets")["Resource"]
+    assert with_channels.one("aws:secretsmanager/secretVersion:SecretVersion",
+                             "monitoring-alerting-value").inputs["secretString"] == "[secret]"
+
+
+def test_user_data_holds_no_secret_value(plan: Plan, with_channels: Plan) -> None:
+    for p in (plan, with_channels):
+        assert host(p).inputs["userDataBase64"] != "[secret]"
+        text = user_data(p)
+        password = p.one("random:index/randomPassword:RandomPassword", "monitoring-grafana-admin-password").outputs["result"]
+        assert password not in text
+        assert WEBHOOK not in text and PAGERDUTY_KEY not in text
+        assert "very-secret" not in text
+    # The configured channels are referenced as files the boot script fills at boot.
+    alertmanager = written_files(with_channels)["/etc/alertmanager/alertmanager.yml"]
+    assert "api_url_file: /etc/alertmanager/secrets/webhook_url" in alertmanager
+    assert "routing_key_file: /etc/alertmanager/secrets/pagerduty_routing_key" in alertmanager
+
+
+def test_user_data_fits_ec2_limit(plan: Plan, with_channels: Plan) -> None:
+    for p in (plan, with_channels):
+        assert len(host(p).inputs["userDataBase64"]) < 16384
+
+
+# --- user data: timers, discovery, routing -----------------------------------------------------
+
+def test_backup_timer_runs_the_backup_command_on_the_configured_schedule(plan: Plan) -> None:
+    files = written_files(plan)
+    timer = files["/etc/systemd/system/psychology-backup.timer"]
+    assert "OnCalendar=*-*-* 02:00:00 Europe/Moscow\n" in timer
+    assert "Persistent=true\n" in timer
+    service = files["/etc/systemd/system/psychology-backup.service"]
+    bucket = plan.one("aws:s3/bucket:Bucket", "backups-bucket").outputs["bucket"]
+    key_arn = plan.one("aws:kms/key:Key", "data-key").outputs["arn"]
+    command = " ".join(line.strip().rstrip("\\").strip() for line in service.splitlines()
+                       if line.startswith(("ExecStart=", "  --")))
+    assert command == (
+        "ExecStart=/opt/psychology-ops/venv/bin/python -m scripts.backup"
+        f" --secret-id {DB_MASTER_SECRET}"
+        f" --db-host psychology-api-{plan.stack}-db.c0abcdefghij.{REGION}.rds.amazonaws.com"
+        " --db-name psychology"
+        f" --bucket {bucket} --prefix postgres/ --kms-key-id {key_arn}"
+        " --textfile /var/lib/node_exporter/textfile/backup.prom")
+
+
+def test_restore_drill_timer_runs_on_the_configured_schedule(plan: Plan) -> None:
+    files = written_files(plan)
+    timer = files["/etc/systemd/system/psychology-restore-drill.timer"]
+    assert "OnCalendar=*-*-01 04:00:00 Europe/Moscow\n" in timer
+    assert "Persistent=true\n" in timer
+    service = files["/etc/systemd/system/psychology-restore-drill.service"]
+    assert "-m scripts.restore_drill" in service
+    assert "--scratch-db psychology_restore_drill" in service
+    assert "--textfile /var/lib/node_exporter/textfile/restore_drill.prom" in service
+
+
+def test_schedules_follow_configuration() -> None:
+    plan = run_program("staging", program=monitoring_program(), overrides={
+        "backupSchedule": "*-*-* 03:30:00 Europe/Moscow", "restoreDrillSchedule": "Mon *-*-1..7 05:00:00 UTC"})
+    files = written_files(plan)
+    assert "OnCalendar=*-*-* 03:30:00 Europe/Moscow\n" in files["/etc/systemd/system/psychology-backup.timer"]
+    assert "OnCalendar=Mon *-*-1..7 05:00:00 UTC\n" in files["/etc/systemd/system/psychology-restore-drill.timer"]
+
+
+def test_prometheus_discovers_api_hosts_of_this_stack(plan: Plan) -> None:
+    config = yaml.safe_load(written_files(plan)["/etc/prometheus/prometheus.yml"])
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for job_name, port in (("api-node", 9100), ("api", 80)):
+        sd = jobs[job_name]["ec2_sd_configs"][0]
+        assert sd["region"] == REGION and sd["port"] == port
+        assert {f["name"]: f["values"] for f in sd["filters"]} == {
+            "tag:project": ["psychology-api"], "tag:stack": [plan.stack], "tag:role": ["api"],
+            "instance-state-name": ["running"]}
+    assert config["global"]["external_labels"] == {"cluster": f"psychology-api-{plan.stack}", "environment": plan.stack}
+    targets = jobs["blackbox-http"]["static_configs"][0]["targets"]
+    if plan.stack == "prod":
+        assert targets == ["https://api.psychology.example.com/health/", "https://api.psychology.example.com/api/v1/health/"]
+    else:
+        assert all(t.startswith("http://psychology-api-staging-alb-") for t in targets)
+
+
+def test_blackbox_requires_tls_when_the_stack_serves_https(plan: Plan) -> None:
+    blackbox = yaml.safe_load(written_files(plan)["/etc/blackbox_exporter/blackbox.yml"])
+    assert blackbox["modules"]["http_2xx"]["http"]["fail_if_not_ssl"] is (plan.stack == "prod")
+
+
+def test_staging_without_tls_may_probe_port_80(plan: Plan) -> None:
+    rules = [r for r in plan.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+             if r.name == "monitoring-probe-http-out"]
+    if plan.stack == "prod":
+        assert rules == []
+    else:
+        assert rules[0].inputs["fromPort"] == 80 and rules[0].inputs["securityGroupId"] == host(plan).inputs["vpcSecurityGroupIds"][0]
+
+
+def test_alerts_go_to_sns_without_channels_and_to_channels_when_set(plan: Plan, with_channels: Plan) -> None:
+    plain = yaml.safe_load(written_files(plan)["/etc/alertmanager/alertmanager.yml"])
+    topic_arn = plan.one("aws:sns/topic:Topic", "alerts-topic").outputs["arn"]
+    for receiver in plain["receivers"]:
+        assert receiver["sns_configs"][0]["topic_arn"] == topic_arn
+        assert set(receiver) == {"name", "sns_configs"}
+    channels = {r["name"]: r for r in yaml.safe_load(written_files(with_channels)["/etc/alertmanager/alertmanager.yml"])["receivers"]}
+    assert set(channels["critical"]) == {"name", "slack_configs", "pagerduty_configs"}
+    assert set(channels["warning"]) == {"name", "slack_configs"}
+
+
+def test_bootstrap_reads_secrets_by_arn_and_installs_the_bundle(plan: Plan) -> None:
+    files = written_files(plan)
+    script = files[BOOTSTRAP_PATH]
+    bucket = plan.one("aws:s3/bucket:Bucket", "backups-bucket").outputs["bucket"]
+    bundle = plan.one("aws:s3/bucketObjectv2:BucketObjectv2", "monitoring-ops-bundle")
+    assert f"readonly BACKUP_BUCKET={bucket}\n" in script
+    assert f"readonly BUNDLE_KEY={bundle.inputs['key']}\n" in script
+    assert f"readonly DATA_VOLUME_ID={plan.one('aws:ebs/volume:Volume', 'monitoring-data').id}\n" in script
+    assert "readonly GRAFANA_SECRET_ARN=" + plan.one(SECRET, "monitoring-grafana").outputs["arn"] in script
+    assert "postgresql16" in script
+    assert yaml.safe_load(user_data(plan))["runcmd"] == [[BOOTSTRAP_PATH]]
+
+
+def test_ops_bundle_is_encrypted_and_carries_scripts_rules_and_dashboards(plan: Plan) -> None:
+    bundle = plan.one("aws:s3/bucketObjectv2:BucketObjectv2", "monitoring-ops-bundle")
+    assert bundle.inputs["bucket"] == plan.one("aws:s3/bucket:Bucket", "backups-bucket").outputs["bucket"]
+    assert bundle.inputs["key"].startswith("ops/monitoring-bundle-") and bundle.inputs["key"].endswith(".zip")
+    assert bundle.inputs["serverSideEncryption"] == "aws:kms"
+    assert bundle.inputs["kmsKeyId"] == plan.one("aws:kms/key:Key", "data-key").outputs["arn"]
+    members = bundle.inputs["source"]["archive"]
+    assert {"scripts/lib/cli.py", "scripts/lib/db.py", "requirements-ops.txt", "monitoring/rules/backups.yml",
+            "monitoring/dashboards/golden-paths.json", "monitoring/alertmanager/psychology.tmpl"} <= set(members)
+    assert not [m for m in members if "__pycache__" in m]
+
+
+def test_exporters_without_their_secrets_stay_off() -> None:
+    plan = run_program("staging", program=monitoring_program(with_optional_inputs=False))
+    files = written_files(plan)
+    jobs = {j["job_name"] for j in yaml.safe_load(files["/etc/prometheus/prometheus.yml"])["scrape_configs"]}
+    assert "postgres" not in jobs and "redis" not in jobs
+    assert "readonly DB_MONITOR_SECRET_ARN=''\n" in files[BOOTSTRAP_PATH]
+    resources = statement(plan, "ReadOwnSecrets")["Resource"]
+    assert len(resources) == 2  # grafana and the database master secret (backups)
+
+
+# --- alerts topic ---------------------------------------------------------------------------------
+
+def test_alerts_topic_is_encrypted_with_the_data_key(plan: Plan) -> None:
+    topic = plan.one("aws:sns/topic:Topic", "alerts-topic")
+    assert topic.inputs["kmsMasterKeyId"] == plan.one("aws:kms/key:Key", "data-key").outputs["arn"]
+    assert topic.inputs["name"] == f"psychology-api-{plan.stack}-alerts"
+    assert plan.outputs["alerts_topic_arn"] == topic.outputs["arn"]
+
+
+def test_topic_policy_admits_cloudwatch_alarms_of_this_account_only(plan: Plan) -> None:
+    policy = json.loads(plan.one("aws:sns/topicPolicy:TopicPolicy", "alerts-policy").inputs["policy"])
+    allow = next(s for s in policy["Statement"] if s["Effect"] == "Allow")
+    assert allow["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert allow["Action"] == "sns:Publish"
+    assert allow["Condition"]["StringEquals"] == {"aws:SourceAccount": MOCK_ACCOUNT_ID}
+    assert allow["Condition"]["ArnLike"] == {"aws:SourceArn": f"arn:aws:cloudwatch:{REGION}:{MOCK_ACCOUNT_ID}:alarm:*"}
+    deny = next(s for s in policy["Statement"] if s["Effect"] == "Deny")
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_email_subscription_only_when_configured(plan: Plan, with_channels: Plan) -> None:
+    assert plan.of_type("aws:sns/topicSubscription:TopicSubscription") == []
+    subscription = with_channels.one("aws:sns/topicSubscription:TopicSubscription", "alerts-email")
+    assert subscription.inputs["protocol"] == "email"
+    assert subscription.inputs["endpoint"] == "oncall@example.com"
+    assert subscription.inputs["topic"] == with_channels.one("aws:sns/topic:Topic", "alerts-topic").outputs["arn"]
+
+
+# --- CloudWatch alarms ----------------------------------------------------------------------------
+
+def expected_alarm_roles(stack: str) -> set[str]:
+    nodes = {"staging": 1, "prod": 2}[stack]
+    roles = {"alb-5xx-rate", "alb-unhealthy-hosts", "alb-no-healthy-hosts", "alb-latency-p95", "api-cpu",
+             "rds-cpu", "rds-free-storage", "rds-connections", "monitoring-system-check",
+             "monitoring-instance-check", "monitoring-heartbeat", "monitoring-data-disk"}
+    for i in range(1, nodes + 1):
+        roles |= {f"redis-memory-{i:03d}", f"redis-evictions-{i:03d}"}
+    return roles
+
+
+def test_every_alarm_notifies_the_topic_on_alarm_and_ok(plan: Plan) -> None:
+    topic_arn = plan.one("aws:sns/topic:Topic", "alerts-topic").outputs["arn"]
+    alarms = plan.of_type(ALARM)
+    assert {a.name.removeprefix("alarms-") for a in alarms} == expected_alarm_roles(plan.stack)
+    for a in alarms:
+        assert topic_arn in a.inputs["alarmActions"], a.name
+        assert a.inputs["okActions"] == [topic_arn], a.name
+        assert a.inputs["treatMissingData"] in ("missing", "notBreaching", "breaching")
+        assert a.inputs["name"] == f"psychology-api-{plan.stack}-{a.name.removeprefix('alarms-')}"
+
+
+def test_alb_error_rate_is_a_ratio_of_5xx_to_requests(plan: Plan) -> None:
+    rate = alarm(plan, "alb-5xx-rate").inputs
+    queries = {q["id"]: q for q in rate["metricQueries"]}
+    assert {q["metric"]["metricName"] for q in queries.values() if "metric" in q} == {
+        "HTTPCode_Target_5XX_Count", "HTTPCode_ELB_5XX_Count", "RequestCount"}
+    assert all(q["metric"]["dimensions"] == {"LoadBalancer": f"app/psychology-api-{plan.stack}-alb/0123456789abcdef"}
+               for q in queries.values() if "metric" in q)
+    expression = queries["error_rate"]
+    assert expression["returnData"] is True
+    assert "100 * (FILL(target_5xx, 0) + FILL(elb_5xx, 0)) / requests" in expression["expression"]
+    assert rate["threshold"] == 1 and rate["comparisonOperator"] == "GreaterThanThreshold"
+    assert rate["treatMissingData"] == "notBreaching"
+
+
+def test_alb_health_and_latency_alarms(plan: Plan) -> None:
+    unhealthy = alarm(plan, "alb-unhealthy-hosts").inputs
+    assert unhealthy["metricName"] == "UnHealthyHostCount" and unhealthy["threshold"] == 0
+    assert unhealthy["dimensions"]["TargetGroup"] == f"targetgroup/psychology-api-{plan.stack}-api/fedcba9876543210"
+    empty = alarm(plan, "alb-no-healthy-hosts").inputs
+    assert empty["metricName"] == "HealthyHostCount" and empty["comparisonOperator"] == "LessThanThreshold"
+    assert empty["treatMissingData"] == "breaching"
+    latency = alarm(plan, "alb-latency-p95").inputs
+    assert latency["metricName"] == "TargetResponseTime" and latency["extendedStatistic"] == "p95"
+    assert latency["threshold"] == 0.8
+
+
+def test_rds_alarms(plan: Plan) -> None:
+    db = {"DBInstanceIdentifier": f"psychology-api-{plan.stack}-db"}
+    cpu = alarm(plan, "rds-cpu").inputs
+    assert (cpu["metricName"], cpu["threshold"], cpu["dimensions"]) == ("CPUUtilization", 80, db)
+    storage = alarm(plan, "rds-free-storage").inputs
+    allocated = {"staging": 20, "prod": 200}[plan.stack]
+    assert storage["metricName"] == "FreeStorageSpace" and storage["comparisonOperator"] == "LessThanThreshold"
+    assert storage["threshold"] == int(allocated * 0.1 * 1024 ** 3)
+    connections = alarm(plan, "rds-connections").inputs
+    assert (connections["metricName"], connections["threshold"]) == ("DatabaseConnections", 80)
+
+
+def test_redis_alarms_per_member_cluster(plan: Plan) -> None:
+    memory = alarm(plan, "redis-memory-001").inputs
+    assert memory["metricName"] == "DatabaseMemoryUsagePercentage" and memory["threshold"] == 90
+    assert memory["dimensions"] == {"CacheClusterId": f"psychology-api-{plan.stack}-redis-001"}
+    evictions = alarm(plan, "redis-evictions-001").inputs
+    assert evictions["metricName"] == "Evictions" and evictions["statistic"] == "Sum"
+    assert evictions["treatMissingData"] == "notBreaching"
+
+
+def test_monitoring_host_status_check_recovers_the_instance(plan: Plan) -> None:
+    system = alarm(plan, "monitoring-system-check").inputs
+    assert system["metricName"] == "StatusCheckFailed_System"
+    assert system["dimensions"] == {"InstanceId": host(plan).id}
+    assert f"arn:aws:automate:{REGION}:ec2:recover" in system["alarmActions"]
+    instance = alarm(plan, "monitoring-instance-check").inputs
+    assert f"arn:aws:automate:{REGION}:ec2:reboot" in instance["alarmActions"]
+    heartbeat = alarm(plan, "monitoring-heartbeat").inputs
+    assert heartbeat["namespace"] == CLOUDWATCH_NAMESPACE and heartbeat["treatMissingData"] == "breaching"
+
+
+# --- outputs ----------------------------------------------------------------------------------------
+
+def test_outputs(plan: Plan) -> None:
+    instance_id = host(plan).id
+    assert plan.outputs["monitoring_instance_id"] == instance_id
+    assert plan.outputs["grafana_url"] == (
+        f"http://localhost:3000 after: aws ssm start-session --region {REGION} --target {instance_id}"
+        " --document-name AWS-StartPortForwardingSession --parameters portNumber=3000,localPortNumber=3000")
+    assert not plan.secret_outputs

@@ -1,0 +1,421 @@
+"""Every file the monitoring host runs on, checked with the real tools: promtool (config, rules,
+rule unit tests), amtool, blackbox_exporter, cloud-init, shellcheck, systemd-analyze; plus the
+dashboards' JSON and PromQL.
+
+Files are rendered into a temporary directory with paths that point at each other (the
+Prometheus config at its rule files, Alertmanager at its templates and secret files), so the
+tools check the same cross-references the host relies on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+import yaml
+
+from components import monitoring_render as render
+from components.monitoring_render import MonitoringSettings
+from infra.mock_engine import ROOT_DIR, load_stack_config_file
+
+pytestmark = pytest.mark.tools
+
+PROMTOOL_TESTS = ROOT_DIR / "tests" / "unit" / "promtool"
+FAKE_WEBHOOK = "https://hooks.example.com/services/T000/B000/fake-test-token"
+FAKE_ROUTING_KEY = "0123456789abcdef0123456789abcdef"
+
+
+def tool(name: str, *alternatives: str) -> str:
+    """Path of a validator; in CI a missing one is a failure, locally a skip with the reason."""
+    for candidate in (name, *alternatives):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    message = f"{name} is not installed (Debian package list in .ci/run)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def run(*command: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=120, check=False)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def settings(**changes: Any) -> MonitoringSettings:
+    base = MonitoringSettings(
+        project="psychology-api", stack="prod", environment="prod", region="eu-central-1",
+        public_url="https://api.psychology.example.com", https=True, app_port=80,
+        alerts_topic_arn="arn:aws:sns:eu-central-1:123456789012:psychology-api-prod-alerts",
+        backup_bucket="backups-bucket-0123456789ab",
+        kms_key_arn="arn:aws:kms:eu-central-1:123456789012:key/0a1b2c3d-0000-4000-8000-0123456789ab",
+        db_host="psychology-api-prod-db.c0abcdefghij.eu-central-1.rds.amazonaws.com", db_name="psychology",
+        db_master_secret_arn="arn:aws:secretsmanager:eu-central-1:123456789012:secret:rds!db-0123-AbCdEf",
+        grafana_secret_arn="arn:aws:secretsmanager:eu-central-1:123456789012:secret:psychology-api/prod/grafana-AbCdEf",
+        grafana_secret_name="psychology-api/prod/grafana",
+        data_volume_id="vol-0123456789abcdef0", volume_gb=100,
+        backup_schedule="*-*-* 02:00:00 Europe/Moscow", restore_drill_schedule="*-*-01 04:00:00 Europe/Moscow",
+        bundle_key=render.bundle_key(render.bundle_files()),
+        db_monitor_secret_arn="arn:aws:secretsmanager:eu-central-1:123456789012:secret:psychology-api/prod/database/monitor-AbCdEf",
+        redis_secret_arn="arn:aws:secretsmanager:eu-central-1:123456789012:secret:psychology-api/prod/redis-AbCdEf",
+    )
+    return dataclasses.replace(base, **changes)
+
+
+# Variants that change what is rendered: channels, TLS, optional exporters.
+VARIANTS = {
+    "prod-sns-only": settings(),
+    "prod-chat-and-pager": settings(alerting_secret_arn="arn:aws:secretsmanager:eu-central-1:123456789012:secret:a-AbCdEf",
+                                    webhook_enabled=True, pagerduty_enabled=True),
+    "prod-pager-only": settings(alerting_secret_arn="arn:aws:secretsmanager:eu-central-1:123456789012:secret:a-AbCdEf",
+                                pagerduty_enabled=True),
+    "staging-http-no-exporters": settings(
+        stack="staging", environment="staging", https=False, volume_gb=50,
+        public_url="http://psychology-api-staging-alb-1234567890.eu-central-1.elb.amazonaws.com",
+        db_monitor_secret_arn=None, redis_secret_arn=None, postgres_client_major=17),
+}
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def variant(request: pytest.FixtureRequest) -> MonitoringSettings:
+    return VARIANTS[request.param]
+
+
+# --- Prometheus ------------------------------------------------------------------------------
+
+def write_prometheus(s: MonitoringSettings, directory: Path) -> Path:
+    rules = directory / "rules"
+    rules.mkdir()
+    for name, content in render.rule_files().items():
+        (rules / name).write_text(content)
+    config = directory / "prometheus.yml"
+    config.write_text(render.prometheus_config(s, rules_dir=str(rules)))
+    return config
+
+
+def test_promtool_checks_config_and_the_rule_files_it_loads(variant: MonitoringSettings, tmp_path: Path) -> None:
+    config = write_prometheus(variant, tmp_path)
+    result = run(tool("promtool"), "check", "config", str(config))
+    assert f"SUCCESS: {len(render.rule_files())} rule files found" in result.stdout
+
+
+def test_promtool_checks_rules_without_lint_findings() -> None:
+    paths = [str(p) for p in sorted((render.TEMPLATES_DIR / "prometheus" / "rules").glob("*.yml"))]
+    result = run(tool("promtool"), "check", "rules", *paths)
+    assert "FAILED" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("test_file", sorted(p.name for p in PROMTOOL_TESTS.glob("*_test.yml")))
+def test_promtool_rule_unit_tests(test_file: str) -> None:
+    run(tool("promtool"), "test", "rules", test_file, cwd=PROMTOOL_TESTS)
+
+
+def _alert_names() -> set[str]:
+    names = set()
+    for content in render.rule_files().values():
+        for group in yaml.safe_load(content)["groups"]:
+            names |= {rule["alert"] for rule in group["rules"] if "alert" in rule}
+    return names
+
+
+def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for path in PROMTOOL_TESTS.glob("*_test.yml"):
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    alerts = _alert_names()
+    assert alerts - firing == set(), "alerts never shown firing"
+    assert alerts - quiet == set(), "alerts never shown quiet on a good series"
+
+
+def test_rules_cover_the_spec_and_the_backups() -> None:
+    assert {"APIHighErrorRate", "APIHighLatency", "APIAvailabilityBelowSLO", "DatabaseHighConnections",
+            "DatabaseSizeHigh", "HighCPUUsage", "HighMemoryUsage", "DiskSpaceLow", "BackupMissing",
+            "BackupFailed", "RestoreDrillFailed", "RestoreDrillOverdue", "APIHostDown", "ExporterDown",
+            "PublicEndpointDown"} <= _alert_names()
+    for content in render.rule_files().values():
+        for group in yaml.safe_load(content)["groups"]:
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+                    assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+                    assert "for" in rule, rule["alert"]
+
+
+def test_error_rate_alert_is_a_ratio_not_a_rate() -> None:
+    api = yaml.safe_load(render.rule_files()["api.yml"])
+    rule = next(r for g in api["groups"] for r in g["rules"] if r.get("alert") == "APIHighErrorRate")
+    numerator, denominator = re.split(r"\n\s*/\s*\n", rule["expr"].strip())
+    assert 'status=~"5.."' in numerator and "status=" not in denominator.split("> 0.01")[0]
+    latency = next(r for g in api["groups"] for r in g["rules"] if r.get("alert") == "APIHighLatency")
+    assert "sum by (job, le)" in latency["expr"]
+
+
+# --- Alertmanager ------------------------------------------------------------------------------
+
+@pytest.fixture
+def alertmanager_dir(variant: MonitoringSettings, tmp_path: Path) -> Iterator[tuple[MonitoringSettings, Path]]:
+    secrets = tmp_path / "secrets"
+    templates = tmp_path / "templates"
+    secrets.mkdir()
+    templates.mkdir()
+    (secrets / "webhook_url").write_text(FAKE_WEBHOOK)
+    (secrets / "pagerduty_routing_key").write_text(FAKE_ROUTING_KEY)
+    (templates / "psychology.tmpl").write_text(render.template_text("alertmanager/psychology.tmpl"))
+    (tmp_path / "alertmanager.yml").write_text(
+        render.alertmanager_config(variant, secrets_dir=str(secrets), templates_dir=str(templates)))
+    yield variant, tmp_path
+
+
+def test_amtool_checks_config(alertmanager_dir: tuple[MonitoringSettings, Path]) -> None:
+    _, directory = alertmanager_dir
+    result = run(tool("amtool"), "check-config", str(directory / "alertmanager.yml"))
+    assert "1 templates" in result.stdout and "3 receivers" in result.stdout
+    assert FAKE_WEBHOOK not in (directory / "alertmanager.yml").read_text()
+    assert FAKE_ROUTING_KEY not in (directory / "alertmanager.yml").read_text()
+
+
+def test_amtool_routes_by_severity(alertmanager_dir: tuple[MonitoringSettings, Path]) -> None:
+    _, directory = alertmanager_dir
+    config = f"--config.file={directory / 'alertmanager.yml'}"
+    amtool = tool("amtool")
+    for labels, receiver in ((("severity=critical", "alertname=DatabaseDown"), "critical"),
+                             (("severity=warning", "alertname=HighCPUUsage"), "warning"),
+                             (("alertname=Unlabelled",), "default")):
+        result = run(amtool, "config", "routes", "test", config, *labels)
+        assert result.stdout.strip() == receiver, (labels, result.stdout)
+
+
+def test_receivers_match_the_configured_channels(variant: MonitoringSettings) -> None:
+    document = yaml.safe_load(render.alertmanager_config(variant))
+    receivers = {r["name"]: set(r) - {"name"} for r in document["receivers"]}
+    if not (variant.webhook_enabled or variant.pagerduty_enabled):
+        assert receivers == {name: {"sns_configs"} for name in ("default", "critical", "warning")}
+    if variant.pagerduty_enabled and not variant.webhook_enabled:
+        assert receivers["critical"] == {"pagerduty_configs"}
+        assert receivers["warning"] == {"sns_configs"}
+    if variant.webhook_enabled:
+        assert all("slack_configs" in kinds for kinds in receivers.values())
+    critical_route = document["route"]["routes"][0]
+    assert critical_route["matchers"] == ['severity="critical"'] and critical_route["continue"] is True
+    assert document["inhibit_rules"][0]["equal"] == ["alertname", "instance"]
+
+
+# --- blackbox_exporter ------------------------------------------------------------------------
+
+def test_blackbox_exporter_checks_config(variant: MonitoringSettings, tmp_path: Path) -> None:
+    config = tmp_path / "blackbox.yml"
+    config.write_text(render.blackbox_config(variant))
+    run(tool("blackbox_exporter", "prometheus-blackbox-exporter"), f"--config.file={config}", "--config.check")
+    modules = yaml.safe_load(config.read_text())["modules"]
+    assert modules["http_2xx"]["http"]["fail_if_not_ssl"] is variant.https
+
+
+# --- cloud-init, the boot script, systemd --------------------------------------------------------
+
+def test_cloud_init_accepts_the_user_data(variant: MonitoringSettings, tmp_path: Path) -> None:
+    decoded = render.decode_user_data(render.user_data_base64(variant))
+    assert decoded == render.cloud_config(variant)
+    path = tmp_path / "user-data.yaml"
+    path.write_text(decoded)
+    result = run(tool("cloud-init"), "schema", "--config-file", str(path))
+    assert "Valid cloud-config" in result.stdout
+
+
+def test_user_data_stays_under_ec2_limit(variant: MonitoringSettings) -> None:
+    assert len(render.user_data_base64(variant)) < render.USER_DATA_LIMIT_BYTES
+
+
+def test_shellcheck_passes_the_boot_script(variant: MonitoringSettings, tmp_path: Path) -> None:
+    script = tmp_path / "bootstrap.sh"
+    script.write_text(render.bootstrap_script(variant))
+    run(tool("shellcheck"), "--severity=style", "--shell=bash", str(script))
+
+
+def test_boot_script_verifies_every_download() -> None:
+    script = render.bootstrap_script(settings())
+    for name, release in render.releases().items():
+        assert release["url"].startswith("https://")
+        line = next(line for line in script.splitlines() if line.startswith(f"install_release {name} "))
+        assert release["sha256"] in line and release["url"] in line
+    assert "sha256sum --check" in script and "--proto '=https'" in script
+    commands = [line.strip() for line in script.splitlines() if not line.lstrip().startswith("#")]
+    assert "set -euo pipefail" in commands
+    assert not [line for line in commands if re.match(r"set\s+-\w*x", line)], "secrets must never be traced"
+
+
+@pytest.fixture(scope="module")
+def systemd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root for `systemd-analyze verify --root`: the system's own units (targets such as
+    sysinit.target) and stand-ins for the binaries the host installs at boot."""
+    root = tmp_path_factory.mktemp("systemd-root")
+    system_units = next((p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()), None)
+    if system_units is None:
+        pytest.skip("no systemd unit directory on this machine")
+    shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
+    for binary in ("usr/local/bin/prometheus", "usr/local/bin/alertmanager", "usr/local/bin/node_exporter",
+                   "usr/local/bin/postgres_exporter", "usr/local/bin/redis_exporter", "usr/local/bin/blackbox_exporter",
+                   "opt/grafana/bin/grafana", "opt/psychology-ops/venv/bin/python", "bin/kill"):
+        path = root / binary
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    return root
+
+
+def test_systemd_analyze_verifies_units_and_timers(variant: MonitoringSettings, systemd_root: Path) -> None:
+    analyze = tool("systemd-analyze")
+    unit_dir = systemd_root / "etc/systemd/system"
+    if unit_dir.exists():
+        shutil.rmtree(unit_dir)
+    unit_dir.mkdir(parents=True)
+    units = render.systemd_units(variant)
+    for name, content in units.items():
+        (unit_dir / name).write_text(content)
+    result = run(analyze, "verify", f"--root={systemd_root}", "--man=no", *sorted(units))
+    problems = [line for line in result.stderr.splitlines()
+                if re.search(r"unknown|failed|invalid|ignoring|not executable|bad", line, re.IGNORECASE)]
+    assert problems == [], result.stderr
+
+
+def _stack_schedules() -> set[str]:
+    schedules = set()
+    for stack in ("staging", "prod"):
+        values, _ = load_stack_config_file(stack)
+        schedules |= {values["psychology-api:backupSchedule"], values["psychology-api:restoreDrillSchedule"]}
+    return schedules
+
+
+@pytest.mark.parametrize("expression", sorted(_stack_schedules() | {"*-*-* 02:00:00 Europe/Moscow"}))
+def test_systemd_parses_the_configured_calendars(expression: str) -> None:
+    result = run(tool("systemd-analyze"), "calendar", expression)
+    assert "Next elapse:" in result.stdout
+
+
+def test_backup_timer_fires_at_two_in_the_morning_moscow_time() -> None:
+    result = run(tool("systemd-analyze"), "calendar", "--iterations=2", "*-*-* 02:00:00 Europe/Moscow")
+    # Moscow is UTC+3 all year: 02:00 MSK is 23:00 UTC on the previous day.
+    utc_lines = [line for line in result.stdout.splitlines() if "(in UTC)" in line or "Next elapse" in line]
+    assert any("23:00:00 UTC" in line for line in utc_lines), result.stdout
+
+
+def test_timers_and_services_call_the_contracted_commands() -> None:
+    units = render.systemd_units(settings())
+    backup = units["psychology-backup.service"]
+    for flag in ("--secret-id", "--db-host", "--db-name", "--bucket", "--kms-key-id", "--textfile"):
+        assert f"  {flag} " in backup
+    assert "-m scripts.backup" in backup and "-m scripts.restore_drill" in units["psychology-restore-drill.service"]
+    assert "Persistent=true" in units["psychology-backup.timer"]
+    assert "RandomizedDelaySec=" in units["psychology-backup.timer"]
+
+
+# --- Grafana ------------------------------------------------------------------------------------
+
+def test_grafana_provisioning_points_at_local_prometheus_and_the_bundle() -> None:
+    files = render.grafana_files(settings())
+    datasource = yaml.safe_load(files["/etc/grafana/provisioning/datasources/prometheus.yml"])["datasources"][0]
+    assert (datasource["type"], datasource["url"], datasource["uid"]) == ("prometheus", "http://127.0.0.1:9090", "prometheus")
+    provider = yaml.safe_load(files["/etc/grafana/provisioning/dashboards/psychology-api.yml"])["providers"][0]
+    assert provider["options"]["path"] == render.DASHBOARDS_DIR
+    ini = files["/etc/grafana/grafana.ini"]
+    assert "admin_password = $__file{/etc/grafana/secrets/admin_password}" in ini
+    assert "allow_sign_up = false" in ini and "[auth.anonymous]\nenabled = false" in ini
+
+
+EXPECTED_PANELS = {
+    "golden-paths.json": ["G1 request rate", "G2 error ratio (5xx)", "G3 latency p50 / p95", "G4 request rate"],
+    "errors-latency.json": ["5xx error ratio by endpoint", "Latency p50 / p95 / p99", "Throughput (requests per second)"],
+    "integrations-health.json": ["Google Calendar API: reachable", "Payments (YooKassa) webhooks: application requests by status",
+                                 "Telegram Bot API: reachable", "E-mail delivery rate",
+                                 "Last successful backup (age)", "Last restore drill status"],
+}
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
+def test_dashboards_are_valid_and_have_the_expected_panels() -> None:
+    uids = set()
+    for name, text in render.dashboards().items():
+        dashboard = json.loads(text)
+        assert dashboard["uid"] and dashboard["title"].startswith("psychology-api")
+        uids.add(dashboard["uid"])
+        titles = [p["title"] for p in _panels(dashboard)]
+        assert set(EXPECTED_PANELS[name]) <= set(titles), name
+        ids = [p["id"] for p in dashboard["panels"]]
+        assert len(ids) == len(set(ids)), name
+        for panel in _panels(dashboard):
+            assert panel["datasource"] == {"type": "prometheus", "uid": "prometheus"}
+            assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"]), panel["title"]
+    assert len(uids) == 3
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool has no expression checker, so every panel query becomes a recording rule
+    (Grafana's variables replaced by what they expand to) and the file goes to `check rules`."""
+    rules = []
+    for name, text in render.dashboards().items():
+        for panel in _panels(json.loads(text)):
+            for target in panel["targets"]:
+                expr = re.sub(r"\$__rate_interval", "5m", target["expr"])
+                expr = re.sub(r"\$\w+", ".*", expr)
+                rules.append({"record": f"dashboard:{name.split('.')[0].replace('-', '_')}:q{len(rules)}", "expr": expr})
+    path = tmp_path / "dashboard_queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    run(tool("promtool"), "check", "rules", str(path))
+
+
+# --- the bundle and the render module ------------------------------------------------------------
+
+def test_ops_requirements_are_pinned_from_requirements_txt() -> None:
+    requirements = render.ops_requirements()
+    pinned = {line for line in (ROOT_DIR / "requirements.txt").read_text().splitlines() if "==" in line}
+    lines = [line for line in requirements.splitlines() if line and not line.startswith("#")]
+    assert lines and all(line in pinned for line in lines)
+    assert [line.split("==")[0] for line in lines] == list(render.OPS_PACKAGES)
+
+
+def test_bundle_holds_the_scripts_the_timers_run_and_nothing_else() -> None:
+    units = render.systemd_units(settings())
+    modules = {m for text in units.values() for m in re.findall(r"-m scripts\.(\w+)", text)}
+    assert modules == {"backup", "restore_drill"}
+    for module in (*modules, "restore", "lib/cli", "lib/db", "lib/aws", "lib/secrets"):
+        assert render.is_ops_script(f"{module}.py"), module
+    assert render.is_ops_script("__init__.py")
+    for unrelated in ("plan.py", "smoke.py", "migrate.py", "lib/__pycache__/cli.cpython-311.pyc"):
+        assert not render.is_ops_script(unrelated), unrelated
+    assert "scripts/plan.py" not in render.bundle_files()
+
+
+def test_bundle_is_deterministic_and_named_by_content() -> None:
+    first, second = render.bundle_files(), render.bundle_files()
+    assert first == second and render.bundle_key(first) == render.bundle_key(second)
+    changed = dict(first, **{"monitoring/rules/api.yml": first["monitoring/rules/api.yml"] + "\n"})
+    assert render.bundle_key(changed) != render.bundle_key(first)
+
+
+def test_templates_fail_on_a_missing_value() -> None:
+    with pytest.raises(jinja2.UndefinedError):
+        render.render_template("systemd/psychology-backup.timer.j2", stack="prod")
+
+
+def test_releases_are_pinned_https_with_sha256() -> None:
+    data = render.releases()
+    assert set(data) == {"prometheus", "alertmanager", "node_exporter", "postgres_exporter",
+                         "redis_exporter", "blackbox_exporter", "grafana"}
+    for release in data.values():
+        assert release["url"].startswith("https://") and re.fullmatch(r"[0-9a-f]{64}", release["sha256"])
+        assert release["version"] in release["url"]
