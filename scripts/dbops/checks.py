@@ -280,8 +280,12 @@ class RedisTarget:
 def redis_check(target: RedisTarget) -> Check:
     def run() -> str:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        kwargs: dict[str, Any] = {}
+        # The check's own retries (tenacity) are the only ones: redis-py would otherwise retry
+        # a refused AUTH (a ConnectionError) with its own backoff.
+        kwargs: dict[str, Any] = {"retry": Retry(NoBackoff(), 0)}
         if target.tls:
             kwargs.update(ssl=True, ssl_cert_reqs="required", ssl_ca_certs=target.ca_bundle)
         client = redis.Redis(host=target.host, port=target.port, db=target.db, username=target.username,

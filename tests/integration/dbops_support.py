@@ -60,7 +60,7 @@ def create_function(endpoint_url: str, name: str) -> str:
 def queue_lambda_result(endpoint_url: str, result: Any) -> None:
     """The answer moto's Docker-free Lambda gives to the next invocation."""
     requests.post(f"{endpoint_url}/moto-api/static/lambda-simple/response", timeout=10, json={
-        "account_id": MOTO_ACCOUNT, "region": MOTO_REGION, "result": json.dumps(result, default=str)})
+        "account_id": MOTO_ACCOUNT, "region": MOTO_REGION, "results": [json.dumps(result, default=str)]})
 
 
 def stage_rotation(secret_id: str) -> str:
