@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +70,9 @@ def test_pre_migration_snapshot(aws_env: MotoServer) -> None:
 
 
 def test_snapshot_identifier_is_valid_for_rds() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    ident = snapshot_identifier("1db--x_", "pre release", datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    ident = snapshot_identifier("1db--x_", "pre release", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
     assert ident == "s-1db-x-pre-release-20260102-030405"
     assert "--" not in ident and ident[0].isalpha()
 
