@@ -18,7 +18,7 @@ from typing import Optional
 
 from scripts.dbops.credentials import ensure_role_matches_secret
 from scripts.dbops.migrations import DEFAULT_LOCK_WAIT_SECONDS, MigrationFailed, default_directory, migrate
-from scripts.lib import cli
+from scripts.lib import aws, cli
 from scripts.lib.db import add_target_arguments, target_from_args, target_from_document
 from scripts.lib.secrets import read_secret_json
 
@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    with aws.one_line_errors():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     target = target_from_args(args)
     assert target is not None
     cli.info(f"migrating {target.describe()}" + (" (dry run)" if args.dry_run else ""))

@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    with aws.one_line_errors():
+        return int(args.handler(args))
 
 
 if __name__ == "__main__":

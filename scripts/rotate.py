@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    with aws.one_line_errors():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     sm = aws.client("secretsmanager", region=args.region, endpoint_url=args.endpoint_url)
     try:
         if args.step == "all":

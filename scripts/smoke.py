@@ -86,6 +86,11 @@ def _invoke_function(name: str, policy: smoke.RetryPolicy, *, region: Optional[s
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    with aws.one_line_errors():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.ca_bundle and args.insecure:
         cli.fail("give either --ca-bundle or --insecure", cli.EXIT_USAGE)
     if args.redis_url and args.redis_secret_id:

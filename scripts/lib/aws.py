@@ -4,6 +4,8 @@ endpoints), timeouts and retries."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import boto3
@@ -34,3 +36,20 @@ def client(service: str, *, region: Optional[str] = None, endpoint_url: Optional
             retries={"max_attempts": max_attempts if max_attempts is not None else 5, "mode": "standard"}))
     return boto3.client(service, region_name=region_name(region), endpoint_url=endpoint_url or None,
                         config=config)
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """AWS API failures as one-line ScriptErrors (code and message, no traceback)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from scripts.lib.cli import ScriptError, masker
+
+    try:
+        yield
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        operation = getattr(err, "operation_name", "") or "AWS call"
+        raise ScriptError(masker(f"{operation}: {error.get('Code', 'error')}: {error.get('Message', str(err))}")) from None
+    except BotoCoreError as err:
+        raise ScriptError(masker(str(err).splitlines()[0])) from None

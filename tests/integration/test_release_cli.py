@@ -66,7 +66,8 @@ def test_pre_migration_snapshot(aws_env: MotoServer) -> None:
     assert described["Status"] == "available" and described["DBInstanceIdentifier"] == "psychology-api-prod-db"
 
     missing = release("snapshot", "--db-instance", "no-such-db", "--poll-seconds", "1", endpoint=aws_env.endpoint_url)
-    assert missing.returncode == 1 and "DBInstanceNotFound" in missing.stderr
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: CreateDBSnapshot: DBInstanceNotFound")
 
 
 def test_snapshot_identifier_is_valid_for_rds() -> None:
