@@ -119,7 +119,8 @@ def _run(args: argparse.Namespace) -> int:
     if not checks and not args.via_function:
         cli.fail("nothing to check: give --url, a database (--dsn/--secret-id), Redis or --via-function", cli.EXIT_USAGE)
 
-    cli.info(f"running {len(checks) + (1 if args.via_function else 0)} check group(s), up to {policy.attempts} attempts each")
+    cli.info(f"running {len(checks)} check(s)" + (f" and the in-VPC checks of {args.via_function}" if args.via_function else "")
+             + f", up to {policy.attempts} attempts each")
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=2) as pool:
         local_future = pool.submit(smoke.run_checks, checks, policy)
