@@ -20,6 +20,7 @@ checks in the health function and merges its verdicts. Exit 0 only when every ch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     redis_group = parser.add_argument_group("Redis")
     redis_group.add_argument("--redis-url", default=os.environ.get("SMOKE_REDIS_URL"),
                              help="redis:// or rediss:// URL with the password (or SMOKE_REDIS_URL, which keeps it out of ps)")
+    redis_group.add_argument("--redis-ca-bundle", default=None,
+                             help="CA bundle for rediss:// with a private CA (ElastiCache's certificates are public)")
     redis_group.add_argument("--redis-secret-id", default=None,
                              help="Redis secret ({host, port, auth_token, tls}) instead of --redis-url")
     parser.add_argument("--via-function", default=None, metavar="NAME",
@@ -109,7 +112,10 @@ def _run(args: argparse.Namespace) -> int:
             checks.append(smoke.database_check(db_target, args.migrations_dir))
         if args.redis_url:
             cli.masker.add(args.redis_url)
-            checks.append(smoke.redis_check(smoke.RedisTarget.from_url(args.redis_url)))
+            redis_target = smoke.RedisTarget.from_url(args.redis_url)
+            if args.redis_ca_bundle:
+                redis_target = dataclasses.replace(redis_target, ca_bundle=args.redis_ca_bundle)
+            checks.append(smoke.redis_check(redis_target))
         elif args.redis_secret_id:
             redis_doc = read_secret_json(args.redis_secret_id, endpoint_url=args.endpoint_url, region=args.region)
             checks.append(smoke.redis_check(smoke.RedisTarget.from_secret(redis_doc)))

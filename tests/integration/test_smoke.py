@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,6 +272,40 @@ def test_via_function_merges_the_in_vpc_verdicts(
     code, doc, _ = run_smoke(["--url", web.url, "--http-url", web.http_url, "--ca-bundle", web.ca_bundle,
                               "--via-function", "no-such-function", "--endpoint-url", moto_lambda.endpoint_url, *FAST], capsys)
     assert code == 1 and doc["failed"] == ["in_vpc"]
+
+
+@pytest.fixture
+def tls_redis(certificate: tuple[Path, Path], tmp_path: Path) -> Iterator[str]:
+    """A Redis that speaks only TLS and wants AUTH, like ElastiCache with in-transit encryption."""
+    cert, key = certificate
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--requirepass", REDIS_PASSWORD,
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"rediss://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_redis_over_tls(tls_redis: str, certificate: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc, _ = run_smoke(["--redis-url", tls_redis, "--redis-ca-bundle", str(certificate[0])], capsys)
+    assert code == 0 and verdicts(doc) == {"redis": "pass"}
+    assert doc["checks"][0]["detail"].startswith("SET/GET round trip on rediss://127.0.0.1:")
+    # Plain Redis against the TLS port, or TLS without trusting the certificate, fails by name.
+    code, doc, _ = run_smoke(["--redis-url", tls_redis.replace("rediss://", "redis://"), *FAST], capsys)
+    assert code == 1 and doc["failed"] == ["redis"]
+    code, doc, _ = run_smoke(["--redis-url", tls_redis, *FAST], capsys)
+    assert code == 1 and "certificate verify failed" in doc["checks"][0]["error"].lower()
 
 
 def test_redis_target_formats() -> None:
