@@ -34,12 +34,10 @@ def script_command(module: str, *args: pulumi.Input[str]) -> pulumi.Output[str]:
 
 
 def release_step(name: str, create: pulumi.Input[str], *, triggers: Sequence[Any],
-                 parent: pulumi.Resource, depends_on: Optional[Sequence[pulumi.Resource]] = None,
-                 environment: Optional[dict[str, pulumi.Input[str]]] = None) -> command.local.Command:
+                 parent: pulumi.Resource, depends_on: Optional[Sequence[pulumi.Resource]] = None) -> command.local.Command:
     return command.local.Command(name, command.local.CommandArgs(
         create=create,
         dir=str(ROOT),
-        environment=environment,
         triggers=list(triggers),
         logging=command.local.Logging.STDOUT_AND_STDERR,
     ), pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on or []),
