@@ -83,11 +83,15 @@ class ApiHostsArgs:
     redis_secret_arn: Optional[pulumi.Input[str]] = None
     root_device_name: str = "/dev/xvda"
     log_retention_days: int = API_LOG_RETENTION_DAYS
+    # Resources a new release waits for before its launch template exists (the migrations):
+    # hosts of a release never start against a schema older than the release.
+    start_after: Sequence[pulumi.Resource] = ()
 
 
 class ApiHosts(pulumi.ComponentResource):
     asg_name: pulumi.Output[str]
     launch_template_id: pulumi.Output[str]
+    launch_template_latest_version: pulumi.Output[int]
     role_arn: pulumi.Output[str]
     role_name: pulumi.Output[str]
     instance_profile_name: pulumi.Output[str]
@@ -187,7 +191,7 @@ class ApiHosts(pulumi.ComponentResource):
             tag_specifications=tag_specifications,
             update_default_version=True,
             tags=name_tag("api-lt"),
-        ), child)
+        ), pulumi.ResourceOptions(parent=self, depends_on=list(args.start_after)))
 
         group = aws.autoscaling.Group(f"{name}-asg", aws.autoscaling.GroupArgs(
             name=f"{prefix}-api",
@@ -242,6 +246,7 @@ class ApiHosts(pulumi.ComponentResource):
 
         self.asg_name = group.name
         self.launch_template_id = template.id
+        self.launch_template_latest_version = template.latest_version
         self.role_arn = role.arn
         self.role_name = role.name
         self.instance_profile_name = profile.name

@@ -10,10 +10,12 @@ from components.alarms import AlertsTopic, AlertsTopicArgs, CloudWatchAlarms, Cl
 from components.api_hosts import ApiHosts, ApiHostsArgs, amazon_linux_2023_ami
 from components.cache import Cache, CacheArgs
 from components.database import Database, DatabaseArgs
+from components.dbops import DbOps, DbOpsArgs
 from components.encryption import DataKey, DataKeyArgs
 from components.loadbalancer import LoadBalancer, LoadBalancerArgs
 from components.monitoring import MonitoringHost, MonitoringHostArgs
 from components.network import Network, NetworkArgs
+from components.release import ReleaseMigrations, ReleaseMigrationsArgs, ReleaseSmokeTests, ReleaseSmokeTestsArgs
 from components.secrets import AppSecrets, AppSecretsArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
 from components.storage import (
@@ -138,6 +140,39 @@ def main() -> None:
         log_retention_days=cfg.data_log_retention_days,
     ), opts)
 
+    # --- database operations: in-VPC functions (migrate, health, rotation), the app's and the
+    # monitoring role's credentials, rotation every secretRotationDays ---------------------
+    dbops = DbOps("dbops", DbOpsArgs(
+        region=cfg.region,
+        account_id=account_id,
+        kms_key_arn=data_key.arn,
+        private_subnet_ids=network.private_subnet_ids,
+        security_group_id=security.ids["dbops"],
+        master_secret_arn=database.master_secret_arn,
+        db_host=database.endpoint,
+        db_port=database.port,
+        db_name=cfg.db_name,
+        redis_secret_arn=cache.secret_arn,
+        rotation_days=cfg.secret_rotation_days,
+        recovery_window_days=cfg.secret_recovery_window_days,
+        log_retention_days=cfg.data_log_retention_days,
+    ), opts)
+
+    # --- release, first half: snapshot (prod), then migrations; hosts of the release wait ---
+    hosts_start_after: list[pulumi.Resource] = [dbops.bootstrap]
+    migrations = None
+    if cfg.release_steps:
+        migrations = ReleaseMigrations("release", ReleaseMigrationsArgs(
+            region=cfg.region,
+            migrate_function_name=dbops.migrate_function_name,
+            package_sha256=dbops.package_sha256,
+            app_version=cfg.app_version,
+            pre_migration_snapshot=cfg.pre_migration_snapshot,
+            db_instance_identifier=database.identifier,
+            depends_on=[dbops.bootstrap],
+        ), opts)
+        hosts_start_after = [migrations.migrations]
+
     # --- compute: load balancer and API hosts (README: "Load balancer and API hosts") ---
     alb = LoadBalancer("alb", LoadBalancerArgs(
         vpc_id=network.vpc_id,
@@ -182,10 +217,26 @@ def main() -> None:
         tags=default_tags(cfg.environment),
         app_secret_arn=app_secrets.app_secret_arn,
         integration_secret_arns=app_secrets.integration_secret_arns,
-        # The database app credentials secret is wired with the database-operations part.
-        database_secret_arn=None,
+        database_secret_arn=dbops.app_db_secret_arn,
         redis_secret_arn=cache.secret_arn,
+        start_after=hosts_start_after,
     ), opts)
+
+    # --- release, second half: once the hosts are healthy behind the load balancer ---------
+    smoke = None
+    if cfg.release_steps:
+        smoke = ReleaseSmokeTests("release-smoke", ReleaseSmokeTestsArgs(
+            region=cfg.region,
+            api_url=alb.url,
+            health_function_name=dbops.health_function_name,
+            target_group_arn=alb.target_group_arn,
+            autoscaling_group_name=api.asg_name,
+            app_version=cfg.app_version,
+            package_sha256=dbops.package_sha256,
+            maintenance=cfg.maintenance,
+            release_triggers=[api.launch_template_latest_version],
+            depends_on=[api, *hosts_start_after],
+        ), opts)
 
     # --- monitoring: the host (Prometheus, Alertmanager, Grafana, backups) and CloudWatch alarms ---
     alerts = AlertsTopic("alerts", AlertsTopicArgs(
@@ -215,6 +266,7 @@ def main() -> None:
         health_check_path=cfg.health_check_path,
         postgres_major_version=cfg.db_major_version,
         redis_secret_arn=cache.secret_arn,
+        db_monitor_secret_arn=dbops.monitor_db_secret_arn,
         alert_webhook_url=secrets.get("alertWebhookUrl"),
         pagerduty_routing_key=secrets.get("pagerdutyRoutingKey"),
         final_snapshot=cfg.deletion_protection,
@@ -275,3 +327,10 @@ def main() -> None:
     pulumi.export("grafana_url", monitoring.grafana_url)
     pulumi.export("grafana_admin_secret_arn", monitoring.grafana_admin_secret_arn)
     pulumi.export("alerts_topic_arn", alerts.arn)
+    pulumi.export("db_app_secret_arn", dbops.app_db_secret_arn)
+    pulumi.export("db_monitor_secret_arn", dbops.monitor_db_secret_arn)
+    pulumi.export("dbops_function_names", dbops.function_names)
+    if migrations is not None:
+        pulumi.export("pre_migration_snapshot_id", migrations.snapshot_id)
+    if smoke is not None:
+        pulumi.export("smoke_test_report", smoke.report)

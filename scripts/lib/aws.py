@@ -4,6 +4,8 @@ endpoints), timeouts and retries."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import boto3
@@ -22,8 +24,32 @@ def region_name(region: Optional[str] = None) -> str:
     return region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
 
 
-def client(service: str, *, region: Optional[str] = None, endpoint_url: Optional[str] = None) -> Any:
+def client(service: str, *, region: Optional[str] = None, endpoint_url: Optional[str] = None,
+           read_timeout: Optional[int] = None, max_attempts: Optional[int] = None) -> Any:
     """A boto3 client. `endpoint_url` (or AWS_ENDPOINT_URL, which boto3 reads itself) points
-    it at moto's server in tests."""
+    it at moto's server in tests. `read_timeout` / `max_attempts` override the defaults for
+    calls that legitimately take long (a synchronous Lambda invoke) or must not be repeated."""
+    config = _CLIENT_CONFIG
+    if read_timeout is not None or max_attempts is not None:
+        config = config.merge(Config(
+            read_timeout=read_timeout if read_timeout is not None else _CLIENT_CONFIG.read_timeout,
+            retries={"max_attempts": max_attempts if max_attempts is not None else 5, "mode": "standard"}))
     return boto3.client(service, region_name=region_name(region), endpoint_url=endpoint_url or None,
-                        config=_CLIENT_CONFIG)
+                        config=config)
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """AWS API failures as one-line ScriptErrors (code and message, no traceback)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from scripts.lib.cli import ScriptError, masker
+
+    try:
+        yield
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        operation = getattr(err, "operation_name", "") or "AWS call"
+        raise ScriptError(masker(f"{operation}: {error.get('Code', 'error')}: {error.get('Message', str(err))}")) from None
+    except BotoCoreError as err:
+        raise ScriptError(masker(str(err).splitlines()[0])) from None

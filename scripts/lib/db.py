@@ -85,24 +85,42 @@ def target_from_dsn(dsn: str) -> DbTarget:
                     sslrootcert=params.get("sslrootcert"))  # type: ignore[arg-type]
 
 
-def target_from_secret(secret_id: str, *, host: Optional[str] = None, port: Optional[int] = None,
-                       dbname: Optional[str] = None, stage: str = "AWSCURRENT",
-                       endpoint_url: Optional[str] = None, region: Optional[str] = None,
-                       client: Any = None) -> DbTarget:
-    """Credentials from a Secrets Manager secret in the RDS format ({username, password} and,
-    for application secrets, host/port/dbname). Explicit arguments win over the secret."""
-    doc = read_secret_json(secret_id, stage=stage, endpoint_url=endpoint_url, region=region, client=client)
+def target_from_document(doc: dict[str, Any], *, source: str = "secret", host: Optional[str] = None,
+                         port: Optional[int] = None, dbname: Optional[str] = None) -> DbTarget:
+    """A target from an already-read secret document in the RDS format ({username, password}
+    and, for application secrets, host/port/dbname). Explicit arguments win over the document."""
     try:
         user, password = str(doc["username"]), str(doc["password"])
     except KeyError:
-        raise ScriptError(f"secret {secret_id} lacks username/password") from None
+        raise ScriptError(f"{source} lacks username/password") from None
     masker.add(password)
     resolved_host = host or doc.get("host")
     resolved_db = dbname or doc.get("dbname")
     if not resolved_host or not resolved_db:
-        raise ScriptError(f"secret {secret_id} has no host/dbname; pass --db-host and --db-name")
+        raise ScriptError(f"{source} has no host/dbname; pass --db-host and --db-name")
     return DbTarget(host=str(resolved_host), port=int(port or doc.get("port") or 5432), dbname=str(resolved_db),
                     user=user, password=password)
+
+
+def target_from_secret(secret_id: str, *, host: Optional[str] = None, port: Optional[int] = None,
+                       dbname: Optional[str] = None, stage: str = "AWSCURRENT", version_id: Optional[str] = None,
+                       endpoint_url: Optional[str] = None, region: Optional[str] = None,
+                       client: Any = None) -> DbTarget:
+    """Credentials from a Secrets Manager secret in the RDS format ({username, password} and,
+    for application secrets, host/port/dbname). Explicit arguments win over the secret."""
+    doc = read_secret_json(secret_id, stage=stage, version_id=version_id, endpoint_url=endpoint_url,
+                           region=region, client=client)
+    return target_from_document(doc, source=f"secret {secret_id}", host=host, port=port, dbname=dbname)
+
+
+class DbConnectError(ScriptError):
+    """A failed connection, with the one-line (masked) reason; `auth_failed` tells a rejected
+    password apart from an unreachable server. PostgreSQL reports an unknown role and a wrong
+    password the same way on purpose, so both count as an authentication failure."""
+
+    @property
+    def auth_failed(self) -> bool:
+        return "password authentication failed" in str(self)
 
 
 def connect(target: DbTarget, *, autocommit: bool = False, application_name: str = "psychology-api-ops") -> psycopg.Connection:
@@ -110,7 +128,7 @@ def connect(target: DbTarget, *, autocommit: bool = False, application_name: str
         return psycopg.connect(target.conninfo(application_name), autocommit=autocommit)
     except psycopg.OperationalError as err:
         # libpq messages can echo connection parameters; mask before anyone prints them.
-        raise ScriptError(f"cannot connect to {target.describe()}: {masker(str(err)).strip().splitlines()[0]}") from None
+        raise DbConnectError(f"cannot connect to {target.describe()}: {masker(str(err)).strip().splitlines()[0]}") from None
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

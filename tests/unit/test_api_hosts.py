@@ -74,7 +74,7 @@ def test_instances_and_volumes_carry_every_tag(plan: Plan) -> None:
 
 def test_role_reads_exactly_the_app_secrets(plan: Plan) -> None:
     expected = {plan.outputs["app_secret_arn"], *plan.outputs["integration_secret_arns"].values(),
-                plan.outputs["redis_secret_arn"]}
+                plan.outputs["redis_secret_arn"], plan.outputs["db_app_secret_arn"]}
     reads = statement(plan, "ReadTheAppSecrets")
     assert reads["Action"] == "secretsmanager:GetSecretValue"
     assert set(reads["Resource"]) == expected

@@ -1,0 +1,274 @@
+"""Database operations inside the VPC: three Lambda functions built from `scripts/dbops`, the
+application's database credentials with their rotation, and the monitoring role's credentials.
+
+| function | handler | does |
+|---|---|---|
+| `<project>-<stack>-db-migrate` | migrate_handler | applies `migrations/` as the RDS master; makes the application's current user and the monitoring role accept their secrets' passwords |
+| `<project>-<stack>-db-health` | health_handler | the in-VPC smoke checks (database with the application's credentials, Redis) |
+| `<project>-<stack>-db-rotate` | rotation_handler | Secrets Manager's four rotation steps, alternating users |
+
+Each function has its own role: the VPC-access managed policy (ENIs and its logs) plus exactly
+the secrets it reads or writes and the data key through Secrets Manager only. They run in the
+private subnets with the `dbops` security group, which the database and Redis groups admit, and
+reach the Secrets Manager API through the interface endpoint (prod) or the NAT gateway.
+
+Secrets (encrypted with the data key):
+* `psychology-api/<stack>/database/app`: `{"engine", "host", "port", "dbname", "username",
+  "password", "masterarn"}`. Pulumi writes only the first version (user psychology_app_a and a
+  generated password) and never touches the value again: rotation owns it from then on.
+* `psychology-api/<stack>/database/monitor`: `{"username", "password", "host", "port", "dbname"}`
+  for postgres_exporter (role psychology_monitor, pg_monitor).
+
+The first `up` runs the migrate function once (the `bootstrap` command) before rotation is
+switched on, so the roles exist and accept the secrets' passwords when Secrets Manager first
+tests the rotation function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from components.commands import release_step, script_command
+from components.common import assume_role_policy, name_tag, physical_prefix, policy_json, type_token
+from components.lambda_package import LambdaPackage, build_lambda_package
+
+VPC_ACCESS_POLICY_ARN = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
+RUNTIME = "python3.12"
+APP_FIRST_USER = "psychology_app_a"
+MONITOR_USER = "psychology_monitor"
+# The only punctuation the rotation function's passwords can contain (scripts/dbops/rotation.py
+# excludes the rest); the first password uses the same set.
+PASSWORD_SPECIALS = "-_."  # noqa: S105 - a character set, not a password
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    role: str
+    handler: str
+    description: str
+    timeout: int
+    memory: int
+
+
+FUNCTIONS = {
+    "migrate": FunctionSpec("migrate", "scripts.dbops.handlers.migrate_handler",
+                            "Applies migrations/ and sets the application and monitoring roles' passwords", 900, 512),
+    "health": FunctionSpec("health", "scripts.dbops.handlers.health_handler",
+                           "In-VPC smoke checks: database (latest migration) and Redis", 180, 256),
+    "rotate": FunctionSpec("rotate", "scripts.dbops.handlers.rotation_handler",
+                           "Rotates the application's database credentials (alternating users)", 120, 256),
+}
+
+
+@dataclass
+class DbOpsArgs:
+    region: str
+    account_id: str
+    kms_key_arn: pulumi.Input[str]
+    private_subnet_ids: Sequence[pulumi.Input[str]]
+    security_group_id: pulumi.Input[str]  # SecurityGroups.ids["dbops"]
+    master_secret_arn: pulumi.Input[str]  # the RDS-managed master secret
+    db_host: pulumi.Input[str]
+    db_port: pulumi.Input[int]
+    db_name: str
+    rotation_days: int
+    recovery_window_days: int
+    redis_secret_arn: Optional[pulumi.Input[str]] = None
+    log_retention_days: int = 90
+    package: Optional[LambdaPackage] = None  # built on demand when not given
+
+
+class DbOps(pulumi.ComponentResource):
+    app_db_secret_arn: pulumi.Output[str]
+    monitor_db_secret_arn: pulumi.Output[str]
+    function_names: dict[str, pulumi.Output[str]]
+    function_arns: dict[str, pulumi.Output[str]]
+    role_arns: dict[str, pulumi.Output[str]]
+    migrate_function_name: pulumi.Output[str]
+    health_function_name: pulumi.Output[str]
+    rotation_function_arn: pulumi.Output[str]
+    package_sha256: str
+    bootstrap: pulumi.Resource
+
+    def __init__(self, name: str, args: DbOpsArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__(type_token("dbops", "DbOps"), name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        package = args.package or build_lambda_package()
+        self.package_sha256 = package.sha256
+        base = f"{pulumi.get_project()}/{pulumi.get_stack()}"
+
+        # --- secrets --------------------------------------------------------------------
+        app_secret = aws.secretsmanager.Secret(f"{name}-app-credentials", aws.secretsmanager.SecretArgs(
+            name=f"{base}/database/app",
+            description="Application database credentials (engine, host, port, dbname, username, password, masterarn); "
+                        f"rotated every {args.rotation_days} days with alternating users",
+            kms_key_id=args.kms_key_arn,
+            recovery_window_in_days=args.recovery_window_days,
+            tags=name_tag("db-app-credentials", {"secret-kind": "database"})), child)
+        app_password = random.RandomPassword(f"{name}-app-first-password", random.RandomPasswordArgs(
+            length=32, special=True, override_special=PASSWORD_SPECIALS, min_special=1, min_numeric=1), child)
+        aws.secretsmanager.SecretVersion(f"{name}-app-credentials-first", aws.secretsmanager.SecretVersionArgs(
+            secret_id=app_secret.id,
+            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps({
+                "engine": "postgres", "host": args.db_host, "port": args.db_port, "dbname": args.db_name,
+                "username": APP_FIRST_USER, "password": app_password.result, "masterarn": args.master_secret_arn})),
+        ), pulumi.ResourceOptions(parent=self,
+                                  # After the first rotation the value belongs to the rotation function;
+                                  # writing it again would put back credentials that no longer work.
+                                  ignore_changes=["secret_string", "version_stages"]))
+
+        monitor_secret = aws.secretsmanager.Secret(f"{name}-monitor-credentials", aws.secretsmanager.SecretArgs(
+            name=f"{base}/database/monitor",
+            description="Read-only monitoring role (pg_monitor) for postgres_exporter: username, password, host, port, dbname",
+            kms_key_id=args.kms_key_arn,
+            recovery_window_in_days=args.recovery_window_days,
+            tags=name_tag("db-monitor-credentials", {"secret-kind": "database"})), child)
+        monitor_password = random.RandomPassword(f"{name}-monitor-password", random.RandomPasswordArgs(
+            length=32, special=True, override_special=PASSWORD_SPECIALS, min_special=1, min_numeric=1), child)
+        monitor_version = aws.secretsmanager.SecretVersion(f"{name}-monitor-credentials-value", aws.secretsmanager.SecretVersionArgs(
+            secret_id=monitor_secret.id,
+            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps({
+                "username": MONITOR_USER, "password": monitor_password.result, "host": args.db_host,
+                "port": args.db_port, "dbname": args.db_name})),
+        ), child)
+        self.app_db_secret_arn = app_secret.arn
+        self.monitor_db_secret_arn = monitor_secret.arn
+
+        # --- functions --------------------------------------------------------------------
+        endpoint = {"DB_HOST": args.db_host, "DB_PORT": pulumi.Output.from_input(args.db_port).apply(str),
+                    "DB_NAME": args.db_name}
+        read_through_secrets_manager = {
+            "Sid": "DecryptSecretsWithTheDataKey",
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": args.kms_key_arn,
+            "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{args.region}.amazonaws.com"}},
+        }
+        readable = [args.master_secret_arn, app_secret.arn, monitor_secret.arn]
+        health_secrets = [app_secret.arn] + ([args.redis_secret_arn] if args.redis_secret_arn is not None else [])
+        statements: dict[str, list[dict[str, Any]]] = {
+            "migrate": [
+                {"Sid": "ReadMasterAndRoleCredentials", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                 "Resource": readable},
+                read_through_secrets_manager,
+            ],
+            "health": [
+                {"Sid": "ReadApplicationAndRedisCredentials", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                 "Resource": health_secrets},
+                read_through_secrets_manager,
+            ],
+            "rotate": [
+                {"Sid": "RotateTheApplicationSecret", "Effect": "Allow",
+                 "Action": ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue",
+                            "secretsmanager:PutSecretValue", "secretsmanager:UpdateSecretVersionStage"],
+                 "Resource": app_secret.arn},
+                {"Sid": "ReadMasterCredentials", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                 "Resource": args.master_secret_arn},
+                {
+                    # GetRandomPassword acts on no resource: IAM accepts only "*" for it.
+                    "Sid": "GeneratePasswords", "Effect": "Allow", "Action": "secretsmanager:GetRandomPassword",
+                    "Resource": "*",
+                },
+                {
+                    # New versions are encrypted with the data key, through Secrets Manager only.
+                    "Sid": "EncryptAndDecryptSecretsWithTheDataKey", "Effect": "Allow",
+                    "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": args.kms_key_arn,
+                    "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{args.region}.amazonaws.com"}},
+                },
+            ],
+        }
+        environments: dict[str, dict[str, pulumi.Input[str]]] = {
+            "migrate": {"MASTER_SECRET_ARN": args.master_secret_arn, "APP_DB_SECRET_ARN": app_secret.arn,
+                        "MONITOR_DB_SECRET_ARN": monitor_secret.arn, **endpoint},
+            "health": {"APP_DB_SECRET_ARN": app_secret.arn, **endpoint,
+                       **({"REDIS_SECRET_ARN": args.redis_secret_arn} if args.redis_secret_arn is not None else {})},
+            "rotate": {"MASTER_SECRET_ARN": args.master_secret_arn, **endpoint},
+        }
+        self.function_names, self.function_arns, self.role_arns = {}, {}, {}
+        functions: dict[str, aws.lambda_.Function] = {}
+        for key, spec in FUNCTIONS.items():
+            functions[key] = self._function(name, spec, args, package, statements[key], environments[key])
+            self.function_names[key] = functions[key].name
+            self.function_arns[key] = functions[key].arn
+        self.migrate_function_name = functions["migrate"].name
+        self.health_function_name = functions["health"].name
+        self.rotation_function_arn = functions["rotate"].arn
+
+        # --- first run and rotation -----------------------------------------------------------
+        # Roles and passwords must exist before Secrets Manager tests the rotation function;
+        # the release steps run the same function again whenever the migrations change.
+        self.bootstrap = release_step(
+            f"{name}-bootstrap",
+            script_command("scripts.release", "invoke", "--function", functions["migrate"].name, "--region", args.region),
+            triggers=[app_secret.arn, monitor_version.version_id, args.master_secret_arn, args.db_host],
+            parent=self)
+        permission = aws.lambda_.Permission(f"{name}-rotation-invoke", aws.lambda_.PermissionArgs(
+            action="lambda:InvokeFunction",
+            function=functions["rotate"].name,
+            principal="secretsmanager.amazonaws.com",
+            # Only Secrets Manager acting for this account's application secret may invoke it.
+            source_account=args.account_id,
+            source_arn=app_secret.arn,
+        ), child)
+        aws.secretsmanager.SecretRotation(f"{name}-app-credentials-rotation", aws.secretsmanager.SecretRotationArgs(
+            secret_id=app_secret.id,
+            rotation_lambda_arn=functions["rotate"].arn,
+            rotation_rules=aws.secretsmanager.SecretRotationRotationRulesArgs(automatically_after_days=args.rotation_days),
+            # The schedule starts the first rotation; enabling it only tests the function.
+            rotate_immediately=False,
+        ), pulumi.ResourceOptions(parent=self, depends_on=[permission, self.bootstrap]))
+
+        self.register_outputs({
+            "app_db_secret_arn": self.app_db_secret_arn,
+            "monitor_db_secret_arn": self.monitor_db_secret_arn,
+            "function_names": self.function_names,
+            "function_arns": self.function_arns,
+            "package_sha256": self.package_sha256,
+        })
+
+    def _function(self, name: str, spec: FunctionSpec, args: DbOpsArgs, package: LambdaPackage,
+                  statements: list[dict[str, Any]], environment: dict[str, pulumi.Input[str]]) -> aws.lambda_.Function:
+        child = pulumi.ResourceOptions(parent=self)
+        function_name = f"{physical_prefix()}-db-{spec.role}"
+        log_group = aws.cloudwatch.LogGroup(f"{name}-{spec.role}-logs", aws.cloudwatch.LogGroupArgs(
+            name=f"/aws/lambda/{function_name}",
+            retention_in_days=args.log_retention_days,
+            kms_key_id=args.kms_key_arn,
+            tags=name_tag(f"db-{spec.role}-logs")), child)
+        role = aws.iam.Role(f"{name}-{spec.role}-role", aws.iam.RoleArgs(
+            description=f"Execution role of {function_name}: {spec.description}",
+            assume_role_policy=assume_role_policy("lambda.amazonaws.com", args.account_id),
+            tags=name_tag(f"db-{spec.role}-role")), child)
+        vpc_access = aws.iam.RolePolicyAttachment(f"{name}-{spec.role}-vpc-access", aws.iam.RolePolicyAttachmentArgs(
+            role=role.name, policy_arn=VPC_ACCESS_POLICY_ARN), child)
+        access = aws.iam.RolePolicy(f"{name}-{spec.role}-access", aws.iam.RolePolicyArgs(
+            role=role.id, policy=policy_json(statements)), child)
+        self.role_arns[spec.role] = role.arn
+        return aws.lambda_.Function(f"{name}-{spec.role}", aws.lambda_.FunctionArgs(
+            name=function_name,
+            description=spec.description,
+            runtime=RUNTIME,
+            architectures=["x86_64"],
+            handler=spec.handler,
+            code=pulumi.FileArchive(str(package.path)),
+            code_sha256=package.code_sha256,
+            role=role.arn,
+            timeout=spec.timeout,
+            memory_size=spec.memory,
+            vpc_config=aws.lambda_.FunctionVpcConfigArgs(
+                subnet_ids=list(args.private_subnet_ids), security_group_ids=[args.security_group_id]),
+            environment=aws.lambda_.FunctionEnvironmentArgs(variables=environment),
+            kms_key_arn=args.kms_key_arn,
+            logging_config=aws.lambda_.FunctionLoggingConfigArgs(log_format="Text", log_group=log_group.name),
+            tags=name_tag(f"db-{spec.role}"),
+        ),
+            # The role must be able to create ENIs and write logs before the function exists,
+            # and the log group must exist first so Lambda does not create one unencrypted.
+            pulumi.ResourceOptions(parent=self, depends_on=[log_group, vpc_access, access]))
+

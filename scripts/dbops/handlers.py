@@ -1,0 +1,127 @@
+"""AWS Lambda entry points (python3.12, in the private subnets, security group `dbops`).
+
+Each function reads only ARNs and endpoint settings from its environment and the credentials
+from Secrets Manager at run time:
+
+| handler | environment | does |
+|---|---|---|
+| `migrate_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, APP_DB_SECRET_ARN, MONITOR_DB_SECRET_ARN | applies `migrations/` as the RDS master, then makes the application's current user and the monitoring role accept the passwords in their secrets |
+| `health_handler` | APP_DB_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, REDIS_SECRET_ARN | the in-VPC smoke checks: database (with the application's credentials: SELECT 1, latest migration) and Redis round trip |
+| `rotation_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME | Secrets Manager's four rotation steps for the application's credentials (alternating users) |
+
+`migrate_handler` and `health_handler` answer `{"ok": bool, ...}`; a known failure is
+`{"ok": false, "error": "<one line>"}`. `rotation_handler` raises on failure, as Secrets Manager
+expects. Every message passes through the masker: no secret value reaches the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Optional
+
+import psycopg
+
+from scripts.dbops import checks as smoke
+from scripts.dbops.credentials import ensure_role_matches_secret
+from scripts.dbops.migrations import migrate
+from scripts.dbops.rotation import Rotation, endpoint_from_environment
+from scripts.lib import aws
+from scripts.lib.cli import ScriptError, masker
+from scripts.lib.db import DbTarget, target_from_document, target_from_secret
+from scripts.lib.secrets import read_secret_json
+
+logger = logging.getLogger("psychology_api.dbops")
+logger.setLevel(logging.INFO)
+
+
+def _log(message: str) -> None:
+    logger.info(masker(message))
+
+
+def _env(name: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        raise ScriptError(f"the function's environment lacks {name}")
+    return value
+
+
+def _endpoint() -> dict[str, Any]:
+    return {"host": _env("DB_HOST"), "port": int(os.environ.get("DB_PORT") or 5432), "dbname": _env("DB_NAME")}
+
+
+def master_target() -> DbTarget:
+    """The RDS-managed master secret holds only {username, password}; the endpoint comes from
+    the function's environment."""
+    return target_from_secret(_env("MASTER_SECRET_ARN"), **_endpoint())
+
+
+def secret_target(secret_arn: str) -> DbTarget:
+    doc = read_secret_json(secret_arn)
+    return target_from_document(doc, source=f"secret {secret_arn}", **_endpoint())
+
+
+def _failure(err: BaseException, started: float) -> dict[str, Any]:
+    message = masker(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+    logger.error(message)
+    return {"ok": False, "error": message, "duration_ms": int((time.monotonic() - started) * 1000)}
+
+
+def migrate_handler(event: Optional[dict[str, Any]], context: Any = None) -> dict[str, Any]:
+    """Event: {} or {"dry_run": true}."""
+    started = time.monotonic()
+    dry_run = bool((event or {}).get("dry_run"))
+    try:
+        admin = master_target()
+        result = migrate(admin, dry_run=dry_run, log=_log)
+        credentials = []
+        if not dry_run:
+            for label, variable in (("application", "APP_DB_SECRET_ARN"), ("monitoring", "MONITOR_DB_SECRET_ARN")):
+                arn = os.environ.get(variable)
+                if not arn:
+                    continue
+                outcome = ensure_role_matches_secret(admin, secret_target(arn), secret_label=f"the {label} secret")
+                _log(f"{label} credentials: role {outcome.role} " + ("password set" if outcome.changed else "already matches"))
+                credentials.append(outcome.to_json())
+        _log(result.summary())
+        return {**result.to_json(), "credentials": credentials,
+                "duration_ms": int((time.monotonic() - started) * 1000)}
+    except (ScriptError, psycopg.Error) as err:
+        return _failure(err, started)
+
+
+def health_handler(event: Optional[dict[str, Any]], context: Any = None) -> dict[str, Any]:
+    """Event: {} or {"attempts": n, "initial_wait": s, "max_wait": s}. Answers the smoke report
+    of the checks that need the VPC."""
+    started = time.monotonic()
+    event = event or {}
+    policy = smoke.RetryPolicy(attempts=int(event.get("attempts", 4)), initial_wait=float(event.get("initial_wait", 1.0)),
+                               max_wait=float(event.get("max_wait", 10.0)))
+    checks: list[smoke.Check] = []
+    app_secret = os.environ.get("APP_DB_SECRET_ARN")
+    if app_secret:
+        checks.append(smoke.Check("database", lambda: smoke.database_check(secret_target(app_secret)).run()))
+    redis_secret = os.environ.get("REDIS_SECRET_ARN")
+    if redis_secret:
+        checks.append(smoke.Check("redis", lambda: smoke.redis_check(
+            smoke.RedisTarget.from_secret(read_secret_json(redis_secret))).run()))
+    results = smoke.run_checks(checks, policy)
+    doc = smoke.report(results, int((time.monotonic() - started) * 1000))
+    _log(doc["summary"])
+    return doc
+
+
+def rotation_handler(event: dict[str, Any], context: Any = None) -> None:
+    """Secrets Manager's rotation contract: {"SecretId", "ClientRequestToken", "Step"}."""
+    try:
+        secret_id, token, step = event["SecretId"], event["ClientRequestToken"], event["Step"]
+    except KeyError as missing:
+        raise ValueError(f"rotation event lacks {missing}") from None
+    _log(f"rotation step {step} for version {token}")
+    try:
+        Rotation(aws.client("secretsmanager"), secret_id, token, master_secret_id=os.environ.get("MASTER_SECRET_ARN") or None,
+                 endpoint=endpoint_from_environment(), log=_log).run(step)
+    except ScriptError as err:
+        # Raised again so Secrets Manager records the failed step; the message is masked.
+        raise RuntimeError(masker(str(err))) from None

@@ -1,0 +1,257 @@
+"""Rotation of the application's database credentials with alternating users.
+
+The secret (`psychology-api/<stack>/database/app`) holds
+`{"engine": "postgres", "host", "port", "dbname", "username", "password", "masterarn"}`.
+Two login users, psychology_app_a and psychology_app_b, are members of the group role that owns
+the application's objects. Each rotation writes the new password to the user that is NOT
+current, tests it, then makes that version current. The hosts that still hold the previous
+version keep working (its user's password is untouched) until the rotation after next, so a
+host must re-read its secret within one rotation period (90 days by default).
+
+The four steps follow Secrets Manager's rotation-function contract: the event carries
+`SecretId`, `ClientRequestToken` (the version being created) and `Step`. Every step checks that
+rotation is enabled and the version is staged AWSPENDING, returns at once when the version is
+already AWSCURRENT, and can run again without harm. Nothing here changes the current user's
+password, so a failure at any step leaves AWSCURRENT working.
+
+The same functions serve `python -m scripts.rotate` for operators: `manual=True` lets
+createSecret stage a version that Secrets Manager did not announce (there is no RotateSecret
+call behind a hand-run rotation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from scripts.dbops.credentials import APP_GROUP_ROLE, APP_LOGIN_USERS, can_log_in, set_role_password
+from scripts.dbops.migrations import QUALIFIED_TABLE
+from scripts.lib.cli import ScriptError, masker
+from scripts.lib.db import DbConnectError, connect, target_from_document
+from scripts.lib.secrets import read_secret_json
+
+STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+PASSWORD_LENGTH = 32
+# Characters that need quoting in a libpq DSN, a URL, a shell, JSON or an .env file. What is left
+# (letters, digits, "-", "_", ".") is safe everywhere the password travels.
+EXCLUDE_CHARACTERS = "\"'\\/@:%?#&=;$`{}[]<>|^~ ,+!*()"
+
+Log = Callable[[str], None]
+
+
+class RotationError(ScriptError):
+    pass
+
+
+def _no_log(_: str) -> None:
+    return None
+
+
+def login_users() -> tuple[str, str]:
+    """The two alternating users; APP_LOGIN_USERS="user_a,user_b" overrides the defaults."""
+    configured = os.environ.get("APP_LOGIN_USERS")
+    if configured:
+        users = tuple(u.strip() for u in configured.split(",") if u.strip())
+        if len(users) != 2 or users[0] == users[1]:
+            raise RotationError("APP_LOGIN_USERS must name exactly two different users")
+        return users[0], users[1]
+    return APP_LOGIN_USERS[0], APP_LOGIN_USERS[1]
+
+
+def other_user(username: str) -> str:
+    first, second = login_users()
+    if username == first:
+        return second
+    if username == second:
+        return first
+    raise RotationError(f"the secret's username {username} is not one of the alternating users {first}, {second}")
+
+
+def endpoint_from_environment() -> dict[str, Any]:
+    """Endpoint settings the function's environment states (the database may have moved since
+    the secret was written); they win over the current version when a new one is created."""
+    out: dict[str, Any] = {}
+    if os.environ.get("DB_HOST"):
+        out["host"] = os.environ["DB_HOST"]
+    if os.environ.get("DB_PORT"):
+        out["port"] = int(os.environ["DB_PORT"])
+    if os.environ.get("DB_NAME"):
+        out["dbname"] = os.environ["DB_NAME"]
+    return out
+
+
+@dataclass
+class StepResult:
+    step: str
+    token: str
+    outcome: str  # "done", "already-done", "already-current"
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "token": self.token, "outcome": self.outcome, "detail": self.detail}
+
+
+class Rotation:
+    def __init__(self, sm: Any, secret_id: str, token: str, *, master_secret_id: Optional[str] = None,
+                 endpoint: Optional[dict[str, Any]] = None, manual: bool = False, log: Log = _no_log):
+        self.sm = sm
+        self.endpoint = dict(endpoint or {})
+        self.secret_id = secret_id
+        self.token = token
+        self.master_secret_id = master_secret_id
+        self.manual = manual
+        self.log = log
+
+    # --- the contract's checks ----------------------------------------------------------
+    def run(self, step: str) -> StepResult:
+        if step not in STEPS:
+            raise RotationError(f"unknown step {step!r}; expected one of {', '.join(STEPS)}")
+        metadata = self.sm.describe_secret(SecretId=self.secret_id)
+        name = metadata.get("Name", self.secret_id)
+        if not self.manual and not metadata.get("RotationEnabled"):
+            raise RotationError(f"secret {name} is not enabled for rotation")
+        versions: dict[str, list[str]] = metadata.get("VersionIdsToStages", {})
+        stages = versions.get(self.token)
+        if stages is None:
+            if not (self.manual and step == "createSecret"):
+                raise RotationError(f"secret version {self.token} has no stage for rotation of secret {name}")
+            in_progress = [v for v, s in versions.items() if "AWSPENDING" in s and "AWSCURRENT" not in s]
+            if in_progress:
+                raise RotationError(f"a rotation of {name} is already in progress (version {in_progress[0]} is "
+                                    f"staged AWSPENDING); finish it with --token {in_progress[0]}")
+        elif "AWSCURRENT" in stages:
+            if step == "finishSecret" and "AWSPENDING" in stages:
+                self._remove_pending_stage()
+            self.log(f"{step}: version {self.token} is already AWSCURRENT; nothing to do")
+            return StepResult(step, self.token, "already-current")
+        elif "AWSPENDING" not in stages:
+            raise RotationError(f"secret version {self.token} is not staged AWSPENDING for rotation of secret {name}")
+        return {"createSecret": self.create_secret, "setSecret": self.set_secret,
+                "testSecret": self.test_secret, "finishSecret": self.finish_secret}[step]()
+
+    # --- reading ------------------------------------------------------------------------
+    def _current(self) -> tuple[str, dict[str, Any]]:
+        response = self.sm.get_secret_value(SecretId=self.secret_id, VersionStage="AWSCURRENT")
+        return response["VersionId"], _parse(response.get("SecretString"), "AWSCURRENT")
+
+    def _pending(self) -> dict[str, Any]:
+        return read_secret_json(self.secret_id, version_id=self.token, client=self.sm)
+
+    # --- the four steps -----------------------------------------------------------------
+    def create_secret(self) -> StepResult:
+        _, current = self._current()
+        try:
+            self.sm.get_secret_value(SecretId=self.secret_id, VersionId=self.token, VersionStage="AWSPENDING")
+            self.log(f"createSecret: version {self.token} already has a value")
+            return StepResult("createSecret", self.token, "already-done")
+        except self.sm.exceptions.ResourceNotFoundException:
+            pass
+        new = dict(current)
+        new.update(self.endpoint)
+        new["engine"] = "postgres"
+        new["username"] = other_user(str(current.get("username", "")))
+        password = self.sm.get_random_password(PasswordLength=PASSWORD_LENGTH, ExcludeCharacters=EXCLUDE_CHARACTERS,
+                                                RequireEachIncludedType=True)["RandomPassword"]
+        masker.add(password)
+        new["password"] = password
+        if self.master_secret_id and not new.get("masterarn"):
+            new["masterarn"] = self.master_secret_id
+        self.sm.put_secret_value(SecretId=self.secret_id, ClientRequestToken=self.token,
+                                 SecretString=json.dumps(new), VersionStages=["AWSPENDING"])
+        self.log(f"createSecret: staged version {self.token} for user {new['username']}")
+        return StepResult("createSecret", self.token, "done", f"user {new['username']}")
+
+    def set_secret(self) -> StepResult:
+        pending = self._pending()
+        pending_target = target_from_document(pending, source=f"pending version {self.token}")
+        other_user(pending_target.user)  # refuses anything but the two application users
+        if can_log_in(pending_target):
+            self.log(f"setSecret: user {pending_target.user} already accepts the pending password")
+            return StepResult("setSecret", self.token, "already-done", f"user {pending_target.user}")
+        _, current = self._current()
+        if pending_target.user == current.get("username"):
+            # Changing the current user's password would break every host that holds AWSCURRENT.
+            raise RotationError(f"pending version {self.token} has the current user {pending_target.user}; "
+                                "alternating rotation needs the other user")
+        expected_host = self.endpoint.get("host") or current.get("host")
+        if pending_target.host != expected_host:
+            # The master password goes wherever the pending version points: only to our database.
+            raise RotationError(f"pending version {self.token} points to host {pending_target.host}, "
+                                f"not the database {expected_host}")
+        master_id = pending.get("masterarn") or current.get("masterarn") or self.master_secret_id
+        if not master_id:
+            raise RotationError("no master secret: the secret has no masterarn and none was given")
+        master = read_secret_json(str(master_id), client=self.sm)
+        admin_target = target_from_document(master, source=f"master secret {master_id}", host=pending_target.host,
+                                            port=pending_target.port, dbname=pending_target.dbname)
+        with connect(admin_target, autocommit=True, application_name="psychology-api-rotation") as admin:
+            set_role_password(admin, pending_target.user, pending_target.password)
+        self.log(f"setSecret: set the password of user {pending_target.user}")
+        return StepResult("setSecret", self.token, "done", f"user {pending_target.user}")
+
+    def test_secret(self) -> StepResult:
+        pending_target = target_from_document(self._pending(), source=f"pending version {self.token}")
+        try:
+            with connect(pending_target, application_name="psychology-api-rotation-test") as conn:
+                session_user, current_user = conn.execute("SELECT session_user, current_user").fetchone() or ("", "")
+                if current_user != APP_GROUP_ROLE:
+                    raise RotationError(f"user {session_user} logs in but does not act as {APP_GROUP_ROLE} "
+                                        f"(current_user is {current_user})")
+                # A real query through the group role's privileges, not just a login.
+                conn.execute(f"SELECT count(*) FROM {QUALIFIED_TABLE}").fetchone()  # noqa: S608 - constant
+        except DbConnectError as err:
+            raise RotationError(f"testSecret: the pending credentials do not work: {err}") from None
+        except RotationError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any database error fails the test with its message
+            raise RotationError(f"testSecret: query as {APP_GROUP_ROLE} failed: {masker(str(err)).splitlines()[0]}") from None
+        self.log(f"testSecret: user {pending_target.user} logs in and queries as {APP_GROUP_ROLE}")
+        return StepResult("testSecret", self.token, "done", f"user {pending_target.user}")
+
+    def finish_secret(self) -> StepResult:
+        metadata = self.sm.describe_secret(SecretId=self.secret_id)
+        current_version = next((v for v, s in metadata.get("VersionIdsToStages", {}).items() if "AWSCURRENT" in s), None)
+        if current_version == self.token:
+            return StepResult("finishSecret", self.token, "already-current")
+        self.sm.update_secret_version_stage(SecretId=self.secret_id, VersionStage="AWSCURRENT",
+                                            MoveToVersionId=self.token, RemoveFromVersionId=current_version)
+        self._remove_pending_stage()
+        self.log(f"finishSecret: version {self.token} is AWSCURRENT; {current_version} is AWSPREVIOUS")
+        return StepResult("finishSecret", self.token, "done", f"previous {current_version}")
+
+    def _remove_pending_stage(self) -> None:
+        # A finished rotation may keep AWSPENDING on the current version, but a clean record
+        # (no AWSPENDING anywhere) is what a hand-run rotation leaves too.
+        self.sm.update_secret_version_stage(SecretId=self.secret_id, VersionStage="AWSPENDING",
+                                            RemoveFromVersionId=self.token)
+
+
+def _parse(text: Optional[str], label: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "")
+    except json.JSONDecodeError:
+        raise RotationError(f"the {label} version does not hold a JSON document") from None
+    if not isinstance(value, dict):
+        raise RotationError(f"the {label} version does not hold a JSON object")
+    if isinstance(value.get("password"), str):
+        masker.add(value["password"])
+    return value
+
+
+def pending_version(sm: Any, secret_id: str) -> Optional[str]:
+    """The version staged AWSPENDING by a rotation still in progress, if any."""
+    versions = sm.describe_secret(SecretId=secret_id).get("VersionIdsToStages", {})
+    return next((v for v, s in versions.items() if "AWSPENDING" in s and "AWSCURRENT" not in s), None)
+
+
+def rotate_all(sm: Any, secret_id: str, *, token: Optional[str] = None, master_secret_id: Optional[str] = None,
+               endpoint: Optional[dict[str, Any]] = None, log: Log = _no_log) -> list[StepResult]:
+    """A complete rotation run by hand: the same four steps, in order, with a new version (or
+    the one a rotation in progress staged, which is then finished)."""
+    token = token or pending_version(sm, secret_id) or str(uuid.uuid4())
+    rotation = Rotation(sm, secret_id, token, master_secret_id=master_secret_id, endpoint=endpoint, manual=True, log=log)
+    return [rotation.run(step) for step in STEPS]

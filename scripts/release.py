@@ -1,0 +1,172 @@
+"""Release steps that `pulumi up` runs as command resources (components/release.py); operators
+can run them by hand the same way.
+
+    python -m scripts.release invoke --function NAME [--payload JSON]
+        Invoke an in-VPC function synchronously (the migrate function); fail with the function's
+        own message on a FunctionError or an answer with "ok": false.
+    python -m scripts.release snapshot --db-instance ID [--label pre-release] [--wait-minutes 60]
+        Take a manual RDS snapshot and wait until it is available (go-live plan step 1).
+    python -m scripts.release wait-healthy --target-group-arn ARN [--asg-name NAME] [--min-healthy N]
+        Wait until the Auto Scaling group's latest instance refresh finished and enough targets
+        are healthy behind the load balancer (the smoke tests come after).
+
+stdout carries one JSON document without secrets (the command's output in Pulumi's state);
+progress and errors go to stderr. Exit codes: 0 done, 1 failure, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any, Optional
+
+from scripts.lib import aws, cli
+
+# Instance refresh states (EC2 Auto Scaling API).
+REFRESH_RUNNING = {"Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking"}
+REFRESH_FAILED = {"Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed"}
+POLL_SECONDS = 15
+
+
+def _emit(doc: dict[str, Any]) -> None:
+    # One JSON document on stdout: Pulumi keeps it as the command's output.
+    cli.emit_json(doc)
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    payload = args.payload or "{}"
+    try:
+        json.loads(payload)
+    except json.JSONDecodeError:
+        cli.fail("--payload is not JSON", cli.EXIT_USAGE)
+    client = aws.client("lambda", region=args.region, endpoint_url=args.endpoint_url, read_timeout=900, max_attempts=1)
+    cli.info(f"invoking {args.function}")
+    response = client.invoke(FunctionName=args.function, InvocationType="RequestResponse", Payload=payload.encode())
+    raw = response["Payload"].read()
+    try:
+        answer = json.loads(raw or b"null")
+    except json.JSONDecodeError:
+        answer = None
+    if response.get("FunctionError"):
+        message = answer.get("errorMessage") if isinstance(answer, dict) else None
+        cli.fail(f"{args.function} failed ({response['FunctionError']}): {message or 'no error message'}")
+    if not isinstance(answer, dict):
+        cli.fail(f"{args.function} answered something that is not a JSON object")
+    if not answer.get("ok"):
+        cli.fail(f"{args.function}: {answer.get('error') or answer.get('summary') or 'answered ok=false'}")
+    summary = str(answer.get("summary") or "ok")
+    _emit({"ok": True, "function": args.function, "summary": summary,
+           **{k: answer[k] for k in ("applied", "pending", "latest", "credentials") if k in answer}})
+    cli.verdict(True, f"{args.function}: {summary}")
+    return cli.EXIT_OK
+
+
+def snapshot_identifier(db_instance: str, label: str, now: Optional[datetime] = None) -> str:
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    ident = f"{db_instance}-{label}-{stamp}"
+    # RDS: letters, digits and single hyphens, starting with a letter, at most 255 characters.
+    cleaned = "-".join(part for part in "".join(c if c.isalnum() else "-" for c in ident).split("-") if part)
+    if not cleaned[:1].isalpha():
+        cleaned = "s-" + cleaned
+    return cleaned[:255].rstrip("-")
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    rds = aws.client("rds", region=args.region, endpoint_url=args.endpoint_url)
+    ident = snapshot_identifier(args.db_instance, args.label)
+    cli.info(f"creating snapshot {ident} of {args.db_instance}")
+    rds.create_db_snapshot(DBSnapshotIdentifier=ident, DBInstanceIdentifier=args.db_instance,
+                           Tags=[{"Key": "purpose", "Value": args.label}, {"Key": "managed-by", "Value": "pulumi-release-step"}])
+    waiter = rds.get_waiter("db_snapshot_available")
+    try:
+        waiter.wait(DBSnapshotIdentifier=ident, WaiterConfig={"Delay": args.poll_seconds,
+                                                              "MaxAttempts": max(1, args.wait_minutes * 60 // args.poll_seconds)})
+    except Exception as err:  # noqa: BLE001 - botocore's WaiterError; one line for the operator
+        cli.fail(f"snapshot {ident} did not become available within {args.wait_minutes} min: {str(err).splitlines()[0]}")
+    _emit({"ok": True, "snapshot_id": ident, "db_instance": args.db_instance})
+    cli.verdict(True, f"snapshot {ident} of {args.db_instance} is available")
+    return cli.EXIT_OK
+
+
+def _refresh_state(autoscaling: Any, asg_name: str) -> tuple[str, str]:
+    refreshes = autoscaling.describe_instance_refreshes(AutoScalingGroupName=asg_name, MaxRecords=1).get("InstanceRefreshes", [])
+    if not refreshes:
+        return "None", ""
+    latest = refreshes[0]
+    return str(latest.get("Status", "")), str(latest.get("StatusReason", ""))
+
+
+def cmd_wait_healthy(args: argparse.Namespace) -> int:
+    elbv2 = aws.client("elbv2", region=args.region, endpoint_url=args.endpoint_url)
+    autoscaling = aws.client("autoscaling", region=args.region, endpoint_url=args.endpoint_url) if args.asg_name else None
+    deadline = time.monotonic() + args.timeout_minutes * 60
+    last = ""
+    while True:
+        wanted = args.min_healthy
+        if autoscaling is not None:
+            status, reason = _refresh_state(autoscaling, args.asg_name)
+            if status in REFRESH_FAILED:
+                cli.fail(f"the latest instance refresh of {args.asg_name} ended {status}: {reason or 'no reason given'}")
+            groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[args.asg_name])["AutoScalingGroups"]
+            if not groups:
+                cli.fail(f"Auto Scaling group {args.asg_name} does not exist")
+            wanted = wanted or int(groups[0].get("DesiredCapacity") or 1)
+            refreshing = status in REFRESH_RUNNING
+        else:
+            refreshing = False
+        wanted = max(1, wanted or 1)
+        targets = elbv2.describe_target_health(TargetGroupArn=args.target_group_arn)["TargetHealthDescriptions"]
+        states = [t.get("TargetHealth", {}).get("State", "unknown") for t in targets]
+        healthy = states.count("healthy")
+        last = (f"{healthy}/{wanted} healthy ({', '.join(sorted(set(states))) or 'no targets'})"
+                + ("; instance refresh running" if refreshing else ""))
+        if healthy >= wanted and not refreshing:
+            _emit({"ok": True, "healthy": healthy, "wanted": wanted})
+            cli.verdict(True, f"hosts healthy behind the load balancer: {last}")
+            return cli.EXIT_OK
+        if time.monotonic() >= deadline:
+            cli.fail(f"hosts not healthy after {args.timeout_minutes} min: {last}")
+        cli.info(f"waiting: {last}")
+        time.sleep(args.poll_seconds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scripts.release", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    invoke = sub.add_parser("invoke", help="invoke an in-VPC function and fail on its failure")
+    invoke.add_argument("--function", required=True, help="function name or ARN")
+    invoke.add_argument("--payload", default=None, help="JSON event (default {})")
+    invoke.set_defaults(handler=cmd_invoke)
+
+    snapshot = sub.add_parser("snapshot", help="manual RDS snapshot, waited for")
+    snapshot.add_argument("--db-instance", required=True, help="RDS instance identifier")
+    snapshot.add_argument("--label", default="pre-release", help="part of the snapshot name and its purpose tag")
+    snapshot.add_argument("--wait-minutes", type=int, default=60)
+    snapshot.add_argument("--poll-seconds", type=int, default=30)
+    snapshot.set_defaults(handler=cmd_snapshot)
+
+    wait = sub.add_parser("wait-healthy", help="wait for healthy targets after the hosts rolled")
+    wait.add_argument("--target-group-arn", required=True)
+    wait.add_argument("--asg-name", default=None, help="Auto Scaling group whose instance refresh must have finished")
+    wait.add_argument("--min-healthy", type=int, default=0, help="healthy targets needed (default: the group's desired capacity)")
+    wait.add_argument("--timeout-minutes", type=int, default=30)
+    wait.add_argument("--poll-seconds", type=int, default=POLL_SECONDS)
+    wait.set_defaults(handler=cmd_wait_healthy)
+
+    for sp in (invoke, snapshot, wait):
+        cli.add_common_arguments(sp, endpoint=True)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    with aws.one_line_errors():
+        return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    cli.run(main)

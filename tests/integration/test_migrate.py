@@ -1,0 +1,219 @@
+"""Migrations against a real TLS-only PostgreSQL: exactly once, concurrency-safe, atomic per
+file, history protected, the no-transaction opt-out, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from scripts.dbops.migrations import (
+    ADVISORY_LOCK_KEY,
+    QUALIFIED_TABLE,
+    MigrationFailed,
+    load_migrations,
+    migrate,
+    migration_status,
+)
+from scripts.dbops.sqltext import split_statements
+from scripts.lib import cli
+from scripts.lib.db import DbTarget, connect, target_from_dsn
+from tests.services import PgServer
+
+pytest_plugins = ["tests.integration.dbops_fixtures"]
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def records(target: DbTarget) -> list[tuple]:
+    with connect(target) as conn:
+        return conn.execute(f"SELECT version, name, checksum, duration_ms, transactional FROM {QUALIFIED_TABLE} "
+                            "ORDER BY version").fetchall()
+
+
+def table_exists(target: DbTarget, name: str) -> bool:
+    with connect(target) as conn:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+        return bool(row and row[0])
+
+
+def test_fresh_apply_records_every_file_and_creates_the_roles(admin_target: DbTarget) -> None:
+    result = migrate(admin_target)
+    files = load_migrations()
+    assert [a["file"] for a in result.applied] == [m.filename for m in files]
+    assert [f.filename for f in files][:3] == ["0001_bootstrap_roles.sql", "0002_monitoring_role.sql",
+                                               "0003_pg_stat_statements.sql"]
+    rows = records(admin_target)
+    assert [(r[0], r[1], r[2]) for r in rows] == [(m.version, m.name, m.checksum) for m in files]
+    assert all(r[3] >= 0 and r[4] is True for r in rows)
+    with connect(admin_target) as conn:
+        roles = dict(conn.execute("SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname LIKE 'psychology%'").fetchall())
+        assert roles == {"psychology_app": False, "psychology_app_a": True, "psychology_app_b": True,
+                         "psychology_monitor": True}
+        members = {r[0] for r in conn.execute(
+            "SELECT m.rolname FROM pg_auth_members am JOIN pg_roles g ON g.oid = am.roleid "
+            "JOIN pg_roles m ON m.oid = am.member WHERE g.rolname = 'psychology_app'").fetchall()}
+        assert {"psychology_app_a", "psychology_app_b"} <= members
+        assert conn.execute("SELECT pg_has_role('psychology_monitor', 'pg_monitor', 'USAGE')").fetchone() == (True,)
+        assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone() == (1,)
+    # No password in any statement: only code sets them, from Secrets Manager.
+    for migration in files:
+        statements = " ".join(split_statements(re.sub(r"--[^\n]*", "", migration.sql)))
+        assert "PASSWORD" not in statements.upper(), migration.filename
+
+
+def test_rerun_is_a_no_op(migrated: DbTarget) -> None:
+    before = records(migrated)
+    result = migrate(migrated)
+    assert result.applied == [] and result.pending == []
+    assert result.already_applied == len(before)
+    assert records(migrated) == before
+
+
+def test_dry_run_lists_pending_and_changes_nothing(admin_target: DbTarget, migrations_copy: Path) -> None:
+    result = migrate(admin_target, migrations_copy, dry_run=True)
+    assert result.pending == [m.filename for m in load_migrations(migrations_copy)]
+    assert not table_exists(admin_target, QUALIFIED_TABLE)
+    migrate(admin_target, migrations_copy)
+    (migrations_copy / "0100_add_table.sql").write_text("CREATE TABLE dry_run_probe (id int);\n")
+    result = migrate(admin_target, migrations_copy, dry_run=True)
+    assert result.pending == ["0100_add_table.sql"]
+    assert not table_exists(admin_target, "dry_run_probe")
+
+
+def test_concurrent_runners_apply_each_file_once(admin_target: DbTarget, migrations_copy: Path) -> None:
+    # A slow file keeps the first runner inside the lock while the second arrives; CREATE TABLE
+    # without IF NOT EXISTS fails if anything ran it twice.
+    (migrations_copy / "0100_slow.sql").write_text("SELECT pg_sleep(1);\nCREATE TABLE applied_once (id int);\n")
+    (migrations_copy / "0101_after_slow.sql").write_text("CREATE TABLE applied_once_too (id int);\n")
+    results: list = []
+    errors: list = []
+    barrier = threading.Barrier(3)
+
+    def runner() -> None:
+        barrier.wait()
+        try:
+            results.append(migrate(admin_target, migrations_copy))
+        except Exception as err:  # noqa: BLE001 - collected for the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=runner) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    applied = [a["file"] for r in results for a in r.applied]
+    expected = [m.filename for m in load_migrations(migrations_copy)]
+    assert sorted(applied) == sorted(expected)  # every file exactly once across the runners
+    assert [r[0] for r in records(admin_target)] == [m.version for m in load_migrations(migrations_copy)]
+    with connect(admin_target) as conn:  # the lock is released afterwards
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s",
+                            (ADVISORY_LOCK_KEY & 0xFFFFFFFF,)).fetchone() == (0,)
+
+
+def test_concurrent_cli_processes_apply_each_file_once(pg_server: PgServer, database: str, migrations_copy: Path) -> None:
+    (migrations_copy / "0100_slow.sql").write_text("SELECT pg_sleep(1);\nCREATE TABLE applied_once (id int);\n")
+    cmd = [sys.executable, "-m", "scripts.migrate", "--dsn", pg_server.dsn(database), "--dir", str(migrations_copy), "--json"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outputs]
+    docs = [json.loads(out) for out, _ in outputs]
+    applied = sorted(a["file"] for d in docs for a in d["applied"])
+    assert applied == sorted(m.filename for m in load_migrations(migrations_copy))
+    assert pg_server.password not in "".join(o[0] + o[1] for o in outputs)
+
+
+def test_failing_file_leaves_nothing_behind(admin_target: DbTarget, migrations_copy: Path) -> None:
+    broken = migrations_copy / "0100_broken.sql"
+    broken.write_text("CREATE TABLE half_done (id int);\nINSERT INTO no_such_table VALUES (1);\n")
+    with pytest.raises(MigrationFailed) as failure:
+        migrate(admin_target, migrations_copy)
+    message = str(failure.value)
+    assert "0100_broken.sql" in message and "SQLSTATE 42P01" in message and "no_such_table" in message
+    assert "\n" not in message
+    assert not table_exists(admin_target, "half_done")
+    versions = [r[0] for r in records(admin_target)]
+    assert 100 not in versions and versions == [1, 2, 3]  # the files before it stay applied
+    # Fixed, it applies on the next run.
+    broken.write_text("CREATE TABLE half_done (id int);\n")
+    assert [a["file"] for a in migrate(admin_target, migrations_copy).applied] == ["0100_broken.sql"]
+
+
+def test_edited_applied_file_is_refused(admin_target: DbTarget, migrations_copy: Path) -> None:
+    (migrations_copy / "0100_table.sql").write_text("CREATE TABLE edited (id int);\n")
+    migrate(admin_target, migrations_copy)
+    (migrations_copy / "0100_table.sql").write_text("CREATE TABLE edited (id bigint);\n")
+    (migrations_copy / "0101_next.sql").write_text("CREATE TABLE never_applied (id int);\n")
+    with pytest.raises(cli.ScriptError) as refused:
+        migrate(admin_target, migrations_copy)
+    message = str(refused.value)
+    assert message.startswith("0100_table.sql was changed after it was applied") and "\n" not in message
+    assert not table_exists(admin_target, "never_applied")  # refused before anything ran
+    with connect(admin_target) as conn:
+        status = migration_status(conn, migrations_copy)
+    assert not status.ok and "0100_table.sql" in status.message
+
+
+def test_no_transaction_opt_out_runs_create_index_concurrently(admin_target: DbTarget, migrations_copy: Path) -> None:
+    body = "CREATE TABLE items (id int);\nCREATE INDEX CONCURRENTLY IF NOT EXISTS items_id ON items (id);\n"
+    (migrations_copy / "0100_index.sql").write_text(body)
+    with pytest.raises(MigrationFailed, match="cannot run inside a transaction block"):
+        migrate(admin_target, migrations_copy)
+    assert not table_exists(admin_target, "items")  # the transactional attempt left nothing
+
+    (migrations_copy / "0100_index.sql").write_text("-- migrate: no-transaction\n" + body)
+    result = migrate(admin_target, migrations_copy)
+    assert [(a["file"], a["transactional"]) for a in result.applied] == [("0100_index.sql", False)]
+    with connect(admin_target) as conn:
+        assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'items_id'::regclass").fetchone() == (True,)
+    assert records(admin_target)[-1][4] is False
+
+
+def test_runs_as_a_non_superuser_master_like_rds(pg_server: PgServer) -> None:
+    """RDS's master has CREATEROLE and rds_superuser (ADMIN on pg_monitor), not SUPERUSER."""
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS rds_like")
+        conn.execute("DROP ROLE IF EXISTS rds_master")
+        conn.execute("CREATE ROLE rds_master LOGIN CREATEROLE CREATEDB PASSWORD 'rds-master-password-1'")
+        conn.execute("GRANT pg_monitor TO rds_master WITH ADMIN OPTION")
+        conn.execute("CREATE DATABASE rds_like OWNER rds_master")
+    try:
+        with psycopg.connect(pg_server.dsn("rds_like"), autocommit=True) as conn:
+            # RDS lets rds_superuser create this supported extension; plain PostgreSQL needs a superuser.
+            conn.execute("CREATE EXTENSION pg_stat_statements")
+        master = target_from_dsn(pg_server.dsn("rds_like", user="rds_master", password="rds-master-password-1"))
+        assert len(migrate(master).applied) == len(load_migrations())
+        assert migrate(master).applied == []
+    finally:
+        with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS rds_like WITH (FORCE)")
+            conn.execute("REASSIGN OWNED BY rds_master TO postgres")
+            conn.execute("DROP OWNED BY rds_master")
+            conn.execute("DROP ROLE rds_master")
+
+
+def test_cli_by_hand(pg_server: PgServer, database: str, migrations_copy: Path) -> None:
+    base = [sys.executable, "-m", "scripts.migrate", "--dsn", pg_server.dsn(database), "--dir", str(migrations_copy)]
+    help_run = subprocess.run([sys.executable, "-m", "scripts.migrate", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert help_run.returncode == 0 and "--dry-run" in help_run.stdout
+
+    dry = subprocess.run([*base, "--dry-run", "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert dry.returncode == 0
+    assert json.loads(dry.stdout)["pending"] == [m.filename for m in load_migrations(migrations_copy)]
+
+    run = subprocess.run(base, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and "PASS:" in run.stderr.splitlines()[-1]
+
+    (migrations_copy / "0100_broken.sql").write_text("SELECT 1/0;\n")
+    failed = subprocess.run(base, cwd=ROOT, capture_output=True, text=True)
+    assert failed.returncode == 1
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: migration 0100_broken.sql failed") and "SQLSTATE 22012" in last
+    assert pg_server.password not in failed.stderr + failed.stdout

@@ -1,0 +1,112 @@
+"""The release-step commands that `pulumi up` runs (scripts.release), against moto: the migrate
+function's real answer through Lambda, a pre-migration RDS snapshot, waiting for healthy
+targets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from scripts.dbops import handlers
+from scripts.release import snapshot_identifier
+from tests.integration.dbops_support import DbSecrets, create_function, queue_lambda_result
+from tests.services import MotoServer, PgServer
+
+pytest_plugins = ["tests.integration.dbops_fixtures"]
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def release(*args: str, endpoint: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "scripts.release", *args, "--endpoint-url", endpoint, "--region", "eu-central-1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_invoke_passes_the_migrate_answer_and_fails_with_its_message(
+        db_secrets: DbSecrets, function_env: DbSecrets, moto_lambda: MotoServer, pg_server: PgServer) -> None:
+    create_function(moto_lambda.endpoint_url, "psychology-api-test-db-migrate")
+    queue_lambda_result(moto_lambda.endpoint_url, handlers.migrate_handler({}))  # the real answer
+    ok = release("invoke", "--function", "psychology-api-test-db-migrate", endpoint=moto_lambda.endpoint_url)
+    assert ok.returncode == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["ok"] is True and doc["latest"] == "0003_pg_stat_statements.sql" and len(doc["applied"]) == 3
+    assert ok.stderr.strip().splitlines()[-1].startswith("PASS: psychology-api-test-db-migrate:")
+
+    failing = {"ok": False, "error": "migration 0004_x.sql failed and was rolled back (nothing of it applied): "
+                                     "SQLSTATE 42P01: relation \"nope\" does not exist"}
+    queue_lambda_result(moto_lambda.endpoint_url, failing)
+    bad = release("invoke", "--function", "psychology-api-test-db-migrate", endpoint=moto_lambda.endpoint_url)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines()[-1] == f"error: psychology-api-test-db-migrate: {failing['error']}"
+    assert pg_server.password not in ok.stdout + ok.stderr + bad.stderr
+
+
+def test_invoke_of_a_missing_function_fails(moto_lambda: MotoServer) -> None:
+    run = release("invoke", "--function", "no-such-function", endpoint=moto_lambda.endpoint_url)
+    assert run.returncode == 1 and "error:" in run.stderr
+
+
+def test_pre_migration_snapshot(aws_env: MotoServer) -> None:
+    rds = boto3.client("rds", endpoint_url=aws_env.endpoint_url, region_name="eu-central-1")
+    rds.create_db_instance(DBInstanceIdentifier="psychology-api-prod-db", DBInstanceClass="db.t4g.medium",
+                           Engine="postgres", MasterUsername="psychology", AllocatedStorage=20,
+                           ManageMasterUserPassword=True)
+    run = release("snapshot", "--db-instance", "psychology-api-prod-db", "--poll-seconds", "1", endpoint=aws_env.endpoint_url)
+    assert run.returncode == 0, run.stderr
+    snapshot_id = json.loads(run.stdout)["snapshot_id"]
+    assert snapshot_id.startswith("psychology-api-prod-db-pre-release-")
+    described = rds.describe_db_snapshots(DBSnapshotIdentifier=snapshot_id)["DBSnapshots"][0]
+    assert described["Status"] == "available" and described["DBInstanceIdentifier"] == "psychology-api-prod-db"
+
+    missing = release("snapshot", "--db-instance", "no-such-db", "--poll-seconds", "1", endpoint=aws_env.endpoint_url)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: CreateDBSnapshot: DBInstanceNotFound")
+
+
+def test_snapshot_identifier_is_valid_for_rds() -> None:
+    from datetime import datetime
+
+    ident = snapshot_identifier("1db--x_", "pre release", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    assert ident == "s-1db-x-pre-release-20260102-030405"
+    assert "--" not in ident and ident[0].isalpha()
+
+
+def _target_group(endpoint: str, instances: int) -> str:
+    ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name="eu-central-1")
+    elbv2 = boto3.client("elbv2", endpoint_url=endpoint, region_name="eu-central-1")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    tg = elbv2.create_target_group(Name="api", Protocol="HTTP", Port=80, VpcId=vpc, TargetType="instance",
+                                   HealthCheckPath="/health/")["TargetGroups"][0]["TargetGroupArn"]
+    if instances:
+        ids = [i["InstanceId"] for i in ec2.run_instances(ImageId="ami-12345678", MinCount=instances, MaxCount=instances)["Instances"]]
+        elbv2.register_targets(TargetGroupArn=tg, Targets=[{"Id": i, "Port": 80} for i in ids])
+    return str(tg)
+
+
+def test_wait_healthy(aws_env: MotoServer) -> None:
+    tg = _target_group(aws_env.endpoint_url, instances=2)
+    run = release("wait-healthy", "--target-group-arn", tg, "--min-healthy", "2", "--timeout-minutes", "1",
+                  "--poll-seconds", "1", endpoint=aws_env.endpoint_url)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"ok": True, "healthy": 2, "wanted": 2}
+
+
+def test_wait_healthy_times_out_with_the_reason(aws_env: MotoServer) -> None:
+    tg = _target_group(aws_env.endpoint_url, instances=0)
+    run = release("wait-healthy", "--target-group-arn", tg, "--timeout-minutes", "0", "--poll-seconds", "1",
+                  endpoint=aws_env.endpoint_url)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == "error: hosts not healthy after 0 min: 0/1 healthy (no targets)"
+
+
+def test_help(tmp_path: Any) -> None:
+    for sub in ([], ["invoke"], ["snapshot"], ["wait-healthy"]):
+        run = subprocess.run([sys.executable, "-m", "scripts.release", *sub, "--help"], cwd=ROOT, capture_output=True, text=True)
+        assert run.returncode == 0 and "usage:" in run.stdout

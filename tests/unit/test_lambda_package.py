@@ -1,0 +1,99 @@
+"""The functions' deployment package: contents, pins, determinism, and that it imports on its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from components.lambda_package import (
+    LAMBDA_REQUIREMENTS,
+    build_lambda_package,
+    dependency_closure,
+    requirement_pins,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def names() -> list[str]:
+    with zipfile.ZipFile(build_lambda_package().path) as archive:
+        return archive.namelist()
+
+
+def test_contains_the_code_the_migrations_and_the_lambda_wheels(names: list[str]) -> None:
+    for expected in ("scripts/__init__.py", "scripts/dbops/handlers.py", "scripts/dbops/rotation.py",
+                     "scripts/lib/db.py", "scripts/lib/cli.py", "migrations/0001_bootstrap_roles.sql",
+                     "boto3/__init__.py", "redis/__init__.py", "tenacity/__init__.py", "rich/__init__.py"):
+        assert expected in names
+    binaries = [n for n in names if n.startswith("psycopg_binary/") and n.endswith(".so")]
+    assert binaries and all("cpython-312-x86_64-linux-gnu" in n for n in binaries)
+    assert any(n.startswith("psycopg_binary.libs/libpq") for n in names)  # no libpq needed on Lambda
+    assert not [n for n in names if n.startswith("bin/") or "__pycache__" in n or n.endswith((".pyc", "/RECORD"))]
+    assert not [n for n in names if n.startswith(("tests/", "components/", "infra/"))]
+    assert names == sorted(names)
+
+
+def test_versions_are_the_pinned_ones() -> None:
+    pins = requirement_pins()
+    closure = dict(pin.split("==") for pin in dependency_closure())
+    for name in LAMBDA_REQUIREMENTS:
+        assert closure[name] == str(pins[name].specifier).removeprefix("==")
+    assert closure["psycopg-binary"] == closure["psycopg"]
+    assert "botocore" in closure and "async-timeout" not in closure  # markers evaluated for python 3.12
+
+
+def test_fixed_timestamps_and_modes() -> None:
+    with zipfile.ZipFile(build_lambda_package().path) as archive:
+        infos = archive.infolist()
+    assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
+    assert {i.external_attr >> 16 for i in infos} == {0o100644}
+
+
+def test_cached_build_is_stable_and_follows_the_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = build_lambda_package()
+    assert build_lambda_package() == first
+    # Same sources, rebuilt from scratch (the dependencies stay cached): the same bytes.
+    first.path.unlink()
+    assert build_lambda_package().sha256 == first.sha256
+    # A changed migration makes a different package (and so re-runs the migrations step).
+    import components.lambda_package as lp
+
+    scratch = tmp_path / "root"
+    for entry in ("scripts/__init__.py", "scripts/lib", "scripts/dbops", "migrations"):
+        source = ROOT / entry
+        target = scratch / entry
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            import shutil
+
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.write_bytes(source.read_bytes())
+    (scratch / "migrations" / "0100_new.sql").write_text("SELECT 1;\n")
+    monkeypatch.setattr(lp, "ROOT", scratch)
+    changed = lp.build_lambda_package()
+    assert changed.sha256 != first.sha256
+    with zipfile.ZipFile(changed.path) as archive:
+        assert "migrations/0100_new.sql" in archive.namelist()
+
+
+def test_handlers_import_from_the_package_alone(tmp_path: Path) -> None:
+    """Only the standard library and the zip: every module the handlers import is inside.
+    (The binary wheels are for 3.12; here psycopg falls back to its pure-Python libpq binding.)"""
+    with zipfile.ZipFile(build_lambda_package().path) as archive:
+        archive.extractall(tmp_path)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "import scripts.dbops.handlers as h, scripts.dbops.migrations as m; "
+            "print(len(m.load_migrations()), h.migrate_handler.__name__, h.health_handler.__name__, h.rotation_handler.__name__)")
+    env = {"PATH": os.environ.get("PATH", ""), "PSYCOPG_IMPL": "python"}
+    result = subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path)], capture_output=True, text=True, env=env,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[1:] == ["migrate_handler", "health_handler", "rotation_handler"]
+    assert int(result.stdout.split()[0]) >= 3
