@@ -5,9 +5,9 @@ root, where `pulumi up` runs:
 
 * the interpreter is `venv/bin/python` (Pulumi.yaml's virtualenv), or $PSYCHOLOGY_API_PYTHON;
   the variable is expanded by the shell at run time, so it is not part of the resource's inputs;
-* `dir` is the checkout's absolute path. It is an input like any other, so running `up` from a
-  different checkout runs the steps once more: migrations find nothing to do, a pre-migration
-  snapshot is taken again. That is the price of never depending on the engine's working directory;
+* `dir` is the checkout's absolute path, so a step never depends on the engine's working
+  directory; changes to it are ignored, so `up` from another checkout (a CI runner, a laptop)
+  does not run the steps again: only their triggers do;
 * the scripts print nothing secret (they mask every credential they read); stdout is one JSON
   document kept as the command's output; stderr (progress and the one-line error) is logged for
   the operator and kept in the state as a secret output, since it can quote remote systems.
@@ -41,4 +41,4 @@ def release_step(name: str, create: pulumi.Input[str], *, triggers: Sequence[Any
         triggers=list(triggers),
         logging=command.local.Logging.STDOUT_AND_STDERR,
     ), pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on or []),
-                              additional_secret_outputs=["stderr"]))
+                              additional_secret_outputs=["stderr"], ignore_changes=["dir"]))

@@ -60,6 +60,9 @@ class PlannedResource:
     custom: bool = True
     provider: Optional[str] = None
     outputs: dict[str, Any] = field(default_factory=dict)
+    # Resource options the engine receives: ignoreChanges, additionalSecretOutputs, protect,
+    # deleteBeforeReplace, replaceOnChanges (only those that are set).
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "id": self.id, "parent": self.parent,
@@ -469,11 +472,19 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         if request.parent and _type_of(request.parent) != "pulumi:pulumi:Stack":
             parent = _name_of(request.parent)
         state = registered.state if registered is not None else {}
+        options = {
+            "ignoreChanges": list(request.ignoreChanges),
+            "additionalSecretOutputs": list(request.additionalSecretOutputs),
+            "replaceOnChanges": list(request.replaceOnChanges),
+            "protect": bool(request.protect),
+            "deleteBeforeReplace": bool(request.deleteBeforeReplace),
+        }
         self.planned.append(PlannedResource(
             type=request.type, name=request.name, urn=response.urn, id=resource_id, parent=parent,
             inputs=inputs, depends_on=sorted({_name_of(u) for u in request.dependencies}),
             custom=bool(request.custom), provider=request.provider or None,
-            outputs=state if isinstance(state, dict) else {}))
+            outputs=state if isinstance(state, dict) else {},
+            options={k: v for k, v in options.items() if v}))
         return response
 
 

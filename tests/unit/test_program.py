@@ -129,3 +129,14 @@ def test_the_cli_entry_point_reports_bad_config_without_a_traceback() -> None:
     entry = str(ROOT_DIR / "infra" / "__main__.py")
     with pytest.raises(pulumi.RunError, match=r"invalid configuration: psychology-api:azCount = 1 "):
         run_program("staging", overrides={"azCount": 1}, program=lambda: runpy.run_path(entry, run_name="__main__"))
+
+
+def test_release_steps_do_not_rerun_for_another_checkout_path(plan: Plan) -> None:
+    """A command's `dir` is the checkout's absolute path; a CI runner and a laptop differ, and
+    only the triggers may decide when a step runs again."""
+    commands = plan.of_type("command:local:Command")
+    assert commands
+    for step in commands:
+        assert step.inputs["dir"] == str(ROOT_DIR)
+        assert "dir" in step.options.get("ignoreChanges", []), step.name
+        assert "stderr" in step.options.get("additionalSecretOutputs", []), step.name
