@@ -15,9 +15,9 @@ Order of a run, so that nothing touches the target before the backup is proven i
    hashing it on the way; size and SHA-256 must equal the manifest's.
 4. `pg_restore --no-owner --no-privileges --exit-on-error` (roles of the source such as RDS's
    rdsadmin or the app user need not exist in the target; everything is owned by the
-   restoring user). With --jobs 1 (default) the restore is one transaction: it applies
-   completely or not at all, --clean included. --jobs N restores faster in parallel but a
-   failure can leave a partial restore.
+   restoring user; --keep-roles keeps the dumped owners and grants instead). With --jobs 1
+   (default) the restore is one transaction: it applies completely or not at all, --clean
+   included. --jobs N restores faster in parallel but a failure can leave a partial restore.
 5. ANALYZE, then count (and checksum, when the backup recorded checksums) every table and
    compare with the manifest. Any difference fails the run.
 """
@@ -69,6 +69,7 @@ class RestoreOptions:
     spool_dir: Optional[str] = None
     pg_bin: Optional[str] = None
     analyze: bool = True
+    keep_roles: bool = False
 
 
 @dataclass
@@ -169,9 +170,10 @@ def download_verified(s3: Any, manifest: Manifest, spool_dir: Optional[str]) -> 
 
 
 def pg_restore_argv(options: RestoreOptions, dbname: str, archive: Path) -> list[str]:
-    argv = [pg_tool("pg_restore", options.pg_bin), "--no-owner", "--no-privileges", "--exit-on-error",
-            "--no-publications", "--no-subscriptions", "--no-security-labels", "--no-tablespaces", "--no-password",
-            f"--dbname={dbname}"]
+    argv = [pg_tool("pg_restore", options.pg_bin), "--exit-on-error", "--no-publications", "--no-subscriptions",
+            "--no-security-labels", "--no-tablespaces", "--no-password", f"--dbname={dbname}"]
+    if not options.keep_roles:
+        argv += ["--no-owner", "--no-privileges"]
     if options.force:
         argv += ["--clean", "--if-exists"]
     argv += ["--single-transaction"] if options.jobs == 1 else [f"--jobs={options.jobs}"]
@@ -248,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_target_arguments(parser)
     parser.add_argument("--force", action="store_true",
                         help="restore into a non-empty database: drop and recreate the backup's objects (--clean --if-exists)")
+    parser.add_argument("--keep-roles", action="store_true",
+                        help="keep the dumped owners and grants (restoring into the source's own server, e.g. a rollback: the "
+                             "roles must exist and the restoring user must be allowed to act as them); default: everything "
+                             "is owned by the restoring user, no grants")
     parser.add_argument("--jobs", type=int, default=1,
                         help="pg_restore parallel jobs; 1 (default) restores in one transaction, all or nothing")
     parser.add_argument("--spool-dir", default=None,
@@ -267,7 +273,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     s3 = aws.client("s3", region=args.region, endpoint_url=args.endpoint_url)
     options = RestoreOptions(bucket=args.bucket, key=args.key, latest=args.latest, prefix=args.prefix,
                              source_db=args.source_db, force=args.force, jobs=args.jobs, spool_dir=args.spool_dir,
-                             pg_bin=args.pg_bin, analyze=args.analyze)
+                             pg_bin=args.pg_bin, analyze=args.analyze, keep_roles=args.keep_roles)
     result = restore_backup(target, s3, options)
     print_tables(result)
     if args.json:

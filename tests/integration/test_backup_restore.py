@@ -486,3 +486,55 @@ def test_commands_as_processes_with_secrets_manager_credentials(pg_server: PgSer
     helped = subprocess.run([sys.executable, "-m", "scripts.restore_drill", "--help"], cwd=REPO, capture_output=True,
                             env=child_env, timeout=60, check=False)
     assert helped.returncode == 0 and b"--scratch-db" in helped.stdout
+
+
+@pytest.fixture
+def app_roles(pg_server: PgServer) -> Iterator[tuple[str, str]]:
+    """An owning role and a read-only role, as the application's database has them."""
+    owner, reader = f"app_owner_{uuid.uuid4().hex[:6]}", f"app_reader_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
+        for role in (owner, reader):
+            conn.execute(sql.SQL("create role {} nologin").format(sql.Identifier(role)))
+    yield owner, reader
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
+        for role in (owner, reader):
+            conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+
+
+def _owners_and_grants(dsn: str) -> list[tuple[str, str, str]]:
+    with psycopg.connect(dsn) as conn:
+        return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+            "select c.relname, pg_get_userbyid(c.relowner), coalesce(c.relacl::text, '') from pg_class c "
+            "join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind = 'r' order by 1").fetchall()]
+
+
+def test_rollback_restore_keeps_roles_and_replaces_the_release(app_roles: tuple[str, str], pg_server: PgServer, env: Env,
+                                                               make_db: Callable[..., str], capsys: pytest.CaptureFixture[str]) -> None:
+    """The go-live rollback: the pre-release backup restored over the released database, with
+    its owners and grants, in one transaction."""
+    owner, reader = app_roles
+    prod = make_db(DATASET_SQL + "".join(
+        f'alter table {t} owner to {owner}; grant select on {t} to {reader};'
+        for t in ("clients", "sessions", '"Audit Log"', "empty_table")))
+    before = fingerprint(pg_server.dsn(prod))
+    roles_before = _owners_and_grants(pg_server.dsn(prod))
+    _, pre_release = run_json(backup.main, backup_args(pg_server, prod, env, "--label", "pre-release-1.4.0"), capsys)
+
+    # The release: a migration and new data.
+    with psycopg.connect(pg_server.dsn(prod), autocommit=True) as conn:
+        conn.execute("alter table clients add column referral text; update clients set referral = 'x' where id < 100;"
+                      "create table release_only (id int); delete from billing.payments where id > 1500")
+
+    code, restored = run_json(restore.main, restore_args(pg_server, prod, env, "--key", pre_release["key"], "--force",
+                                                         "--keep-roles"), capsys)
+    assert code == 0 and restored["ok"]
+    assert {"table": "public.release_only", "rows": 0, "backup_rows": None, "checksum_match": None, "ok": None} in restored["tables"]
+    after = fingerprint(pg_server.dsn(prod))
+    after["tables"].pop("public.release_only")
+    assert after == before
+    assert [r for r in _owners_and_grants(pg_server.dsn(prod)) if r[0] != "release_only"] == roles_before
+
+    # Elsewhere (no --keep-roles) everything belongs to the restoring user and carries no grants.
+    elsewhere = make_db()
+    assert restore.main(restore_args(pg_server, elsewhere, env, "--key", pre_release["key"])) == 0
+    assert {(owner_, acl) for _, owner_, acl in _owners_and_grants(pg_server.dsn(elsewhere))} == {(pg_server.superuser, "")}
