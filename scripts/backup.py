@@ -31,6 +31,7 @@ import base64
 import fcntl
 import hashlib
 import queue
+import resource
 import signal
 import subprocess
 import threading
@@ -516,6 +517,12 @@ def _body(view: memoryview) -> bytes | bytearray:
     return view.tobytes()
 
 
+def _cpu_seconds() -> dict[str, float]:
+    """CPU used by this process and by its children (pg_dump and the pg_restore verifiers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"self": round(own.ru_utime + own.ru_stime, 2), "children": round(children.ru_utime + children.ru_stime, 2)}
+
+
 def _toc_entry_count(toc: list[str]) -> int:
     return sum(1 for line in toc if line and not line.startswith(";"))
 
@@ -596,6 +603,7 @@ def main(argv: Optional[list[str]] = None, *, on_part: Optional[Callable[[Backup
             "size_bytes": manifest.size_bytes, "sha256": manifest.sha256, "s3_checksum_sha256": manifest.s3_checksum_sha256,
             "parts": manifest.parts, "duration_seconds": round(result.seconds, 3), "mb_per_second": round(result.mb_per_second, 2),
             "timings": {k: round(v, 3) for k, v in result.timings.items()},
+            "cpu_seconds": _cpu_seconds(),
             "tables": [{"table": t.qualified, "rows": t.rows, "checksum": t.checksum} for t in manifest.tables],
             "verified": manifest.verified,
         })

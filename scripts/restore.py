@@ -41,6 +41,7 @@ from scripts.lib.pgbackup import (
     DEFAULT_PREFIX,
     Manifest,
     TableComparison,
+    checksum_methods,
     compare_tables,
     latest_complete,
     mismatches,
@@ -213,7 +214,8 @@ def restore_backup(target: DbTarget, s3: Any, options: RestoreOptions) -> Restor
             conn.execute("analyze")
             timings["analyze_seconds"] = time.monotonic() - t
         t = time.monotonic()
-        actual = table_stats(conn, user_tables(conn), checksums=manifest.checksum_method is not None)
+        actual = table_stats(conn, user_tables(conn), checksums=manifest.checksum_method is not None,
+                             methods=checksum_methods(manifest.tables))
         timings["verify_tables_seconds"] = time.monotonic() - t
     timings["total_seconds"] = time.monotonic() - t0
     return RestoreResult(manifest=manifest, target=target.describe(), comparisons=compare_tables(manifest.tables, actual),

@@ -56,9 +56,12 @@ DRILL_LAST_SUCCESS = Gauge("psychology_restore_drill_last_success_timestamp_seco
 DRILL_LAST_STATUS = Gauge("psychology_restore_drill_last_status", "1 if the last restore drill succeeded, 0 if it failed.")
 DRILL_GAUGES = [DRILL_LAST_RUN, DRILL_LAST_SUCCESS, DRILL_LAST_STATUS]
 
-# An order-independent checksum of a table's rows: one sequential scan, no sort, no memory
-# growth. The text form of each row is hashed, so both sides pin the settings that shape it.
-CHECKSUM_METHOD = "sum(hashtextextended(row::text, 0)) with DateStyle=ISO,YMD TimeZone=UTC extra_float_digits=1 bytea_output=hex"
+# Order-independent checksums of a table's rows: one sequential scan, no sort, no memory growth.
+# "h:" sums hash_record_extended over the rows: the types' own hash functions on the stored
+# values, independent of output settings (PostgreSQL 14+, every column type hashable). "t:"
+# is the fallback: the rows' text form hashed, with the settings that shape it pinned.
+CHECKSUM_METHOD = ("per table, h: sum(hash_record_extended(row, 0)); t: sum(hashtextextended(row::text, 0)) "
+                   "with DateStyle=ISO,YMD IntervalStyle=postgres TimeZone=UTC extra_float_digits=1 bytea_output=hex")
 _DETERMINISTIC_SETTINGS = {
     "DateStyle": "ISO, YMD",
     "IntervalStyle": "postgres",
@@ -176,21 +179,40 @@ def user_relations(conn: psycopg.Connection) -> list[str]:
     return [str(row[0]) for row in conn.execute(_USER_RELATIONS_SQL).fetchall()]
 
 
-def table_stats(conn: psycopg.Connection, tables: Iterable[tuple[str, str]], *, checksums: bool) -> list[TableStat]:
+def table_stats(conn: psycopg.Connection, tables: Iterable[tuple[str, str]], *, checksums: bool,
+                methods: Optional[dict[str, str]] = None) -> list[TableStat]:
     """Rows (and checksums) per table as the connection's snapshot sees them. ONLY: rows of
-    inheritance children belong to the child's own entry, as in pg_dump's COPY."""
+    inheritance children belong to the child's own entry, as in pg_dump's COPY. `methods`
+    (table -> "h" or "t") makes a restore use the method its backup used."""
     pin_output_settings(conn)
     stats = []
     for schema, table in tables:
         relation = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-        if checksums:
-            query = sql.SQL("select count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text from only {} as t").format(relation)
-            count, checksum = conn.execute(query).fetchone() or (0, "0")
-            stats.append(TableStat(schema, table, int(count), str(checksum)))
-        else:
+        if not checksums:
             row = conn.execute(sql.SQL("select count(*) from only {}").format(relation)).fetchone()
             stats.append(TableStat(schema, table, int(row[0]) if row else 0))
+            continue
+        method = (methods or {}).get(f"{schema}.{table}", "h")
+        if method == "h":
+            try:
+                # A savepoint: a type without a hash function must not end the snapshot's transaction.
+                with conn.transaction():
+                    count, total = conn.execute(sql.SQL(
+                        "select count(*), coalesce(sum(hash_record_extended(t, 0)), 0)::text from only {} as t").format(
+                        relation)).fetchone() or (0, "0")
+                stats.append(TableStat(schema, table, int(count), f"h:{total}"))
+                continue
+            except psycopg.errors.UndefinedFunction:
+                pass
+        count, total = conn.execute(sql.SQL(
+            "select count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text from only {} as t").format(
+            relation)).fetchone() or (0, "0")
+        stats.append(TableStat(schema, table, int(count), f"t:{total}"))
     return stats
+
+
+def checksum_methods(tables: Iterable[TableStat]) -> dict[str, str]:
+    return {t.qualified: t.checksum.split(":", 1)[0] for t in tables if t.checksum and ":" in t.checksum}
 
 
 @dataclass

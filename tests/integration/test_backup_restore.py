@@ -96,6 +96,9 @@ from generate_series(1, 2000) g;
 create table "Audit Log" ("When" timestamptz, "What" text);
 insert into "Audit Log" select timestamptz '2024-01-01' + g * interval '1 day', 'событие ' || g from generate_series(1, 365) g;
 create table empty_table (id int);
+-- point and json have no hash functions: this table's checksum takes the text-form fallback.
+create table places (id int, location point, raw json);
+insert into places select g, point(g / 7.0, -g / 3.0), json_build_object('place', 'место ' || g) from generate_series(1, 300) g;
 
 create view client_session_counts as
     select c.id, c.full_name, count(s.id) as sessions
@@ -251,7 +254,9 @@ def test_round_trip_is_identical(pg_server: PgServer, env: Env, make_db: Callabl
     assert key.startswith(f"postgres/{source}/") and key.endswith("-nightly.dump")
     assert {t["table"]: t["rows"] for t in report["tables"]} == {
         "billing.payments": 2000, "public.Audit Log": 365, "public.clients": 3000, "public.empty_table": 0,
-        "public.sessions": 5000}
+        "public.places": 300, "public.sessions": 5000}
+    methods = {t["table"]: t["checksum"].split(":")[0] for t in report["tables"]}
+    assert methods.pop("public.places") == "t" and set(methods.values()) == {"h"}
 
     # What S3 holds: encrypted with our key, the declared metadata, the checksum we computed.
     head = env.s3.head_object(Bucket=env.bucket, Key=key, ChecksumMode="ENABLED")
@@ -538,3 +543,17 @@ def test_rollback_restore_keeps_roles_and_replaces_the_release(app_roles: tuple[
     elsewhere = make_db()
     assert restore.main(restore_args(pg_server, elsewhere, env, "--key", pre_release["key"])) == 0
     assert {(owner_, acl) for _, owner_, acl in _owners_and_grants(pg_server.dsn(elsewhere))} == {(pg_server.superuser, "")}
+
+
+def test_restore_fails_when_a_table_checksum_differs(pg_server: PgServer, env: Env, make_db: Callable[..., str],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Same row count, different content: only the checksum can tell."""
+    source = make_db(DATASET_SQL)
+    _, report = run_json(backup.main, backup_args(pg_server, source, env), capsys)
+    sessions = next(i for i, t in enumerate(report["tables"]) if t["table"] == "public.sessions")
+    rewrite_manifest(env, report["key"], lambda doc: doc["tables"][sessions].update(checksum="h:12345"))
+    target = make_db()
+    code, restored = run_json(restore.main, restore_args(pg_server, target, env, "--latest"), capsys)
+    assert code == 1 and not restored["ok"] and restored["mismatches"] == ["public.sessions"]
+    row = next(t for t in restored["tables"] if t["table"] == "public.sessions")
+    assert row["rows"] == row["backup_rows"] == 5000 and row["checksum_match"] is False
