@@ -222,15 +222,14 @@ class BackupPipeline:
         return out.stdout.strip()
 
     def _free_key(self, database: str, started: Any) -> str:
-        """A key no earlier backup used (two runs in the same second get a counter suffix)."""
+        """A key no earlier backup used (two runs in the same second get a counter suffix).
+        Listing, not HeadObject: with s3:ListBucket limited to the backups prefix, a HEAD of a
+        missing key answers 403 rather than 404."""
         for attempt in range(20):
             key = dump_key(self.options.prefix, database, started, self.options.label, attempt)
-            try:
-                self.s3.head_object(Bucket=self.options.bucket, Key=key)
-            except self.s3.exceptions.ClientError as err:
-                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                    return key
-                raise
+            listed = self.s3.list_objects_v2(Bucket=self.options.bucket, Prefix=key, MaxKeys=1)
+            if not listed.get("KeyCount") and not listed.get("Contents"):
+                return key
         raise cli.ScriptError("could not find a free object key for this backup")
 
     def _part_size(self, part_number: int) -> int:
@@ -409,10 +408,7 @@ class BackupPipeline:
             version = completed.get("VersionId")
             self._completed_version = version if version and version != "null" else None
             expected_checksum = composite_sha256([d for _, _, d in results])
-            head_args: dict[str, Any] = {"Bucket": opts.bucket, "Key": key, "ChecksumMode": "ENABLED"}
-            if self._completed_version:
-                head_args["VersionId"] = self._completed_version
-            head = self.s3.head_object(**head_args)
+            head = self._head_completed(key)
             stored_checksum = strip_part_count(head.get("ChecksumSHA256"))
             if int(head["ContentLength"]) != size:
                 raise cli.ScriptError(f"S3 holds {head['ContentLength']} bytes, {size} were streamed")
@@ -453,6 +449,18 @@ class BackupPipeline:
             if not conn.closed:
                 conn.close()
 
+    def _head_completed(self, key: str) -> dict[str, Any]:
+        """HEAD of the version just completed; without s3:GetObjectVersion, of the current
+        version (a different object there fails the checksum comparison all the same)."""
+        args: dict[str, Any] = {"Bucket": self.options.bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        if self._completed_version:
+            try:
+                return dict(self.s3.head_object(**args, VersionId=self._completed_version))
+            except self.s3.exceptions.ClientError as err:
+                if err.response.get("Error", {}).get("Code") not in ("403", "AccessDenied"):
+                    raise
+        return dict(self.s3.head_object(**args))
+
     @staticmethod
     def _check_toc(toc: list[str], tables: list[tuple[str, str]]) -> None:
         data_entries = [line for line in toc if " TABLE DATA " in line]
@@ -483,8 +491,14 @@ class BackupPipeline:
                 args: dict[str, Any] = {"Bucket": bucket, "Key": key}
                 if self._completed_version:
                     args["VersionId"] = self._completed_version
-                self.s3.delete_object(**args)
-                cli.info(f"backup: deleted the unverified object s3://{bucket}/{key}")
+                try:
+                    self.s3.delete_object(**args)
+                    cli.info(f"backup: deleted the unverified object s3://{bucket}/{key}")
+                except self.s3.exceptions.ClientError:
+                    # Hosts may write but not delete backups; without a manifest the object is
+                    # no backup, and the lifecycle rule expires it.
+                    cli.info(f"backup: left the unverified object s3://{bucket}/{key} without a manifest "
+                             "(no delete permission); restores ignore it and the lifecycle rule expires it")
             elif key and self._upload_id:
                 # S3 may keep a part whose upload was in flight during the abort; abort until
                 # the upload is gone (the bucket lifecycle is the last resort).
@@ -493,7 +507,10 @@ class BackupPipeline:
                         self.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=self._upload_id)
                     except self.s3.exceptions.NoSuchUpload:
                         break
-                    pending = self.s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
+                    try:
+                        pending = self.s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
+                    except self.s3.exceptions.ClientError:
+                        break  # cannot look; the abort itself succeeded
                     if not any(u["UploadId"] == self._upload_id for u in pending):
                         break
                 cli.info(f"backup: aborted the multipart upload of s3://{bucket}/{key}")

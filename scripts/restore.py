@@ -125,10 +125,15 @@ def download_verified(s3: Any, manifest: Manifest, spool_dir: Optional[str]) -> 
     """The exact version the manifest names, hashed while spooled; the file is deleted again
     when its size or SHA-256 is not the manifest's."""
     args: dict[str, Any] = {"Bucket": manifest.bucket, "Key": manifest.key}
-    if manifest.version_id:
-        args["VersionId"] = manifest.version_id
     try:
-        response = s3.get_object(**args)
+        try:
+            response = s3.get_object(**args, **({"VersionId": manifest.version_id} if manifest.version_id else {}))
+        except s3.exceptions.ClientError as err:
+            if not manifest.version_id or err.response.get("Error", {}).get("Code") not in ("403", "AccessDenied"):
+                raise
+            # Without s3:GetObjectVersion: the current version, held to the same size and SHA-256.
+            cli.info("restore: no permission to read object versions; reading the current version instead")
+            response = s3.get_object(**args)
     except s3.exceptions.NoSuchKey:
         raise cli.ScriptError(f"s3://{manifest.bucket}/{manifest.key} (version {manifest.version_id}) no longer exists") from None
     except s3.exceptions.ClientError as err:
@@ -245,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore a verified backup from S3 into a PostgreSQL database and compare every table with the backup's manifest.")
     parser.add_argument("--bucket", required=True, help="backups bucket (stack output backup_bucket_name)")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--key", default=None, help="object key of the dump (…/<time>[-label].dump)")
+    which.add_argument("--key", default=None, help="object key of the dump (.../<UTC time>[-label].dump)")
     which.add_argument("--latest", action="store_true", help="the newest complete backup under --prefix (and --source-db)")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="key prefix searched by --latest (default %(default)s)")
     parser.add_argument("--source-db", default=None, help="with --latest: only backups of this database")

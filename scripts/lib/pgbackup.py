@@ -294,9 +294,14 @@ class Manifest:
 
 
 def read_manifest(s3: Any, bucket: str, key: str) -> Optional[Manifest]:
-    """The manifest of dump `key`, or None when the backup never completed."""
+    """The manifest of dump `key`, or None when the backup never completed. Listed first: a
+    GET of a missing key answers 403, not 404, when s3:ListBucket is limited to a prefix."""
+    name = manifest_key(key)
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=name, MaxKeys=1).get("Contents", [])
+    if not any(obj["Key"] == name for obj in listed):
+        return None
     try:
-        body = s3.get_object(Bucket=bucket, Key=manifest_key(key))["Body"].read()
+        body = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
     except s3.exceptions.NoSuchKey:
         return None
     return Manifest.from_json(body, f"s3://{bucket}/{manifest_key(key)}")
@@ -314,10 +319,8 @@ def complete_backups(s3: Any, bucket: str, prefix: str) -> list[Manifest]:
     backup finished, which the manifest records to the microsecond)."""
     manifests = []
     for key in list_manifest_keys(s3, bucket, prefix):
-        dump = key[: -len(MANIFEST_SUFFIX)]
-        manifest = read_manifest(s3, bucket, dump)
-        if manifest is not None:
-            manifests.append(manifest)
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        manifests.append(Manifest.from_json(body, f"s3://{bucket}/{key}"))
     manifests.sort(key=lambda m: (m.finished_at, m.key), reverse=True)
     return manifests
 

@@ -36,6 +36,8 @@ REPO = Path(__file__).resolve().parents[2]
 BUCKET = "psychology-backups-test"
 
 DATASET_SQL = r"""
+-- As on RDS (migration 0003): extension objects are neither user tables nor "not empty".
+create extension if not exists pg_stat_statements;
 create sequence invoice_number_seq start 1000;
 create table clients (
     id bigint generated always as identity primary key,
