@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # A stopped benchmark still stops its PostgreSQL and removes its files.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
 
     pg = start_postgres({"shared_buffers": "'512MB'", "maintenance_work_mem": "'256MB'", "max_wal_size": "'4GB'",
                          "checkpoint_timeout": "'30min'"})

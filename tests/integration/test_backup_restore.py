@@ -559,3 +559,16 @@ def test_restore_fails_when_a_table_checksum_differs(pg_server: PgServer, env: E
     assert code == 1 and not restored["ok"] and restored["mismatches"] == ["public.sessions"]
     row = next(t for t in restored["tables"] if t["table"] == "public.sessions")
     assert row["rows"] == row["backup_rows"] == 5000 and row["checksum_match"] is False
+
+
+def test_toc_listing_alone_accepts_a_truncated_archive(pg_server: PgServer, env: Env, make_db: Callable[..., str],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Why the backup also reads the whole archive: `pg_restore --list` stops after the table
+    of contents and passes a truncated custom archive; the full read does not."""
+    source = make_db(DATASET_SQL)
+    _, report = run_json(backup.main, backup_args(pg_server, source, env), capsys)
+    truncated = env.s3.get_object(Bucket=env.bucket, Key=report["key"])["Body"].read()[:report["size_bytes"] // 2]
+    listed = subprocess.run(["pg_restore", "--list"], input=truncated, capture_output=True, check=False)
+    assert listed.returncode == 0 and b"TABLE DATA public sessions" in listed.stdout
+    full = subprocess.run(["pg_restore", "--file=/dev/null"], input=truncated, capture_output=True, check=False)
+    assert full.returncode != 0
