@@ -32,7 +32,6 @@ import fcntl
 import hashlib
 import queue
 import resource
-import signal
 import subprocess
 import threading
 import time
@@ -40,7 +39,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any, Optional
 
 import psycopg
@@ -70,6 +68,7 @@ from scripts.lib.pgbackup import (
     utc_now,
     validate_label,
 )
+from scripts.lib.signals import EXIT_TERMINATED, Terminated, sigterm_ignored, sigterm_raises
 from scripts.lib.textfile import update_metrics
 
 MIB = 1024 * 1024
@@ -81,10 +80,6 @@ PIPE_SIZE = MIB
 READ_CHUNK = MIB
 PROGRESS_EVERY_SECONDS = 10.0
 _TAIL_BYTES = 16 * 1024
-
-
-class Terminated(BaseException):
-    """SIGTERM (systemd stopping the unit): unwinds like Ctrl-C so cleanup runs."""
 
 
 @dataclass
@@ -472,58 +467,56 @@ class BackupPipeline:
         """Leave nothing that looks like a backup: stop the children, let in-flight part uploads
         end, abort the upload (or delete the completed but unverified object)."""
         # A second SIGTERM while cleaning up must not cut the cleanup short.
-        previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
-        if previous is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            if self.dump_process and self.dump_process.poll() is None:
-                self.dump_process.kill()
-            for verifier in verifiers:
-                verifier.kill()
+        with sigterm_ignored():
             try:
-                conn.cancel()
-            except (psycopg.Error, OSError):
-                pass
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-            bucket, key = self.options.bucket, self._key
-            if key and self._completed:
-                args: dict[str, Any] = {"Bucket": bucket, "Key": key}
-                if self._completed_version:
-                    args["VersionId"] = self._completed_version
+                self._cleanup_steps(verifiers, pool, conn)
+            except Exception as err:  # noqa: BLE001 - the original failure matters more
+                cli.info(f"backup: cleanup incomplete ({cli.masker(str(err))}); the bucket lifecycle aborts stale uploads after 1 day")
+
+    def _cleanup_steps(self, verifiers: list[_Verifier], pool: Optional[ThreadPoolExecutor], conn: psycopg.Connection) -> None:
+        if self.dump_process and self.dump_process.poll() is None:
+            self.dump_process.kill()
+        for verifier in verifiers:
+            verifier.kill()
+        try:
+            conn.cancel()
+        except (psycopg.Error, OSError):
+            pass
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        bucket, key = self.options.bucket, self._key
+        if key and self._completed:
+            args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+            if self._completed_version:
+                args["VersionId"] = self._completed_version
+            try:
+                self.s3.delete_object(**args)
+                cli.info(f"backup: deleted the unverified object s3://{bucket}/{key}")
+            except self.s3.exceptions.ClientError:
+                # Hosts may write but not delete backups; without a manifest the object is
+                # no backup, and the lifecycle rule expires it.
+                cli.info(f"backup: left the unverified object s3://{bucket}/{key} without a manifest "
+                         "(no delete permission); restores ignore it and the lifecycle rule expires it")
+        elif key and self._upload_id:
+            # S3 may keep a part whose upload was in flight during the abort; abort until
+            # the upload is gone (the bucket lifecycle is the last resort).
+            for _ in range(3):
                 try:
-                    self.s3.delete_object(**args)
-                    cli.info(f"backup: deleted the unverified object s3://{bucket}/{key}")
+                    self.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=self._upload_id)
+                except self.s3.exceptions.NoSuchUpload:
+                    break
+                try:
+                    pending = self.s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
                 except self.s3.exceptions.ClientError:
-                    # Hosts may write but not delete backups; without a manifest the object is
-                    # no backup, and the lifecycle rule expires it.
-                    cli.info(f"backup: left the unverified object s3://{bucket}/{key} without a manifest "
-                             "(no delete permission); restores ignore it and the lifecycle rule expires it")
-            elif key and self._upload_id:
-                # S3 may keep a part whose upload was in flight during the abort; abort until
-                # the upload is gone (the bucket lifecycle is the last resort).
-                for _ in range(3):
-                    try:
-                        self.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=self._upload_id)
-                    except self.s3.exceptions.NoSuchUpload:
-                        break
-                    try:
-                        pending = self.s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
-                    except self.s3.exceptions.ClientError:
-                        break  # cannot look; the abort itself succeeded
-                    if not any(u["UploadId"] == self._upload_id for u in pending):
-                        break
-                cli.info(f"backup: aborted the multipart upload of s3://{bucket}/{key}")
-            if self.dump_process:
-                try:
-                    self.dump_process.wait(10)
-                except subprocess.TimeoutExpired:
-                    pass
-        except Exception as err:  # noqa: BLE001 - the original failure matters more
-            cli.info(f"backup: cleanup incomplete ({cli.masker(str(err))}); the bucket lifecycle aborts stale uploads after 1 day")
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+                    break  # cannot look; the abort itself succeeded
+                if not any(u["UploadId"] == self._upload_id for u in pending):
+                    break
+            cli.info(f"backup: aborted the multipart upload of s3://{bucket}/{key}")
+        if self.dump_process:
+            try:
+                self.dump_process.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def _body(view: memoryview) -> bytes | bytearray:
@@ -542,10 +535,6 @@ def _cpu_seconds() -> dict[str, float]:
 
 def _toc_entry_count(toc: list[str]) -> int:
     return sum(1 for line in toc if line and not line.startswith(";"))
-
-
-def _on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
-    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -581,22 +570,21 @@ def main(argv: Optional[list[str]] = None, *, on_part: Optional[Callable[[Backup
     validate_label(args.label)
     textfile: Optional[Path] = args.textfile
     started = time.time()
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        target = target_from_args(args)
-        assert target is not None
-        s3 = aws.client("s3", region=args.region, endpoint_url=args.endpoint_url)
-        options = BackupOptions(bucket=args.bucket, prefix=normalize_prefix(args.prefix), label=args.label,
-                                kms_key_id=args.kms_key_id, part_size=args.part_size_mib * MIB,
-                                concurrency=args.concurrency, checksums=args.checksums,
-                                verify_full=args.verify == "full", compress=args.compress, pg_bin=args.pg_bin)
-        result = BackupPipeline(target, s3, options, on_part=on_part).run()
+        with sigterm_raises():
+            target = target_from_args(args)
+            assert target is not None
+            s3 = aws.client("s3", region=args.region, endpoint_url=args.endpoint_url)
+            options = BackupOptions(bucket=args.bucket, prefix=normalize_prefix(args.prefix), label=args.label,
+                                    kms_key_id=args.kms_key_id, part_size=args.part_size_mib * MIB,
+                                    concurrency=args.concurrency, checksums=args.checksums,
+                                    verify_full=args.verify == "full", compress=args.compress, pg_bin=args.pg_bin)
+            result = BackupPipeline(target, s3, options, on_part=on_part).run()
     except BaseException as err:
         update_metrics(textfile, BACKUP_GAUGES, {BACKUP_LAST_STATUS.name: 0, BACKUP_LAST_DURATION.name: round(time.time() - started, 3)},
                        defaults={BACKUP_LAST_SUCCESS.name: 0, BACKUP_LAST_SIZE.name: 0})
         if isinstance(err, Terminated):
-            raise cli.ScriptError("terminated by SIGTERM; the upload was aborted, no backup recorded", 143) from None
+            raise cli.ScriptError("terminated by SIGTERM; the upload was aborted, no backup recorded", EXIT_TERMINATED) from None
         if isinstance(err, KeyboardInterrupt):
             raise cli.ScriptError("interrupted; the upload was aborted, no backup recorded", 130) from None
         if isinstance(err, cli.ScriptError):
@@ -604,9 +592,6 @@ def main(argv: Optional[list[str]] = None, *, on_part: Optional[Callable[[Backup
         if isinstance(err, Exception):
             raise cli.ScriptError(f"backup failed: {type(err).__name__}: {cli.masker(str(err)).strip().splitlines()[0] if str(err).strip() else ''}") from err
         raise
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
 
     manifest = result.manifest
     update_metrics(textfile, BACKUP_GAUGES, {

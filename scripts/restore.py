@@ -52,6 +52,7 @@ from scripts.lib.pgbackup import (
     user_relations,
     user_tables,
 )
+from scripts.lib.signals import EXIT_TERMINATED, Terminated, sigterm_raises
 
 MIB = 1024 * 1024
 DOWNLOAD_CHUNK = 8 * MIB
@@ -281,7 +282,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     options = RestoreOptions(bucket=args.bucket, key=args.key, latest=args.latest, prefix=args.prefix,
                              source_db=args.source_db, force=args.force, jobs=args.jobs, spool_dir=args.spool_dir,
                              pg_bin=args.pg_bin, analyze=args.analyze, keep_roles=args.keep_roles)
-    result = restore_backup(target, s3, options)
+    try:
+        with sigterm_raises():
+            result = restore_backup(target, s3, options)
+    except Terminated:
+        state = "nothing was applied (one transaction)" if options.jobs == 1 else "the target may hold a partial restore"
+        raise cli.ScriptError(f"terminated by SIGTERM; pg_restore stopped, {state}", EXIT_TERMINATED) from None
     print_tables(result)
     if args.json:
         cli.emit_json(result.report())

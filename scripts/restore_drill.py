@@ -40,6 +40,7 @@ from scripts.lib.pgbackup import (
     table_stats,
     user_tables,
 )
+from scripts.lib.signals import EXIT_TERMINATED, Terminated, sigterm_ignored, sigterm_raises
 from scripts.lib.textfile import update_metrics
 from scripts.restore import RestoreOptions, RestoreResult, print_tables, restore_backup
 
@@ -79,7 +80,8 @@ def run_drill(source: DbTarget, s3: Any, *, bucket: str, prefix: str, scratch: s
             bucket=bucket, key=manifest.key, jobs=jobs, spool_dir=spool_dir, pg_bin=pg_bin))
     finally:
         if not keep_scratch:
-            _drop(source, scratch)
+            with sigterm_ignored():
+                _drop(source, scratch)
     live: dict[str, int] = {}
     if source_counts:
         with connect(source, application_name="psychology-api-restore-drill") as conn:
@@ -116,12 +118,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         source = target_from_args(args)
         assert source is not None
         s3 = aws.client("s3", region=args.region, endpoint_url=args.endpoint_url)
-        result, live = run_drill(source, s3, bucket=args.bucket, prefix=args.prefix, scratch=args.scratch_db,
-                                 jobs=args.jobs, spool_dir=args.spool_dir, pg_bin=args.pg_bin,
-                                 source_counts=args.source_counts, keep_scratch=args.keep_scratch)
-    except BaseException:
+        with sigterm_raises():
+            result, live = run_drill(source, s3, bucket=args.bucket, prefix=args.prefix, scratch=args.scratch_db,
+                                     jobs=args.jobs, spool_dir=args.spool_dir, pg_bin=args.pg_bin,
+                                     source_counts=args.source_counts, keep_scratch=args.keep_scratch)
+    except BaseException as err:
         update_metrics(textfile, DRILL_GAUGES, {DRILL_LAST_RUN.name: round(time.time(), 3), DRILL_LAST_STATUS.name: 0},
                        defaults={DRILL_LAST_SUCCESS.name: 0})
+        if isinstance(err, Terminated):
+            raise cli.ScriptError("terminated by SIGTERM; the scratch database was dropped, the drill recorded as failed",
+                                  EXIT_TERMINATED) from None
         raise
 
     ok = result.ok

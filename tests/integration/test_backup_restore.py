@@ -572,3 +572,31 @@ def test_toc_listing_alone_accepts_a_truncated_archive(pg_server: PgServer, env:
     assert listed.returncode == 0 and b"TABLE DATA public sessions" in listed.stdout
     full = subprocess.run(["pg_restore", "--file=/dev/null"], input=truncated, capture_output=True, check=False)
     assert full.returncode != 0
+
+
+def test_sigterm_stops_a_drill_cleanly(pg_server: PgServer, env: Env, large_db: str, tmp_path: Path) -> None:
+    """Stopped mid-restore (systemd timeout): pg_restore stops, the scratch database is dropped,
+    the spool file is gone and the failure is recorded."""
+    assert backup.main(backup_args(pg_server, large_db, env, "--no-checksums")) == 0
+    scratch = f"drill_{uuid.uuid4().hex[:8]}"
+    textfile = tmp_path / "drill.prom"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scripts.restore_drill", "--dsn", pg_server.dsn(large_db), "--bucket", env.bucket,
+         "--endpoint-url", env.endpoint, "--scratch-db", scratch, "--spool-dir", str(spool), "--textfile", str(textfile)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
+        deadline = time.time() + 60
+        while time.time() < deadline and process.poll() is None:
+            if conn.execute("select 1 from pg_stat_activity where datname = %s and application_name = 'pg_restore'",
+                            (scratch,)).fetchone():
+                process.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.02)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 143, stderr.decode()
+        assert conn.execute("select count(*) from pg_database where datname = %s", (scratch,)).fetchone() == (0,)
+    assert list(spool.iterdir()) == []
+    values = metrics(textfile)
+    assert values["psychology_restore_drill_last_status"] == 0 and values["psychology_restore_drill_last_success_timestamp_seconds"] == 0
