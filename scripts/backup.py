@@ -14,8 +14,8 @@ How one run goes:
    Each part is uploaded by a bounded pool of threads with its own SHA-256 (S3 checks it on
    receipt); in order, the whole stream is hashed and fed to `pg_restore --list` (the archive's
    table of contents must parse) and, unless --verify toc, to `pg_restore --file /dev/null`
-   (every data block must read and decompress to the end). Memory stays within about
-   (concurrency + 4) parts.
+   (every data block must read and decompress to the end). Memory stays within
+   (concurrency + 5) parts.
 3. After pg_dump, the verifiers and all part uploads succeeded, the upload is completed and
    S3's own checksum of the object (SHA-256 over the part digests) and its size are compared
    with what was streamed. Only then is `<key>.manifest.json` written: the marker of a
