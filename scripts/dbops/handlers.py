@@ -123,8 +123,10 @@ def rotation_handler(event: dict[str, Any], context: Any = None) -> None:
         raise ValueError(f"rotation event lacks {missing}") from None
     _log(f"rotation step {step} for version {token}")
     try:
-        Rotation(aws.client("secretsmanager"), secret_id, token, master_secret_id=os.environ.get("MASTER_SECRET_ARN") or None,
-                 endpoint=endpoint_from_environment(), log=_log).run(step)
+        with aws.one_line_errors():
+            Rotation(aws.client("secretsmanager"), secret_id, token,
+                     master_secret_id=os.environ.get("MASTER_SECRET_ARN") or None,
+                     endpoint=endpoint_from_environment(), log=_log).run(step)
     except ScriptError as err:
         # Raised again so Secrets Manager records the failed step; the message is masked.
         raise RuntimeError(masker(str(err))) from None
@@ -144,7 +146,8 @@ def redis_rotation_handler(event: dict[str, Any], context: Any = None) -> None:
         raise ValueError(f"rotation event lacks {missing}") from None
     _log(f"Redis rotation step {step} for version {token}")
     try:
-        RedisRotation(aws.client("secretsmanager"), secret_id, token, tokens=auth_tokens_from_environment(),
-                      endpoint=redis_endpoint_from_environment(), log=_log).run(step)
+        with aws.one_line_errors():
+            RedisRotation(aws.client("secretsmanager"), secret_id, token, tokens=auth_tokens_from_environment(),
+                          endpoint=redis_endpoint_from_environment(), log=_log).run(step)
     except ScriptError as err:
         raise RuntimeError(masker(str(err))) from None
