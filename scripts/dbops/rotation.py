@@ -143,15 +143,6 @@ def pair_for(username: str) -> LoginPair:
     raise RotationError(f"the secret's username {username} is not one of the alternating users ({known})")
 
 
-def login_users() -> tuple[str, str]:
-    """The application's two alternating users."""
-    return app_login_pair().users
-
-
-def other_user(username: str) -> str:
-    return pair_for(username).other(username)
-
-
 def endpoint_from_environment() -> dict[str, Any]:
     """Endpoint settings the function's environment states (the database may have moved since
     the secret was written); they win over the current version when a new one is created."""
