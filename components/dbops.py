@@ -1,11 +1,13 @@
-"""Database operations inside the VPC: three Lambda functions built from `scripts/dbops`, the
-application's database credentials with their rotation, and the monitoring role's credentials.
+"""Database operations inside the VPC: Lambda functions built from `scripts/dbops`, the
+application's and the monitoring role's database credentials, and the rotation of those two
+secrets and of the Redis AUTH token.
 
 | function | handler | does |
 |---|---|---|
 | `<project>-<stack>-db-migrate` | migrate_handler | applies `migrations/` as the RDS master; makes the application's current user and the monitoring role accept their secrets' passwords |
 | `<project>-<stack>-db-health` | health_handler | the in-VPC smoke checks (database with the application's credentials, Redis) |
-| `<project>-<stack>-db-rotate` | rotation_handler | Secrets Manager's four rotation steps, alternating users |
+| `<project>-<stack>-db-rotate` | rotation_handler | Secrets Manager's four rotation steps for both database secrets, alternating users |
+| `<project>-<stack>-db-rotate-redis` | redis_rotation_handler | the four steps for the Redis secret: a new AUTH token next to the current one on the replication group (when the Redis inputs are given) |
 
 Each function has its own role: the VPC-access managed policy (ENIs and its logs) plus exactly
 the secrets it reads or writes and the data key through Secrets Manager only. They run in the
@@ -17,11 +19,14 @@ Secrets (encrypted with the data key):
   "password", "masterarn"}`. Pulumi writes only the first version (user psychology_app_a and a
   generated password) and never touches the value again: rotation owns it from then on.
 * `psychology-api/<stack>/database/monitor`: `{"username", "password", "host", "port", "dbname"}`
-  for postgres_exporter (role psychology_monitor, pg_monitor).
+  for postgres_exporter. Pulumi writes the first version (user psychology_monitor_a, members of
+  the group psychology_monitor that holds pg_monitor) and never touches the value again.
 
-The first `up` runs the migrate function once (the `bootstrap` command) before rotation is
-switched on, so the roles exist and accept the secrets' passwords when Secrets Manager first
-tests the rotation function.
+Each secret rotates every `rotation_days` with its own SecretRotation and an invoke permission
+that names exactly that secret. The first `up` runs the migrate function once (the `bootstrap`
+command) before rotation of the database secrets is switched on, so the roles exist and accept
+the secrets' passwords when Secrets Manager first tests the rotation function; the Redis
+rotation waits for the Redis secret's first value.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from components.lambda_package import LambdaPackage, build_lambda_package
 VPC_ACCESS_POLICY_ARN = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
 RUNTIME = "python3.12"
 APP_FIRST_USER = "psychology_app_a"
-MONITOR_USER = "psychology_monitor"
+MONITOR_FIRST_USER = "psychology_monitor_a"
 # The only punctuation the rotation function's passwords can contain (scripts/dbops/rotation.py
 # excludes the rest); the first password uses the same set.
 PASSWORD_SPECIALS = "-_."  # noqa: S105 - a character set, not a password
@@ -62,7 +67,11 @@ FUNCTIONS = {
     "health": FunctionSpec("health", "scripts.dbops.handlers.health_handler",
                            "In-VPC smoke checks: database (latest migration) and Redis", 180, 256),
     "rotate": FunctionSpec("rotate", "scripts.dbops.handlers.rotation_handler",
-                           "Rotates the application's database credentials (alternating users)", 120, 256),
+                           "Rotates the application's and the monitoring role's database credentials (alternating users)",
+                           120, 256),
+    # Two token changes on the replication group, each waited for: minutes, not seconds.
+    "rotate-redis": FunctionSpec("rotate-redis", "scripts.dbops.handlers.redis_rotation_handler",
+                                 "Rotates the Redis AUTH token (two valid tokens during the change)", 900, 256),
 }
 
 
@@ -80,6 +89,12 @@ class DbOpsArgs:
     rotation_days: int
     recovery_window_days: int
     redis_secret_arn: Optional[pulumi.Input[str]] = None
+    # The replication group whose AUTH token the Redis rotation changes; with these and
+    # redis_secret_arn the Redis secret rotates too.
+    redis_replication_group_id: Optional[pulumi.Input[str]] = None
+    redis_replication_group_arn: Optional[pulumi.Input[str]] = None
+    redis_host: Optional[pulumi.Input[str]] = None   # the primary endpoint
+    redis_port: Optional[pulumi.Input[int]] = None
     log_retention_days: int = 90
     package: Optional[LambdaPackage] = None  # built on demand when not given
 
@@ -93,6 +108,7 @@ class DbOps(pulumi.ComponentResource):
     migrate_function_name: pulumi.Output[str]
     health_function_name: pulumi.Output[str]
     rotation_function_arn: pulumi.Output[str]
+    redis_rotation_function_arn: Optional[pulumi.Output[str]]
     package_sha256: str
     bootstrap: pulumi.Resource
 
@@ -125,7 +141,8 @@ class DbOps(pulumi.ComponentResource):
 
         monitor_secret = aws.secretsmanager.Secret(f"{name}-monitor-credentials", aws.secretsmanager.SecretArgs(
             name=f"{base}/database/monitor",
-            description="Read-only monitoring role (pg_monitor) for postgres_exporter: username, password, host, port, dbname",
+            description="Read-only monitoring credentials (pg_monitor) for postgres_exporter: username, password, host, "
+                        f"port, dbname; rotated every {args.rotation_days} days with alternating users",
             kms_key_id=args.kms_key_arn,
             recovery_window_in_days=args.recovery_window_days,
             tags=name_tag("db-monitor-credentials", {"secret-kind": "database"})), child)
@@ -134,9 +151,14 @@ class DbOps(pulumi.ComponentResource):
         monitor_version = aws.secretsmanager.SecretVersion(f"{name}-monitor-credentials-value", aws.secretsmanager.SecretVersionArgs(
             secret_id=monitor_secret.id,
             secret_string=pulumi.Output.secret(pulumi.Output.json_dumps({
-                "username": MONITOR_USER, "password": monitor_password.result, "host": args.db_host,
+                "username": MONITOR_FIRST_USER, "password": monitor_password.result, "host": args.db_host,
                 "port": args.db_port, "dbname": args.db_name})),
-        ), child)
+        ), pulumi.ResourceOptions(parent=self,
+                                  # Rotation owns the value after the first version, as for the
+                                  # application's secret. A stack created before the monitoring
+                                  # users alternated keeps its psychology_monitor version, which
+                                  # the first rotation moves over to psychology_monitor_a.
+                                  ignore_changes=["secret_string", "version_stages"]))
         self.app_db_secret_arn = app_secret.arn
         self.monitor_db_secret_arn = monitor_secret.arn
 
@@ -151,6 +173,22 @@ class DbOps(pulumi.ComponentResource):
             "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{args.region}.amazonaws.com"}},
         }
         readable = [args.master_secret_arn, app_secret.arn, monitor_secret.arn]
+        rotated_by_rotate = [app_secret.arn, monitor_secret.arn]
+        redis_rotation = (args.redis_secret_arn is not None and args.redis_replication_group_id is not None
+                          and args.redis_replication_group_arn is not None and args.redis_host is not None)
+        generate_passwords = {
+            # GetRandomPassword acts on no resource: IAM accepts only "*" for it.
+            "Sid": "GeneratePasswords", "Effect": "Allow", "Action": "secretsmanager:GetRandomPassword",
+            "Resource": "*",
+        }
+        write_through_secrets_manager = {
+            # New versions are encrypted with the data key, through Secrets Manager only.
+            "Sid": "EncryptAndDecryptSecretsWithTheDataKey", "Effect": "Allow",
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": args.kms_key_arn,
+            "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{args.region}.amazonaws.com"}},
+        }
+        rotate_secret_actions = ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue",
+                                 "secretsmanager:PutSecretValue", "secretsmanager:UpdateSecretVersionStage"]
         health_secrets = [app_secret.arn] + ([args.redis_secret_arn] if args.redis_secret_arn is not None else [])
         statements: dict[str, list[dict[str, Any]]] = {
             "migrate": [
@@ -164,25 +202,27 @@ class DbOps(pulumi.ComponentResource):
                 read_through_secrets_manager,
             ],
             "rotate": [
-                {"Sid": "RotateTheApplicationSecret", "Effect": "Allow",
-                 "Action": ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue",
-                            "secretsmanager:PutSecretValue", "secretsmanager:UpdateSecretVersionStage"],
-                 "Resource": app_secret.arn},
+                {"Sid": "RotateTheDatabaseCredentialSecrets", "Effect": "Allow", "Action": rotate_secret_actions,
+                 "Resource": rotated_by_rotate},
                 {"Sid": "ReadMasterCredentials", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
                  "Resource": args.master_secret_arn},
-                {
-                    # GetRandomPassword acts on no resource: IAM accepts only "*" for it.
-                    "Sid": "GeneratePasswords", "Effect": "Allow", "Action": "secretsmanager:GetRandomPassword",
-                    "Resource": "*",
-                },
-                {
-                    # New versions are encrypted with the data key, through Secrets Manager only.
-                    "Sid": "EncryptAndDecryptSecretsWithTheDataKey", "Effect": "Allow",
-                    "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": args.kms_key_arn,
-                    "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{args.region}.amazonaws.com"}},
-                },
+                generate_passwords,
+                write_through_secrets_manager,
             ],
         }
+        if redis_rotation:
+            statements["rotate-redis"] = [
+                {"Sid": "RotateTheRedisSecret", "Effect": "Allow", "Action": rotate_secret_actions,
+                 "Resource": args.redis_secret_arn},
+                {
+                    # The token changes on exactly this replication group; nothing else in ElastiCache.
+                    "Sid": "ChangeTheAuthTokenOfTheReplicationGroup", "Effect": "Allow",
+                    "Action": ["elasticache:ModifyReplicationGroup", "elasticache:DescribeReplicationGroups"],
+                    "Resource": args.redis_replication_group_arn,
+                },
+                generate_passwords,
+                write_through_secrets_manager,
+            ]
         environments: dict[str, dict[str, pulumi.Input[str]]] = {
             "migrate": {"MASTER_SECRET_ARN": args.master_secret_arn, "APP_DB_SECRET_ARN": app_secret.arn,
                         "MONITOR_DB_SECRET_ARN": monitor_secret.arn, **endpoint},
@@ -190,15 +230,25 @@ class DbOps(pulumi.ComponentResource):
                        **({"REDIS_SECRET_ARN": args.redis_secret_arn} if args.redis_secret_arn is not None else {})},
             "rotate": {"MASTER_SECRET_ARN": args.master_secret_arn, **endpoint},
         }
+        if redis_rotation:
+            assert args.redis_replication_group_id is not None and args.redis_host is not None
+            environments["rotate-redis"] = {
+                "REDIS_REPLICATION_GROUP_ID": args.redis_replication_group_id,
+                "REDIS_HOST": args.redis_host,
+                "REDIS_PORT": pulumi.Output.from_input(args.redis_port or 6379).apply(str),
+            }
         self.function_names, self.function_arns, self.role_arns = {}, {}, {}
         functions: dict[str, aws.lambda_.Function] = {}
         for key, spec in FUNCTIONS.items():
+            if key not in statements:
+                continue
             functions[key] = self._function(name, spec, args, package, statements[key], environments[key])
             self.function_names[key] = functions[key].name
             self.function_arns[key] = functions[key].arn
         self.migrate_function_name = functions["migrate"].name
         self.health_function_name = functions["health"].name
         self.rotation_function_arn = functions["rotate"].arn
+        self.redis_rotation_function_arn = functions["rotate-redis"].arn if redis_rotation else None
 
         # --- first run and rotation -----------------------------------------------------------
         # Roles and passwords must exist before Secrets Manager tests the rotation function;
@@ -208,21 +258,18 @@ class DbOps(pulumi.ComponentResource):
             script_command("scripts.release", "invoke", "--function", functions["migrate"].name, "--region", args.region),
             triggers=[app_secret.arn, monitor_version.version_id, args.master_secret_arn, args.db_host],
             parent=self)
-        permission = aws.lambda_.Permission(f"{name}-rotation-invoke", aws.lambda_.PermissionArgs(
-            action="lambda:InvokeFunction",
-            function=functions["rotate"].name,
-            principal="secretsmanager.amazonaws.com",
-            # Only Secrets Manager acting for this account's application secret may invoke it.
-            source_account=args.account_id,
-            source_arn=app_secret.arn,
-        ), child)
-        aws.secretsmanager.SecretRotation(f"{name}-app-credentials-rotation", aws.secretsmanager.SecretRotationArgs(
-            secret_id=app_secret.id,
-            rotation_lambda_arn=functions["rotate"].arn,
-            rotation_rules=aws.secretsmanager.SecretRotationRotationRulesArgs(automatically_after_days=args.rotation_days),
-            # The schedule starts the first rotation; enabling it only tests the function.
-            rotate_immediately=False,
-        ), pulumi.ResourceOptions(parent=self, depends_on=[permission, self.bootstrap]))
+        # One SecretRotation per secret, each with an invoke permission naming exactly that
+        # secret: Secrets Manager may call a function only for the secrets it rotates.
+        self._rotation(name, "app-credentials", "rotation-invoke", app_secret.arn, app_secret.id, functions["rotate"],
+                       args, after=[self.bootstrap])
+        self._rotation(name, "monitor-credentials", "monitor-rotation-invoke", monitor_secret.arn, monitor_secret.id,
+                       functions["rotate"], args, after=[self.bootstrap])
+        if redis_rotation:
+            assert args.redis_secret_arn is not None
+            # The Redis secret's ARN resolves once the secret holds its first value
+            # (components/cache.py), which Secrets Manager's test of the function reads.
+            self._rotation(name, "redis", "redis-rotation-invoke", args.redis_secret_arn, args.redis_secret_arn,
+                           functions["rotate-redis"], args, after=[])
 
         self.register_outputs({
             "app_db_secret_arn": self.app_db_secret_arn,
@@ -231,6 +278,25 @@ class DbOps(pulumi.ComponentResource):
             "function_arns": self.function_arns,
             "package_sha256": self.package_sha256,
         })
+
+    def _rotation(self, name: str, secret_role: str, permission_name: str, secret_arn: pulumi.Input[str],
+                  secret_id: pulumi.Input[str], function: aws.lambda_.Function, args: DbOpsArgs,
+                  after: Sequence[pulumi.Resource]) -> aws.secretsmanager.SecretRotation:
+        permission = aws.lambda_.Permission(f"{name}-{permission_name}", aws.lambda_.PermissionArgs(
+            action="lambda:InvokeFunction",
+            function=function.name,
+            principal="secretsmanager.amazonaws.com",
+            # Only Secrets Manager acting for this account's secret may invoke it.
+            source_account=args.account_id,
+            source_arn=secret_arn,
+        ), pulumi.ResourceOptions(parent=self))
+        return aws.secretsmanager.SecretRotation(f"{name}-{secret_role}-rotation", aws.secretsmanager.SecretRotationArgs(
+            secret_id=secret_id,
+            rotation_lambda_arn=function.arn,
+            rotation_rules=aws.secretsmanager.SecretRotationRotationRulesArgs(automatically_after_days=args.rotation_days),
+            # The schedule starts the first rotation; enabling it only tests the function.
+            rotate_immediately=False,
+        ), pulumi.ResourceOptions(parent=self, depends_on=[permission, *after]))
 
     def _function(self, name: str, spec: FunctionSpec, args: DbOpsArgs, package: LambdaPackage,
                   statements: list[dict[str, Any]], environment: dict[str, pulumi.Input[str]]) -> aws.lambda_.Function:

@@ -48,6 +48,7 @@ RULES_DIR = "/etc/prometheus/rules"
 ALERTMANAGER_TEMPLATES_DIR = "/etc/alertmanager/templates"
 DASHBOARDS_DIR = f"{OPS_DIR}/current/monitoring/dashboards"
 BOOTSTRAP_PATH = "/usr/local/sbin/psychology-monitoring-bootstrap"
+EXPORTER_SECRETS_PATH = "/usr/local/sbin/psychology-exporter-secrets"
 
 CLOUDWATCH_NAMESPACE = "PsychologyApi/MonitoringHost"
 USER_DATA_LIMIT_BYTES = 16384                          # EC2's limit on user data
@@ -74,6 +75,7 @@ UNIT_TEMPLATES = (
     "redis_exporter.service", "blackbox_exporter.service", "grafana-server.service",
     "psychology-backup.service", "psychology-backup.timer",
     "psychology-restore-drill.service", "psychology-restore-drill.timer",
+    "psychology-exporter-secrets-refresh.service", "psychology-exporter-secrets-refresh.timer",
 )
 DASHBOARD_FILES = ("golden-paths.json", "errors-latency.json", "integrations-health.json")
 
@@ -248,6 +250,7 @@ def systemd_units(s: MonitoringSettings) -> dict[str, str]:
         "scratch_db": f"{s.db_name}_restore_drill",
         "backup_schedule": s.backup_schedule,
         "restore_drill_schedule": s.restore_drill_schedule,
+        "exporter_secrets_path": EXPORTER_SECRETS_PATH,
     }
     return {name: render_template(f"systemd/{name}.j2", **values) for name in UNIT_TEMPLATES}
 
@@ -260,6 +263,18 @@ def postgres_client_package(major: int) -> str:
     return f"postgresql{max(16, major)}"
 
 
+def exporter_secrets_script(s: MonitoringSettings, *, secrets_dir: str = SECRETS_DIR,
+                            postgres_exporter_group: str = "postgres_exporter",
+                            redis_exporter_group: str = "redis_exporter") -> str:
+    """The script that writes the exporters' credentials at boot and daily (the tests render it
+    with a scratch directory and their own group to run it)."""
+    return render_template(
+        "host/exporter-secrets.sh.j2", **{**_common(s), "secrets_dir": secrets_dir},
+        db_monitor_secret_arn=s.db_monitor_secret_arn or "", redis_secret_arn=s.redis_secret_arn or "",
+        db_host=s.db_host, db_port=s.db_port, db_name=s.db_name,
+        postgres_exporter_group=postgres_exporter_group, redis_exporter_group=redis_exporter_group)
+
+
 def bootstrap_script(s: MonitoringSettings) -> str:
     return render_template(
         "host/bootstrap.sh.j2", **_common(s),
@@ -269,6 +284,7 @@ def bootstrap_script(s: MonitoringSettings) -> str:
         db_host=s.db_host, db_port=s.db_port, db_name=s.db_name,
         webhook_enabled=s.webhook_enabled, pagerduty_enabled=s.pagerduty_enabled,
         postgres_client_package=postgres_client_package(s.postgres_client_major),
+        exporter_secrets_path=EXPORTER_SECRETS_PATH,
         releases=releases())
 
 
@@ -281,6 +297,7 @@ def host_files(s: MonitoringSettings) -> dict[str, tuple[str, str]]:
         "/etc/psychology/cloudwatch-agent.json": (render_template(
             "host/cloudwatch-agent.json.j2", cloudwatch_namespace=CLOUDWATCH_NAMESPACE, data_dir=DATA_DIR), "0644"),
         BOOTSTRAP_PATH: (bootstrap_script(s), "0755"),
+        EXPORTER_SECRETS_PATH: (exporter_secrets_script(s), "0755"),
     }
     for path, content in grafana_files(s).items():
         files[path] = (content, "0644")

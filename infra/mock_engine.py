@@ -64,6 +64,11 @@ class PlannedResource:
     # deleteBeforeReplace, replaceOnChanges (only those that are set).
     options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def ignore_changes(self) -> list[str]:
+        """Property names (camelCase, as the engine receives them) that updates leave alone."""
+        return list(self.options.get("ignoreChanges", []))
+
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "id": self.id, "parent": self.parent,
                 "inputs": self.inputs, "depends_on": self.depends_on}
@@ -442,6 +447,22 @@ def _plain(value: Any, urn_to_id: dict[str, str]) -> Any:
     return value
 
 
+def _plain_state(value: Any) -> Any:
+    """A resource's recorded state with assets and archives in the form `_plain` gives inputs
+    (the mocks hand back the Python objects; consumers such as the policy analyzer need JSON)."""
+    if isinstance(value, pulumi.asset.Archive):
+        if isinstance(value, pulumi.asset.AssetArchive):
+            return {"archive": sorted(value.assets)}
+        return {"archive": getattr(value, "path", None) or getattr(value, "uri", None)}
+    if isinstance(value, pulumi.asset.Asset):
+        return {"asset": getattr(value, "path", None) or getattr(value, "uri", None) or "<text>"}
+    if isinstance(value, dict):
+        return {k: _plain_state(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_state(v) for v in value]
+    return value
+
+
 def _name_of(urn: str) -> str:
     return urn.rsplit("::", 1)[-1]
 
@@ -483,7 +504,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             type=request.type, name=request.name, urn=response.urn, id=resource_id, parent=parent,
             inputs=inputs, depends_on=sorted({_name_of(u) for u in request.dependencies}),
             custom=bool(request.custom), provider=request.provider or None,
-            outputs=state if isinstance(state, dict) else {},
+            outputs=_plain_state(state) if isinstance(state, dict) else {},
             options={k: v for k, v in options.items() if v}))
         return response
 

@@ -141,7 +141,7 @@ def main() -> None:
     ), opts)
 
     # --- database operations: in-VPC functions (migrate, health, rotation), the app's and the
-    # monitoring role's credentials, rotation every secretRotationDays ---------------------
+    # monitoring role's credentials; they and the Redis token rotate every secretRotationDays ---
     dbops = DbOps("dbops", DbOpsArgs(
         region=cfg.region,
         account_id=account_id,
@@ -153,6 +153,10 @@ def main() -> None:
         db_port=database.port,
         db_name=cfg.db_name,
         redis_secret_arn=cache.secret_arn,
+        redis_replication_group_id=cache.replication_group_id,
+        redis_replication_group_arn=cache.arn,
+        redis_host=cache.primary_endpoint,
+        redis_port=cache.port,
         rotation_days=cfg.secret_rotation_days,
         recovery_window_days=cfg.secret_recovery_window_days,
         log_retention_days=cfg.data_log_retention_days,

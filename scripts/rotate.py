@@ -1,14 +1,24 @@
-"""Rotate the application's database credentials by hand, with the code the rotation function runs.
+"""Rotate a database credentials secret or the Redis AUTH token by hand, with the code the
+rotation functions run.
 
     python -m scripts.rotate --secret-id ID [--step createSecret|setSecret|testSecret|finishSecret|all]
-                             [--token VERSION] [--master-secret-id ARN] [--endpoint-url URL] [--json]
+                             [--token VERSION] [--master-secret-id ARN]
+                             [--replication-group-id ID] [--redis-ca-bundle PEM]
+                             [--endpoint-url URL] [--region R] [--json]
 
 `all` (the default) runs the four steps in order on a new version (or finishes the rotation in
 progress). A single step works on the version staged AWSPENDING, or on --token; createSecret
-alone starts a new version and prints its token. Alternating users: the new version switches
-between psychology_app_a and psychology_app_b; the previous credentials keep working.
+alone starts a new version and prints its token.
 
-In AWS the database is reachable only inside the VPC: there, start a rotation with
+The secret's current value says what it is:
+* database credentials (`username`/`password`: the application's or the monitoring role's):
+  alternating users, psychology_app_a/_b or psychology_monitor_a/_b; the previous credentials
+  keep working;
+* the Redis secret (`auth_token`): a new AUTH token made valid next to the current one on the
+  ElastiCache replication group --replication-group-id (stack output
+  redis_replication_group_id); the current token keeps working.
+
+In AWS the database and Redis are reachable only inside the VPC: there, start a rotation with
 `aws secretsmanager rotate-secret --secret-id ID` and the rotation function runs these steps.
 """
 
@@ -16,24 +26,60 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from typing import Optional
+from typing import Any, Optional
 
-from scripts.dbops.rotation import STEPS, Rotation, pending_version, rotate_all
+from scripts.dbops.elasticache import ElastiCacheAuthTokens
+from scripts.dbops.redis_rotation import RedisRotation, is_redis_document
+from scripts.dbops.rotation import STEPS, Rotation, SecretRotation, pending_version, run_all
 from scripts.lib import aws, cli
+from scripts.lib.secrets import read_secret_json
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scripts.rotate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--secret-id", required=True, help="the application's database credentials secret (name or ARN)")
+    parser.add_argument("--secret-id", required=True,
+                        help="the secret to rotate (name or ARN): database credentials or the Redis secret")
     parser.add_argument("--step", choices=[*STEPS, "all"], default="all", help="which step to run (default: all)")
     parser.add_argument("--token", default=None,
                         help="the version (ClientRequestToken) to work on; default: the version staged AWSPENDING, "
                              "or a new one for createSecret/all")
     parser.add_argument("--master-secret-id", default=None,
-                        help="master credentials secret, when the application secret has no masterarn")
+                        help="database: master credentials secret, when the secret has no masterarn")
+    parser.add_argument("--replication-group-id", default=None,
+                        help="Redis: the ElastiCache replication group whose AUTH token changes (setSecret needs it)")
+    parser.add_argument("--redis-ca-bundle", default=None,
+                        help="Redis: CA certificates (PEM) for a server with a private CA; default: the system's")
     cli.add_common_arguments(parser, endpoint=True)
     return parser
+
+
+class _NoReplicationGroup:
+    """Stands where the replication group would be when none was named: only setSecret needs it."""
+
+    def _refuse(self) -> None:
+        cli.fail("setSecret of a Redis secret needs --replication-group-id (stack output redis_replication_group_id)")
+
+    def rotate_in(self, token: str) -> None:
+        self._refuse()
+
+    def set_only(self, token: str) -> None:
+        self._refuse()
+
+    def wait_available(self) -> None:
+        self._refuse()
+
+
+def _rotation(args: argparse.Namespace, sm: Any, token: str) -> SecretRotation:
+    current = read_secret_json(args.secret_id, client=sm)
+    if is_redis_document(current):
+        tokens: Any = _NoReplicationGroup()
+        if args.replication_group_id:
+            tokens = ElastiCacheAuthTokens(
+                aws.client("elasticache", region=args.region, endpoint_url=args.endpoint_url), args.replication_group_id)
+        return RedisRotation(sm, args.secret_id, token, tokens=tokens, ca_bundle=args.redis_ca_bundle, manual=True,
+                             log=cli.info)
+    return Rotation(sm, args.secret_id, token, master_secret_id=args.master_secret_id, manual=True, log=cli.info)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -45,17 +91,16 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     sm = aws.client("secretsmanager", region=args.region, endpoint_url=args.endpoint_url)
     try:
+        token = args.token or pending_version(sm, args.secret_id)
         if args.step == "all":
-            results = rotate_all(sm, args.secret_id, token=args.token, master_secret_id=args.master_secret_id, log=cli.info)
+            results = run_all(_rotation(args, sm, token or str(uuid.uuid4())))
         else:
-            token = args.token or pending_version(sm, args.secret_id)
             if token is None:
                 if args.step != "createSecret":
                     cli.fail(f"no rotation of {args.secret_id} is in progress (no version is staged AWSPENDING); "
                              "start one with --step createSecret or --step all")
                 token = str(uuid.uuid4())
-            rotation = Rotation(sm, args.secret_id, token, master_secret_id=args.master_secret_id, manual=True, log=cli.info)
-            results = [rotation.run(args.step)]
+            results = [_rotation(args, sm, token).run(args.step)]
     except sm.exceptions.ResourceNotFoundException:
         cli.fail(f"secret {args.secret_id} does not exist")
     token = results[-1].token

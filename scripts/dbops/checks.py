@@ -277,19 +277,26 @@ class RedisTarget:
         return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/{self.db}"
 
 
+def redis_client(target: RedisTarget) -> Any:
+    """A redis-py client for the target: certificate and host name verified over TLS, no
+    retries of its own (callers decide; redis-py would otherwise retry a refused AUTH, a
+    ConnectionError, with its own backoff)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    kwargs: dict[str, Any] = {"retry": Retry(NoBackoff(), 0)}
+    if target.tls:
+        kwargs.update(ssl=True, ssl_cert_reqs="required", ssl_ca_certs=target.ca_bundle)
+    return redis.Redis(host=target.host, port=target.port, db=target.db, username=target.username,
+                       password=target.password, socket_connect_timeout=5, socket_timeout=5, **kwargs)
+
+
 def redis_check(target: RedisTarget) -> Check:
     def run() -> str:
         import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
-        # The check's own retries (tenacity) are the only ones: redis-py would otherwise retry
-        # a refused AUTH (a ConnectionError) with its own backoff.
-        kwargs: dict[str, Any] = {"retry": Retry(NoBackoff(), 0)}
-        if target.tls:
-            kwargs.update(ssl=True, ssl_cert_reqs="required", ssl_ca_certs=target.ca_bundle)
-        client = redis.Redis(host=target.host, port=target.port, db=target.db, username=target.username,
-                             password=target.password, socket_connect_timeout=5, socket_timeout=5, **kwargs)
+        client = redis_client(target)
         key = f"smoke:{uuid.uuid4().hex}"
         value = uuid.uuid4().hex
         try:

@@ -22,7 +22,12 @@ from scripts.lib.db import DbConnectError, DbTarget, connect
 
 APP_GROUP_ROLE = "psychology_app"
 APP_LOGIN_USERS = ("psychology_app_a", "psychology_app_b")
-MONITOR_ROLE = "psychology_monitor"
+# Since migration 0004 psychology_monitor is the group role holding pg_monitor and the two
+# login users below alternate like the application's. Before it, psychology_monitor logged in
+# itself: a monitoring secret written then still names it until its first rotation.
+MONITOR_GROUP_ROLE = "psychology_monitor"
+MONITOR_LOGIN_USERS = ("psychology_monitor_a", "psychology_monitor_b")
+LEGACY_MONITOR_LOGIN = MONITOR_GROUP_ROLE
 
 
 def set_role_password(admin: psycopg.Connection, role: str, password: str) -> None:
@@ -37,6 +42,20 @@ def set_role_password(admin: psycopg.Connection, role: str, password: str) -> No
     except psycopg.Error as err:
         raise ScriptError(f"cannot set the password of role {role}: SQLSTATE {err.sqlstate}: "
                           f"{masker(err.diag.message_primary or str(err))}") from None
+
+
+def disable_login(admin: psycopg.Connection, role: str) -> bool:
+    """NOLOGIN and no password for a role nobody may log in as any more; True when it changed
+    something. A role that does not exist, or already cannot log in, is left alone."""
+    row = admin.execute("SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if not row or not row[0]:
+        return False
+    try:
+        admin.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN PASSWORD NULL").format(sql.Identifier(role)))
+    except psycopg.Error as err:
+        raise ScriptError(f"cannot disable the login of role {role}: SQLSTATE {err.sqlstate}: "
+                          f"{masker(err.diag.message_primary or str(err))}") from None
+    return True
 
 
 def can_log_in(target: DbTarget) -> bool:
@@ -62,7 +81,7 @@ class CredentialResult:
         return {"role": self.role, "secret": self.secret, "password_set": self.changed}
 
 
-MANAGED_ROLES = (*APP_LOGIN_USERS, MONITOR_ROLE)
+MANAGED_ROLES = (*APP_LOGIN_USERS, *MONITOR_LOGIN_USERS, LEGACY_MONITOR_LOGIN)
 
 
 def ensure_role_matches_secret(admin_target: DbTarget, credentials: DbTarget, *, secret_label: str) -> CredentialResult:

@@ -7,11 +7,12 @@ from Secrets Manager at run time:
 |---|---|---|
 | `migrate_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, APP_DB_SECRET_ARN, MONITOR_DB_SECRET_ARN | applies `migrations/` as the RDS master, then makes the application's current user and the monitoring role accept the passwords in their secrets |
 | `health_handler` | APP_DB_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, REDIS_SECRET_ARN | the in-VPC smoke checks: database (with the application's credentials: SELECT 1, latest migration) and Redis round trip |
-| `rotation_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME | Secrets Manager's four rotation steps for the application's credentials (alternating users) |
+| `rotation_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME | Secrets Manager's four rotation steps for the application's and the monitoring role's database credentials (alternating users) |
+| `redis_rotation_handler` | REDIS_REPLICATION_GROUP_ID, REDIS_HOST, REDIS_PORT | the four rotation steps for the Redis AUTH token (two valid tokens during the change) |
 
 `migrate_handler` and `health_handler` answer `{"ok": bool, ...}`; a known failure is
-`{"ok": false, "error": "<one line>"}`. `rotation_handler` raises on failure, as Secrets Manager
-expects. Every message passes through the masker: no secret value reaches the logs.
+`{"ok": false, "error": "<one line>"}`. The rotation handlers raise on failure, as Secrets
+Manager expects. Every message passes through the masker: no secret value reaches the logs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import psycopg
 
 from scripts.dbops import checks as smoke
 from scripts.dbops.credentials import ensure_role_matches_secret
+from scripts.dbops.elasticache import AuthTokens, ElastiCacheAuthTokens
 from scripts.dbops.migrations import migrate
+from scripts.dbops.redis_rotation import RedisRotation, redis_endpoint_from_environment
 from scripts.dbops.rotation import Rotation, endpoint_from_environment
 from scripts.lib import aws
 from scripts.lib.cli import ScriptError, masker
@@ -120,8 +123,31 @@ def rotation_handler(event: dict[str, Any], context: Any = None) -> None:
         raise ValueError(f"rotation event lacks {missing}") from None
     _log(f"rotation step {step} for version {token}")
     try:
-        Rotation(aws.client("secretsmanager"), secret_id, token, master_secret_id=os.environ.get("MASTER_SECRET_ARN") or None,
-                 endpoint=endpoint_from_environment(), log=_log).run(step)
+        with aws.one_line_errors():
+            Rotation(aws.client("secretsmanager"), secret_id, token,
+                     master_secret_id=os.environ.get("MASTER_SECRET_ARN") or None,
+                     endpoint=endpoint_from_environment(), log=_log).run(step)
     except ScriptError as err:
         # Raised again so Secrets Manager records the failed step; the message is masked.
+        raise RuntimeError(masker(str(err))) from None
+
+
+def auth_tokens_from_environment() -> AuthTokens:
+    """The replication group whose AUTH token the Redis rotation changes: the one named in the
+    function's environment (its role may modify exactly that group), never one from a secret."""
+    return ElastiCacheAuthTokens(aws.client("elasticache"), _env("REDIS_REPLICATION_GROUP_ID"))
+
+
+def redis_rotation_handler(event: dict[str, Any], context: Any = None) -> None:
+    """Secrets Manager's rotation contract for the Redis secret: {"SecretId", "ClientRequestToken", "Step"}."""
+    try:
+        secret_id, token, step = event["SecretId"], event["ClientRequestToken"], event["Step"]
+    except KeyError as missing:
+        raise ValueError(f"rotation event lacks {missing}") from None
+    _log(f"Redis rotation step {step} for version {token}")
+    try:
+        with aws.one_line_errors():
+            RedisRotation(aws.client("secretsmanager"), secret_id, token, tokens=auth_tokens_from_environment(),
+                          endpoint=redis_endpoint_from_environment(), log=_log).run(step)
+    except ScriptError as err:
         raise RuntimeError(masker(str(err))) from None

@@ -1,12 +1,20 @@
-"""Rotation of the application's database credentials with alternating users.
+"""Secrets Manager rotation: the four-step contract (`SecretRotation`) and the rotation of the
+database credentials with alternating users (`Rotation`). The Redis AUTH token's rotation
+builds on the same contract in `scripts/dbops/redis_rotation.py`.
 
-The secret (`psychology-api/<stack>/database/app`) holds
-`{"engine": "postgres", "host", "port", "dbname", "username", "password", "masterarn"}`.
-Two login users, psychology_app_a and psychology_app_b, are members of the group role that owns
-the application's objects. Each rotation writes the new password to the user that is NOT
-current, tests it, then makes that version current. The hosts that still hold the previous
-version keep working (its user's password is untouched) until the rotation after next, so a
-host must re-read its secret within one rotation period (90 days by default).
+Two database secrets rotate this way, each with its own pair of login users in a NOLOGIN group:
+
+| secret | users | group (what they act as) |
+|---|---|---|
+| `psychology-api/<stack>/database/app` | psychology_app_a, psychology_app_b | psychology_app (owns the application's objects) |
+| `psychology-api/<stack>/database/monitor` | psychology_monitor_a, psychology_monitor_b | psychology_monitor (pg_monitor) |
+
+A secret holds `{"username", "password", "host", "port", "dbname"}` (the application's also
+`"engine": "postgres"` and `"masterarn"`). Each rotation writes a new password to the user that
+is NOT current, tests it, then makes that version current. Whoever still holds the previous
+version keeps working (its user's password is untouched) until the rotation after next, so a
+host must re-read its secret within one rotation period (90 days by default); the API hosts
+and the monitoring host do it daily.
 
 The four steps follow Secrets Manager's rotation-function contract: the event carries
 `SecretId`, `ClientRequestToken` (the version being created) and `Step`. Every step checks that
@@ -28,7 +36,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from scripts.dbops.credentials import APP_GROUP_ROLE, APP_LOGIN_USERS, can_log_in, set_role_password
+import psycopg
+
+from scripts.dbops.credentials import (
+    APP_GROUP_ROLE,
+    APP_LOGIN_USERS,
+    LEGACY_MONITOR_LOGIN,
+    MONITOR_GROUP_ROLE,
+    MONITOR_LOGIN_USERS,
+    can_log_in,
+    disable_login,
+    set_role_password,
+)
 from scripts.dbops.migrations import QUALIFIED_TABLE
 from scripts.lib.cli import ScriptError, masker
 from scripts.lib.db import DbConnectError, connect, target_from_document
@@ -51,24 +70,77 @@ def _no_log(_: str) -> None:
     return None
 
 
-def login_users() -> tuple[str, str]:
-    """The two alternating users; APP_LOGIN_USERS="user_a,user_b" overrides the defaults."""
+# --- who rotates with whom ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoginPair:
+    """Two login users that take turns, members of a NOLOGIN group role."""
+
+    label: str
+    group: str
+    users: tuple[str, str]
+    # Single logins from before the pair existed: a secret still naming one rotates to users[0].
+    legacy_users: tuple[str, ...] = ()
+
+    def other(self, username: str) -> str:
+        first, second = self.users
+        if username == first:
+            return second
+        if username == second or username in self.legacy_users:
+            return first
+        raise RotationError(f"the secret's username {username} is not one of the alternating users {first}, {second}")
+
+    def names(self, username: str) -> bool:
+        return username in self.users or username in self.legacy_users
+
+    def verify(self, conn: psycopg.Connection, session_user: str) -> str:
+        """Proof that a login acts with the group's rights: a real query, not just a login.
+        Returns a short description; raises RotationError."""
+        if self.group == APP_GROUP_ROLE:
+            current_user = (conn.execute("SELECT current_user").fetchone() or ("",))[0]
+            if current_user != APP_GROUP_ROLE:
+                raise RotationError(f"user {session_user} logs in but does not act as {APP_GROUP_ROLE} "
+                                    f"(current_user is {current_user})")
+            conn.execute(f"SELECT count(*) FROM {QUALIFIED_TABLE}").fetchone()  # noqa: S608 - constant
+            return f"queries as {APP_GROUP_ROLE}"
+        monitor = conn.execute("SELECT pg_has_role(session_user, 'pg_monitor', 'USAGE'), "
+                               "current_setting('default_transaction_read_only')").fetchone() or (False, "")
+        if not monitor[0]:
+            raise RotationError(f"user {session_user} logs in but lacks pg_monitor (not a member of {self.group}?)")
+        if monitor[1] != "on":
+            raise RotationError(f"user {session_user} is not read-only (default_transaction_read_only={monitor[1]})")
+        # What postgres_exporter reads: the statistics views and query statistics.
+        conn.execute("SELECT count(*) FROM pg_catalog.pg_stat_database").fetchone()
+        conn.execute("SELECT count(*) FROM pg_stat_statements").fetchone()
+        conn.execute(f"SELECT count(*) FROM {QUALIFIED_TABLE}").fetchone()  # noqa: S608 - constant
+        return "reads pg_stat_database and pg_stat_statements through pg_monitor"
+
+
+def app_login_pair() -> LoginPair:
+    """The application's users; APP_LOGIN_USERS="user_a,user_b" overrides the defaults."""
+    users = APP_LOGIN_USERS
     configured = os.environ.get("APP_LOGIN_USERS")
     if configured:
-        users = tuple(u.strip() for u in configured.split(",") if u.strip())
-        if len(users) != 2 or users[0] == users[1]:
+        names = tuple(u.strip() for u in configured.split(",") if u.strip())
+        if len(names) != 2 or names[0] == names[1]:
             raise RotationError("APP_LOGIN_USERS must name exactly two different users")
-        return users[0], users[1]
-    return APP_LOGIN_USERS[0], APP_LOGIN_USERS[1]
+        users = (names[0], names[1])
+    return LoginPair("application", APP_GROUP_ROLE, users)
 
 
-def other_user(username: str) -> str:
-    first, second = login_users()
-    if username == first:
-        return second
-    if username == second:
-        return first
-    raise RotationError(f"the secret's username {username} is not one of the alternating users {first}, {second}")
+MONITOR_PAIR = LoginPair("monitoring", MONITOR_GROUP_ROLE, MONITOR_LOGIN_USERS, legacy_users=(LEGACY_MONITOR_LOGIN,))
+
+
+def login_pairs() -> tuple[LoginPair, ...]:
+    return (app_login_pair(), MONITOR_PAIR)
+
+
+def pair_for(username: str) -> LoginPair:
+    for pair in login_pairs():
+        if pair.names(username):
+            return pair
+    known = ", ".join(u for pair in login_pairs() for u in pair.users)
+    raise RotationError(f"the secret's username {username} is not one of the alternating users ({known})")
 
 
 def endpoint_from_environment() -> dict[str, Any]:
@@ -95,18 +167,19 @@ class StepResult:
         return {"step": self.step, "token": self.token, "outcome": self.outcome, "detail": self.detail}
 
 
-class Rotation:
-    def __init__(self, sm: Any, secret_id: str, token: str, *, master_secret_id: Optional[str] = None,
-                 endpoint: Optional[dict[str, Any]] = None, manual: bool = False, log: Log = _no_log):
+# --- the contract ---------------------------------------------------------------------------
+
+class SecretRotation:
+    """Secrets Manager's checks around the four steps, and finishSecret; subclasses do the
+    first three for their kind of credentials."""
+
+    def __init__(self, sm: Any, secret_id: str, token: str, *, manual: bool = False, log: Log = _no_log):
         self.sm = sm
-        self.endpoint = dict(endpoint or {})
         self.secret_id = secret_id
         self.token = token
-        self.master_secret_id = master_secret_id
         self.manual = manual
         self.log = log
 
-    # --- the contract's checks ----------------------------------------------------------
     def run(self, step: str) -> StepResult:
         if step not in STEPS:
             raise RotationError(f"unknown step {step!r}; expected one of {', '.join(STEPS)}")
@@ -138,79 +211,37 @@ class Rotation:
         response = self.sm.get_secret_value(SecretId=self.secret_id, VersionStage="AWSCURRENT")
         return response["VersionId"], _parse(response.get("SecretString"), "AWSCURRENT")
 
+    def _previous(self) -> Optional[dict[str, Any]]:
+        """The version before the current one, when there is one."""
+        try:
+            response = self.sm.get_secret_value(SecretId=self.secret_id, VersionStage="AWSPREVIOUS")
+        except self.sm.exceptions.ResourceNotFoundException:
+            return None
+        return _parse(response.get("SecretString"), "AWSPREVIOUS")
+
     def _pending(self) -> dict[str, Any]:
         return read_secret_json(self.secret_id, version_id=self.token, client=self.sm)
 
-    # --- the four steps -----------------------------------------------------------------
-    def create_secret(self) -> StepResult:
-        _, current = self._current()
+    def _pending_exists(self) -> bool:
         try:
             self.sm.get_secret_value(SecretId=self.secret_id, VersionId=self.token, VersionStage="AWSPENDING")
-            self.log(f"createSecret: version {self.token} already has a value")
-            return StepResult("createSecret", self.token, "already-done")
         except self.sm.exceptions.ResourceNotFoundException:
-            pass
-        new = dict(current)
-        new.update(self.endpoint)
-        new["engine"] = "postgres"
-        new["username"] = other_user(str(current.get("username", "")))
-        password = self.sm.get_random_password(PasswordLength=PASSWORD_LENGTH, ExcludeCharacters=EXCLUDE_CHARACTERS,
-                                                RequireEachIncludedType=True)["RandomPassword"]
-        masker.add(password)
-        new["password"] = password
-        if self.master_secret_id and not new.get("masterarn"):
-            new["masterarn"] = self.master_secret_id
+            return False
+        return True
+
+    def _put_pending(self, document: dict[str, Any]) -> None:
         self.sm.put_secret_value(SecretId=self.secret_id, ClientRequestToken=self.token,
-                                 SecretString=json.dumps(new), VersionStages=["AWSPENDING"])
-        self.log(f"createSecret: staged version {self.token} for user {new['username']}")
-        return StepResult("createSecret", self.token, "done", f"user {new['username']}")
+                                 SecretString=json.dumps(document), VersionStages=["AWSPENDING"])
+
+    # --- the steps ----------------------------------------------------------------------
+    def create_secret(self) -> StepResult:
+        raise NotImplementedError
 
     def set_secret(self) -> StepResult:
-        pending = self._pending()
-        pending_target = target_from_document(pending, source=f"pending version {self.token}")
-        other_user(pending_target.user)  # refuses anything but the two application users
-        if can_log_in(pending_target):
-            self.log(f"setSecret: user {pending_target.user} already accepts the pending password")
-            return StepResult("setSecret", self.token, "already-done", f"user {pending_target.user}")
-        _, current = self._current()
-        if pending_target.user == current.get("username"):
-            # Changing the current user's password would break every host that holds AWSCURRENT.
-            raise RotationError(f"pending version {self.token} has the current user {pending_target.user}; "
-                                "alternating rotation needs the other user")
-        expected_host = self.endpoint.get("host") or current.get("host")
-        if pending_target.host != expected_host:
-            # The master password goes wherever the pending version points: only to our database.
-            raise RotationError(f"pending version {self.token} points to host {pending_target.host}, "
-                                f"not the database {expected_host}")
-        master_id = pending.get("masterarn") or current.get("masterarn") or self.master_secret_id
-        if not master_id:
-            raise RotationError("no master secret: the secret has no masterarn and none was given")
-        master = read_secret_json(str(master_id), client=self.sm)
-        admin_target = target_from_document(master, source=f"master secret {master_id}", host=pending_target.host,
-                                            port=pending_target.port, dbname=pending_target.dbname)
-        with connect(admin_target, autocommit=True, application_name="psychology-api-rotation") as admin:
-            set_role_password(admin, pending_target.user, pending_target.password)
-        self.log(f"setSecret: set the password of user {pending_target.user}")
-        return StepResult("setSecret", self.token, "done", f"user {pending_target.user}")
+        raise NotImplementedError
 
     def test_secret(self) -> StepResult:
-        pending_target = target_from_document(self._pending(), source=f"pending version {self.token}")
-        try:
-            with connect(pending_target, application_name="psychology-api-rotation-test") as conn:
-                session_user, current_user = conn.execute("SELECT session_user, current_user").fetchone() or ("", "")
-                if current_user != APP_GROUP_ROLE:
-                    raise RotationError(f"user {session_user} logs in but does not act as {APP_GROUP_ROLE} "
-                                        f"(current_user is {current_user})")
-                # A real query through the group role's privileges, not just a login.
-                conn.execute(f"SELECT count(*) FROM {QUALIFIED_TABLE}").fetchone()  # noqa: S608 - constant
-        except DbConnectError as err:
-            raise RotationError(f"testSecret: the pending credentials do not work: {err}") from None
-        except RotationError:
-            raise
-        except Exception as err:  # noqa: BLE001 - any database error fails the test with its message
-            raise RotationError(f"testSecret: query as {APP_GROUP_ROLE} failed: {masker(str(err)).splitlines()[0]}") from None
-        self.log(f"testSecret: user {pending_target.user} logs in and queries as {APP_GROUP_ROLE}")
-        return StepResult("testSecret", self.token, "done", f"user {pending_target.user}")
+        raise NotImplementedError
 
     def finish_secret(self) -> StepResult:
         metadata = self.sm.describe_secret(SecretId=self.secret_id)
@@ -230,6 +261,99 @@ class Rotation:
                                             RemoveFromVersionId=self.token)
 
 
+# --- database credentials -------------------------------------------------------------------
+
+class Rotation(SecretRotation):
+    """Database credentials (the application's or the monitoring role's), alternating users."""
+
+    def __init__(self, sm: Any, secret_id: str, token: str, *, master_secret_id: Optional[str] = None,
+                 endpoint: Optional[dict[str, Any]] = None, manual: bool = False, log: Log = _no_log):
+        super().__init__(sm, secret_id, token, manual=manual, log=log)
+        self.endpoint = dict(endpoint or {})
+        self.master_secret_id = master_secret_id
+
+    def create_secret(self) -> StepResult:
+        _, current = self._current()
+        if self._pending_exists():
+            self.log(f"createSecret: version {self.token} already has a value")
+            return StepResult("createSecret", self.token, "already-done")
+        current_user = str(current.get("username", ""))
+        pair = pair_for(current_user)
+        new = dict(current)
+        new.update(self.endpoint)
+        new["engine"] = "postgres"
+        new["username"] = pair.other(current_user)
+        password = self.sm.get_random_password(PasswordLength=PASSWORD_LENGTH, ExcludeCharacters=EXCLUDE_CHARACTERS,
+                                                RequireEachIncludedType=True)["RandomPassword"]
+        masker.add(password)
+        new["password"] = password
+        if self.master_secret_id and not new.get("masterarn"):
+            new["masterarn"] = self.master_secret_id
+        self._put_pending(new)
+        self.log(f"createSecret: staged version {self.token} for user {new['username']}")
+        return StepResult("createSecret", self.token, "done", f"user {new['username']}")
+
+    def set_secret(self) -> StepResult:
+        pending = self._pending()
+        pending_target = target_from_document(pending, source=f"pending version {self.token}")
+        pair = pair_for(pending_target.user)
+        if pending_target.user not in pair.users:
+            # Only the pair's users get passwords here, never a legacy single login.
+            raise RotationError(f"pending version {self.token} names {pending_target.user}, not one of the "
+                                f"alternating users {', '.join(pair.users)}")
+        _, current = self._current()
+        current_user = str(current.get("username", ""))
+        if not pair.names(current_user):
+            # A pending version must stay with its secret's users: an application secret can
+            # never hand out a password of the monitoring users, nor the other way round.
+            raise RotationError(f"pending version {self.token} names {pending_target.user} ({pair.label} user), "
+                                f"but the secret's current user is {current_user}")
+        if pending_target.user == current_user:
+            # Changing the current user's password would break every host that holds AWSCURRENT.
+            raise RotationError(f"pending version {self.token} has the current user {pending_target.user}; "
+                                "alternating rotation needs the other user")
+        legacy_to_retire = [u for u in pair.legacy_users if u != current_user]
+        if can_log_in(pending_target):
+            self.log(f"setSecret: user {pending_target.user} already accepts the pending password")
+            return StepResult("setSecret", self.token, "already-done", f"user {pending_target.user}")
+        expected_host = self.endpoint.get("host") or current.get("host")
+        if pending_target.host != expected_host:
+            # The master password goes wherever the pending version points: only to our database.
+            raise RotationError(f"pending version {self.token} points to host {pending_target.host}, "
+                                f"not the database {expected_host}")
+        master_id = pending.get("masterarn") or current.get("masterarn") or self.master_secret_id
+        if not master_id:
+            raise RotationError("no master secret: the secret has no masterarn and none was given")
+        master = read_secret_json(str(master_id), client=self.sm)
+        admin_target = target_from_document(master, source=f"master secret {master_id}", host=pending_target.host,
+                                            port=pending_target.port, dbname=pending_target.dbname)
+        with connect(admin_target, autocommit=True, application_name="psychology-api-rotation") as admin:
+            set_role_password(admin, pending_target.user, pending_target.password)
+            # A single login from before the pair (migration 0004) goes once no version that is
+            # still in use names it: the current one becomes AWSPREVIOUS and stays valid.
+            retired = [u for u in legacy_to_retire if disable_login(admin, u)]
+        for user in retired:
+            self.log(f"setSecret: the former single login {user} can no longer log in")
+        self.log(f"setSecret: set the password of user {pending_target.user}")
+        return StepResult("setSecret", self.token, "done", f"user {pending_target.user}")
+
+    def test_secret(self) -> StepResult:
+        pending_target = target_from_document(self._pending(), source=f"pending version {self.token}")
+        pair = pair_for(pending_target.user)
+        try:
+            with connect(pending_target, application_name="psychology-api-rotation-test") as conn:
+                session_user = (conn.execute("SELECT session_user").fetchone() or ("",))[0]
+                detail = pair.verify(conn, session_user)
+        except DbConnectError as err:
+            raise RotationError(f"testSecret: the pending credentials do not work: {err}") from None
+        except RotationError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any database error fails the test with its message
+            raise RotationError(f"testSecret: query as {pair.group} failed: {masker(str(err)).splitlines()[0]}") from None
+        self.log(f"testSecret: user {pending_target.user} logs in and {detail}")
+        return StepResult("testSecret", self.token, "done", f"user {pending_target.user}")
+
+
 def _parse(text: Optional[str], label: str) -> dict[str, Any]:
     try:
         value = json.loads(text or "")
@@ -237,8 +361,9 @@ def _parse(text: Optional[str], label: str) -> dict[str, Any]:
         raise RotationError(f"the {label} version does not hold a JSON document") from None
     if not isinstance(value, dict):
         raise RotationError(f"the {label} version does not hold a JSON object")
-    if isinstance(value.get("password"), str):
-        masker.add(value["password"])
+    for key in ("password", "auth_token"):
+        if isinstance(value.get(key), str):
+            masker.add(value[key])
     return value
 
 
@@ -250,8 +375,12 @@ def pending_version(sm: Any, secret_id: str) -> Optional[str]:
 
 def rotate_all(sm: Any, secret_id: str, *, token: Optional[str] = None, master_secret_id: Optional[str] = None,
                endpoint: Optional[dict[str, Any]] = None, log: Log = _no_log) -> list[StepResult]:
-    """A complete rotation run by hand: the same four steps, in order, with a new version (or
-    the one a rotation in progress staged, which is then finished)."""
+    """A complete rotation of database credentials run by hand: the same four steps, in order,
+    with a new version (or the one a rotation in progress staged, which is then finished)."""
     token = token or pending_version(sm, secret_id) or str(uuid.uuid4())
     rotation = Rotation(sm, secret_id, token, master_secret_id=master_secret_id, endpoint=endpoint, manual=True, log=log)
+    return run_all(rotation)
+
+
+def run_all(rotation: SecretRotation) -> list[StepResult]:
     return [rotation.run(step) for step in STEPS]

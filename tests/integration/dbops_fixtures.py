@@ -66,7 +66,7 @@ def db_secrets(sm: Any, pg_server: PgServer, database: str) -> DbSecrets:
         "engine": "postgres", "host": pg_server.host, "port": pg_server.port, "dbname": database,
         "username": "psychology_app_a", "password": safe_password(), "masterarn": master}))["ARN"]
     monitor = sm.create_secret(Name="psychology-api/test/database/monitor", SecretString=json.dumps({
-        "username": "psychology_monitor", "password": safe_password(), "host": pg_server.host,
+        "username": "psychology_monitor_a", "password": safe_password(), "host": pg_server.host,
         "port": pg_server.port, "dbname": database}))["ARN"]
     return DbSecrets(master, app, monitor, pg_server.host, pg_server.port, database)
 

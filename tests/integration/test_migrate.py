@@ -47,19 +47,25 @@ def test_fresh_apply_records_every_file_and_creates_the_roles(admin_target: DbTa
     result = migrate(admin_target)
     files = load_migrations()
     assert [a["file"] for a in result.applied] == [m.filename for m in files]
-    assert [f.filename for f in files][:3] == ["0001_bootstrap_roles.sql", "0002_monitoring_role.sql",
-                                               "0003_pg_stat_statements.sql"]
+    assert [f.filename for f in files][:4] == ["0001_bootstrap_roles.sql", "0002_monitoring_role.sql",
+                                               "0003_pg_stat_statements.sql", "0004_monitoring_login_users.sql"]
     rows = records(admin_target)
     assert [(r[0], r[1], r[2]) for r in rows] == [(m.version, m.name, m.checksum) for m in files]
     assert all(r[3] >= 0 and r[4] is True for r in rows)
     with connect(admin_target) as conn:
         roles = dict(conn.execute("SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname LIKE 'psychology%'").fetchall())
         assert roles == {"psychology_app": False, "psychology_app_a": True, "psychology_app_b": True,
-                         "psychology_monitor": True}
+                         "psychology_monitor": True, "psychology_monitor_a": True, "psychology_monitor_b": True}
         members = {r[0] for r in conn.execute(
             "SELECT m.rolname FROM pg_auth_members am JOIN pg_roles g ON g.oid = am.roleid "
             "JOIN pg_roles m ON m.oid = am.member WHERE g.rolname = 'psychology_app'").fetchall()}
         assert {"psychology_app_a", "psychology_app_b"} <= members
+        for user in ("psychology_monitor_a", "psychology_monitor_b"):  # pg_monitor through the group
+            assert conn.execute("SELECT pg_has_role(%s, 'psychology_monitor', 'MEMBER'), "
+                                "pg_has_role(%s, 'pg_monitor', 'USAGE')", (user, user)).fetchone() == (True, True)
+            settings = conn.execute("SELECT setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+                                    "WHERE r.rolname = %s", (user,)).fetchone()
+            assert settings is not None and {"default_transaction_read_only=on", "statement_timeout=15s"} <= set(settings[0])
         assert conn.execute("SELECT pg_has_role('psychology_monitor', 'pg_monitor', 'USAGE')").fetchone() == (True,)
         assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone() == (1,)
     # No password in any statement: only code sets them, from Secrets Manager.
@@ -140,7 +146,7 @@ def test_failing_file_leaves_nothing_behind(admin_target: DbTarget, migrations_c
     assert "\n" not in message
     assert not table_exists(admin_target, "half_done")
     versions = [r[0] for r in records(admin_target)]
-    assert 100 not in versions and versions == [1, 2, 3]  # the files before it stay applied
+    assert 100 not in versions and versions == [1, 2, 3, 4]  # the files before it stay applied
     # Fixed, it applies on the next run.
     broken.write_text("CREATE TABLE half_done (id int);\n")
     assert [a["file"] for a in migrate(admin_target, migrations_copy).applied] == ["0100_broken.sql"]

@@ -1,5 +1,6 @@
-"""The database-operations functions, their roles and the credential secrets with their rotation,
-under the mock engine, for both stacks."""
+"""The database-operations functions, their roles, the credential secrets and the rotation of
+every secret that rotates (database credentials and the Redis AUTH token), in the real plan of
+both stacks under the mock engine."""
 
 from __future__ import annotations
 
@@ -10,17 +11,14 @@ import pytest
 
 from components.dbops import VPC_ACCESS_POLICY_ARN
 from components.lambda_package import build_lambda_package
-from infra.mock_engine import MOCK_ACCOUNT_ID, Plan, run_program
-from tests.unit.dbops_program import DB_HOST, master_secret_arn, program, redis_secret_arn
+from infra.mock_engine import _SECRET_SIG, _SIG_KEY, MOCK_ACCOUNT_ID, Plan, run_program
 
 FUNCTION = "aws:lambda/function:Function"
-STACKS = ("staging", "prod")
-HANDLERS = {"dbops-migrate": "migrate_handler", "dbops-health": "health_handler", "dbops-rotate": "rotation_handler"}
-
-
-@pytest.fixture(scope="module", params=STACKS)
-def plan(request: pytest.FixtureRequest) -> Plan:
-    return run_program(request.param, program=program)
+ROTATION = "aws:secretsmanager/secretRotation:SecretRotation"
+PERMISSION = "aws:lambda/permission:Permission"
+HANDLERS = {"dbops-migrate": "migrate_handler", "dbops-health": "health_handler", "dbops-rotate": "rotation_handler",
+            "dbops-rotate-redis": "redis_rotation_handler"}
+FUNCTION_KEYS = ("migrate", "health", "rotate", "rotate-redis")
 
 
 def key_arn(plan: Plan) -> str:
@@ -31,13 +29,45 @@ def secret_arn(plan: Plan, name: str) -> str:
     return str(plan.named(name).outputs["arn"])
 
 
+def master_secret_arn(plan: Plan) -> str:
+    return str(plan.outputs["db_master_secret_arn"])
+
+
+def redis_secret_arn(plan: Plan) -> str:
+    return str(plan.outputs["redis_secret_arn"])
+
+
+def redis_group_arn(plan: Plan) -> str:
+    return str(plan.one("aws:elasticache/replicationGroup:ReplicationGroup").outputs["arn"])
+
+
+def db_host(plan: Plan) -> str:
+    return str(plan.outputs["db_endpoint"])
+
+
 def policy(plan: Plan, function: str) -> list[dict[str, Any]]:
     return list(json.loads(plan.named(f"dbops-{function}-access").inputs["policy"])["Statement"])
 
 
-def test_three_functions_in_the_private_subnets_with_the_dbops_group(plan: Plan) -> None:
+def granted(plan: Plan, name: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for statement in policy(plan, name):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        for action in actions:
+            out.setdefault(action, set()).update(resources)
+    return out
+
+
+def secret_document(plan: Plan, version: str) -> dict[str, Any]:
+    wrapped = plan.named(version).outputs["secretString"]
+    assert isinstance(wrapped, dict) and wrapped.get(_SIG_KEY) == _SECRET_SIG
+    return dict(json.loads(wrapped["value"]))
+
+
+def test_four_functions_in_the_private_subnets_with_the_dbops_group(plan: Plan) -> None:
     functions = {r.name: r for r in plan.of_type(FUNCTION)}
-    assert set(functions) == {"dbops-migrate", "dbops-health", "dbops-rotate"}
+    assert set(functions) == {"dbops-migrate", "dbops-health", "dbops-rotate", "dbops-rotate-redis"}
     private = sorted(r.id for r in plan.of_type("aws:ec2/subnet:Subnet") if r.inputs["tags"]["tier"] == "private")
     dbops_group = plan.named("sg-dbops").id
     package = build_lambda_package()
@@ -49,12 +79,14 @@ def test_three_functions_in_the_private_subnets_with_the_dbops_group(plan: Plan)
         assert inputs["kmsKeyArn"] == key_arn(plan)
         assert inputs["handler"] == "scripts.dbops.handlers." + HANDLERS[name]
         assert inputs["codeSha256"] == package.code_sha256 and inputs["code"] == {"archive": str(package.path)}
-        assert inputs["name"] == f"psychology-api-{plan.stack}-db-{name.split('-')[1]}"
+        assert inputs["name"] == f"psychology-api-{plan.stack}-db-{name.removeprefix('dbops-')}"
         assert 30 <= inputs["timeout"] <= 900 and 128 <= inputs["memorySize"] <= 1024
         assert inputs["loggingConfig"]["logGroup"] == f"/aws/lambda/{inputs['name']}"
         # The role can create the function's network interfaces before the function exists.
         assert {f"{name}-role", f"{name}-vpc-access", f"{name}-access", f"{name}-logs"} <= set(fn.depends_on)
     assert functions["dbops-migrate"].inputs["timeout"] == 900
+    # Two token changes on the replication group, each waited for, fit in the Redis rotation's time.
+    assert functions["dbops-rotate-redis"].inputs["timeout"] == 900
 
 
 def test_dbops_group_reaches_database_redis_and_https_only(plan: Plan) -> None:
@@ -71,22 +103,26 @@ def test_dbops_group_reaches_database_redis_and_https_only(plan: Plan) -> None:
 
 def test_environment_holds_arns_and_endpoint_only(plan: Plan) -> None:
     env = {fn.name: fn.inputs["environment"]["variables"] for fn in plan.of_type(FUNCTION)}
-    master, app = master_secret_arn("eu-central-1"), secret_arn(plan, "dbops-app-credentials")
-    monitor, redis = secret_arn(plan, "dbops-monitor-credentials"), redis_secret_arn("eu-central-1", plan.stack)
-    endpoint = {"DB_HOST": DB_HOST, "DB_PORT": "5432", "DB_NAME": "psychology"}
+    master, app = master_secret_arn(plan), secret_arn(plan, "dbops-app-credentials")
+    monitor, redis = secret_arn(plan, "dbops-monitor-credentials"), redis_secret_arn(plan)
+    endpoint = {"DB_HOST": db_host(plan), "DB_PORT": "5432", "DB_NAME": "psychology"}
+    redis_endpoint = {"REDIS_REPLICATION_GROUP_ID": f"psychology-api-{plan.stack}-redis",
+                      "REDIS_HOST": plan.outputs["redis_endpoint"], "REDIS_PORT": "6379"}
     assert env["dbops-migrate"] == {"MASTER_SECRET_ARN": master, "APP_DB_SECRET_ARN": app, "MONITOR_DB_SECRET_ARN": monitor, **endpoint}
     assert env["dbops-health"] == {"APP_DB_SECRET_ARN": app, "REDIS_SECRET_ARN": redis, **endpoint}
     assert env["dbops-rotate"] == {"MASTER_SECRET_ARN": master, **endpoint}
+    # The group comes from the environment, never from a secret: the role may change only it.
+    assert env["dbops-rotate-redis"] == redis_endpoint
     for variables in env.values():
         for key, value in variables.items():
-            assert "PASSWORD" not in key and "[secret]" not in value
-            assert value.startswith("arn:aws:secretsmanager:") or key in endpoint
+            assert "PASSWORD" not in key and "TOKEN" not in key and "[secret]" not in value
+            assert value.startswith("arn:aws:secretsmanager:") or key in endpoint or key in redis_endpoint
 
 
 def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
     roles = {fn.name: fn.inputs["role"] for fn in plan.of_type(FUNCTION)}
-    assert len(set(roles.values())) == 3
-    for name in ("migrate", "health", "rotate"):
+    assert len(set(roles.values())) == 4
+    for name in FUNCTION_KEYS:
         role = plan.named(f"dbops-{name}-role")
         trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
         assert trust == [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole",
@@ -94,41 +130,44 @@ def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
         attachment = plan.named(f"dbops-{name}-vpc-access")
         assert attachment.inputs["policyArn"] == VPC_ACCESS_POLICY_ARN
         attached = [r for r in plan.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
-                    if r.name.startswith(f"dbops-{name}-")]
+                    if r.inputs["role"] == role.outputs["name"]]
         assert attached == [attachment]
         for statement in policy(plan, name):
             if statement["Resource"] == "*":
-                assert name == "rotate" and statement["Action"] == "secretsmanager:GetRandomPassword"
+                assert name in ("rotate", "rotate-redis") and statement["Action"] == "secretsmanager:GetRandomPassword"
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             if any(action.startswith("kms:") for action in actions):
                 assert statement["Resource"] == key_arn(plan)
                 assert statement["Condition"] == {"StringEquals": {"kms:ViaService": "secretsmanager.eu-central-1.amazonaws.com"}}
+    # Exactly one VPC-access attachment per function role, nothing else attached.
+    assert sorted(r.name for r in plan.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+                  if r.name.startswith("dbops-")) == sorted(f"dbops-{n}-vpc-access" for n in FUNCTION_KEYS)
 
-    master, app = master_secret_arn("eu-central-1"), secret_arn(plan, "dbops-app-credentials")
-    monitor, redis = secret_arn(plan, "dbops-monitor-credentials"), redis_secret_arn("eu-central-1", plan.stack)
-
-    def granted(name: str) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-        for statement in policy(plan, name):
-            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-            for action in actions:
-                out.setdefault(action, set()).update(resources)
-        return out
-
-    assert granted("migrate") == {"secretsmanager:GetSecretValue": {master, app, monitor}, "kms:Decrypt": {key_arn(plan)}}
-    assert granted("health") == {"secretsmanager:GetSecretValue": {app, redis}, "kms:Decrypt": {key_arn(plan)}}
-    assert granted("rotate") == {
-        "secretsmanager:DescribeSecret": {app}, "secretsmanager:GetSecretValue": {app, master},
-        "secretsmanager:PutSecretValue": {app}, "secretsmanager:UpdateSecretVersionStage": {app},
-        "secretsmanager:GetRandomPassword": {"*"}, "kms:Decrypt": {key_arn(plan)}, "kms:GenerateDataKey": {key_arn(plan)}}
+    master, app = master_secret_arn(plan), secret_arn(plan, "dbops-app-credentials")
+    monitor, redis = secret_arn(plan, "dbops-monitor-credentials"), redis_secret_arn(plan)
+    key = key_arn(plan)
+    assert granted(plan, "migrate") == {"secretsmanager:GetSecretValue": {master, app, monitor}, "kms:Decrypt": {key}}
+    assert granted(plan, "health") == {"secretsmanager:GetSecretValue": {app, redis}, "kms:Decrypt": {key}}
+    assert granted(plan, "rotate") == {
+        "secretsmanager:DescribeSecret": {app, monitor}, "secretsmanager:GetSecretValue": {app, monitor, master},
+        "secretsmanager:PutSecretValue": {app, monitor}, "secretsmanager:UpdateSecretVersionStage": {app, monitor},
+        "secretsmanager:GetRandomPassword": {"*"}, "kms:Decrypt": {key}, "kms:GenerateDataKey": {key}}
+    # The Redis rotation: its secret, exactly the replication group, no database secret at all.
+    assert granted(plan, "rotate-redis") == {
+        "secretsmanager:DescribeSecret": {redis}, "secretsmanager:GetSecretValue": {redis},
+        "secretsmanager:PutSecretValue": {redis}, "secretsmanager:UpdateSecretVersionStage": {redis},
+        "elasticache:ModifyReplicationGroup": {redis_group_arn(plan)},
+        "elasticache:DescribeReplicationGroups": {redis_group_arn(plan)},
+        "secretsmanager:GetRandomPassword": {"*"}, "kms:Decrypt": {key}, "kms:GenerateDataKey": {key}}
+    assert redis_group_arn(plan).endswith(f":replicationgroup:psychology-api-{plan.stack}-redis")
 
 
 def test_log_groups_keep_logs_encrypted(plan: Plan) -> None:
     groups = {r.inputs["name"]: r for r in plan.of_type("aws:cloudwatch/logGroup:LogGroup") if r.name.startswith("dbops-")}
-    assert set(groups) == {f"/aws/lambda/psychology-api-{plan.stack}-db-{f}" for f in ("migrate", "health", "rotate")}
+    assert set(groups) == {f"/aws/lambda/psychology-api-{plan.stack}-db-{f}" for f in FUNCTION_KEYS}
     for group in groups.values():
-        assert group.inputs["retentionInDays"] == 90 and group.inputs["kmsKeyId"] == key_arn(plan)
+        assert group.inputs["retentionInDays"] == (365 if plan.stack == "prod" else 30)
+        assert group.inputs["kmsKeyId"] == key_arn(plan)
 
 
 def test_credential_secrets(plan: Plan) -> None:
@@ -139,30 +178,74 @@ def test_credential_secrets(plan: Plan) -> None:
     for secret in (app, monitor):
         assert secret.inputs["kmsKeyId"] == key_arn(plan)
         assert secret.inputs["recoveryWindowInDays"] == (30 if plan.stack == "prod" else 7)
+        assert "rotated every 90 days with alternating users" in secret.inputs["description"]
     for version in ("dbops-app-credentials-first", "dbops-monitor-credentials-value"):
         assert plan.named(version).inputs["secretString"] == "[secret]"
     for password in ("dbops-app-first-password", "dbops-monitor-password"):
         inputs = plan.named(password).inputs
         assert inputs["length"] == 32 and inputs["overrideSpecial"] == "-_."
+    # The first users of the two alternating pairs.
+    assert secret_document(plan, "dbops-app-credentials-first")["username"] == "psychology_app_a"
+    monitor_doc = secret_document(plan, "dbops-monitor-credentials-value")
+    assert monitor_doc["username"] == "psychology_monitor_a"
+    assert set(monitor_doc) == {"username", "password", "host", "port", "dbname"}
+
+
+def test_pulumi_never_writes_over_a_rotated_value(plan: Plan) -> None:
+    """Rotation owns every rotated value after the first version: Pulumi ignores later
+    differences (README: rotation)."""
+    for version in ("dbops-app-credentials-first", "dbops-monitor-credentials-value", "redis-secret-value"):
+        assert plan.named(version).ignore_changes == ["secretString", "versionStages"], version
+    assert plan.named("redis-group").ignore_changes == ["authToken"]
 
 
 def test_rotation_every_90_days_by_our_function(plan: Plan) -> None:
-    rotation = plan.one("aws:secretsmanager/secretRotation:SecretRotation")
+    rotation = plan.named("dbops-app-credentials-rotation")
     assert rotation.inputs["rotationRules"] == {"automaticallyAfterDays": 90}
     assert rotation.inputs["rotationLambdaArn"] == plan.named("dbops-rotate").outputs["arn"]
     assert rotation.inputs["secretId"] == plan.named("dbops-app-credentials").id
     assert rotation.inputs["rotateImmediately"] is False
     # Switched on only after the first migration run created the roles and set the passwords.
     assert {"dbops-bootstrap", "dbops-rotation-invoke"} <= set(rotation.depends_on)
-    permission = plan.one("aws:lambda/permission:Permission")
+    permission = plan.named("dbops-rotation-invoke")
     assert permission.inputs == {"action": "lambda:InvokeFunction", "function": f"psychology-api-{plan.stack}-db-rotate",
                                  "principal": "secretsmanager.amazonaws.com", "sourceAccount": MOCK_ACCOUNT_ID,
                                  "sourceArn": secret_arn(plan, "dbops-app-credentials")}
 
 
+def test_every_secret_that_must_rotate_does(plan: Plan) -> None:
+    """The application's and the monitoring role's credentials and the Redis token, each by
+    its function, with an invoke permission naming exactly that secret."""
+    rotations = {r.name: r for r in plan.of_type(ROTATION)}
+    assert set(rotations) == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation", "dbops-redis-rotation"}
+    expected = {
+        # rotation: (secret resource id or ARN, function, permission, must wait for)
+        "dbops-monitor-credentials-rotation": (plan.named("dbops-monitor-credentials").id, "dbops-rotate",
+                                               "dbops-monitor-rotation-invoke", "dbops-bootstrap"),
+        "dbops-redis-rotation": (redis_secret_arn(plan), "dbops-rotate-redis", "dbops-redis-rotation-invoke",
+                                 "redis-secret-value"),
+    }
+    sources = {"dbops-monitor-rotation-invoke": secret_arn(plan, "dbops-monitor-credentials"),
+               "dbops-redis-rotation-invoke": redis_secret_arn(plan),
+               "dbops-rotation-invoke": secret_arn(plan, "dbops-app-credentials")}
+    for name, (secret, function, permission, after) in expected.items():
+        rotation = rotations[name]
+        assert rotation.inputs["secretId"] == secret
+        assert rotation.inputs["rotationRules"] == {"automaticallyAfterDays": 90}
+        assert rotation.inputs["rotationLambdaArn"] == plan.named(function).outputs["arn"]
+        assert rotation.inputs["rotateImmediately"] is False
+        assert {permission, after} <= set(rotation.depends_on)
+        assert plan.named(permission).inputs == {
+            "action": "lambda:InvokeFunction", "function": plan.named(function).inputs["name"],
+            "principal": "secretsmanager.amazonaws.com", "sourceAccount": MOCK_ACCOUNT_ID, "sourceArn": sources[permission]}
+    assert {p.name: p.inputs["sourceArn"] for p in plan.of_type(PERMISSION)} == sources
+
+
 def test_rotation_period_follows_the_config() -> None:
-    plan = run_program("staging", overrides={"secretRotationDays": 30}, program=program)
-    assert plan.one("aws:secretsmanager/secretRotation:SecretRotation").inputs["rotationRules"] == {"automaticallyAfterDays": 30}
+    plan = run_program("staging", overrides={"secretRotationDays": 30})
+    rotations = plan.of_type(ROTATION)
+    assert len(rotations) == 3
+    assert all(r.inputs["rotationRules"] == {"automaticallyAfterDays": 30} for r in rotations)
 
 
 def test_network_path_to_the_secrets_manager_api(plan: Plan) -> None:
@@ -189,7 +272,7 @@ def test_bootstrap_runs_the_migrate_function_once_per_database(plan: Plan) -> No
     assert bootstrap.inputs["create"] == ('"${PSYCHOLOGY_API_PYTHON:-venv/bin/python}" -m scripts.release invoke '
                                           f"--function psychology-api-{plan.stack}-db-migrate --region eu-central-1")
     assert secret_arn(plan, "dbops-app-credentials") in bootstrap.inputs["triggers"]
-    assert DB_HOST in bootstrap.inputs["triggers"]
+    assert db_host(plan) in bootstrap.inputs["triggers"]
     assert "dbops-migrate" in bootstrap.depends_on
 
 
@@ -197,5 +280,29 @@ def test_stack_outputs(plan: Plan) -> None:
     assert plan.outputs["db_app_secret_arn"] == secret_arn(plan, "dbops-app-credentials")
     assert plan.outputs["db_monitor_secret_arn"] == secret_arn(plan, "dbops-monitor-credentials")
     assert plan.outputs["dbops_function_names"] == {
-        f: f"psychology-api-{plan.stack}-db-{f}" for f in ("migrate", "health", "rotate")}
+        f: f"psychology-api-{plan.stack}-db-{f}" for f in FUNCTION_KEYS}
     assert "smoke_test_report" in plan.outputs
+
+
+@pytest.mark.parametrize("missing", ["redis_replication_group_id", "redis_replication_group_arn", "redis_host"])
+def test_without_the_replication_group_the_redis_secret_does_not_rotate_here(missing: str) -> None:
+    """DbOps alone (no Redis inputs): the three original functions, the database rotations."""
+    import dataclasses
+
+    import pulumi
+
+    from components.dbops import DbOps, DbOpsArgs
+
+    def program() -> None:
+        args = DbOpsArgs(region="eu-central-1", account_id=MOCK_ACCOUNT_ID, kms_key_arn="arn:aws:kms:eu-central-1:1:key/k",
+                         private_subnet_ids=["subnet-a"], security_group_id="sg-dbops",
+                         master_secret_arn="arn:aws:secretsmanager:eu-central-1:1:secret:rds!db-x",
+                         db_host="db.internal", db_port=5432, db_name="psychology", rotation_days=90,
+                         recovery_window_days=7, redis_secret_arn="arn:aws:secretsmanager:eu-central-1:1:secret:redis-x",
+                         redis_replication_group_id="g", redis_replication_group_arn="arn:aws:elasticache:x", redis_host="h")
+        DbOps("dbops", dataclasses.replace(args, **{missing: None}))
+        pulumi.export("ok", True)
+
+    plan = run_program("staging", program=program)
+    assert {r.name for r in plan.of_type(FUNCTION)} == {"dbops-migrate", "dbops-health", "dbops-rotate"}
+    assert {r.name for r in plan.of_type(ROTATION)} == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation"}

@@ -19,7 +19,7 @@ import yaml
 from components.alarms import AlertsTopic, AlertsTopicArgs, CloudWatchAlarms, CloudWatchAlarmsArgs
 from components.encryption import DataKey, DataKeyArgs
 from components.monitoring import MonitoringHost, MonitoringHostArgs
-from components.monitoring_render import BOOTSTRAP_PATH, CLOUDWATCH_NAMESPACE, decode_user_data
+from components.monitoring_render import BOOTSTRAP_PATH, CLOUDWATCH_NAMESPACE, EXPORTER_SECRETS_PATH, decode_user_data
 from components.network import Network, NetworkArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
 from components.storage import BACKUP_PREFIX, PrivateBucket, PrivateBucketArgs
@@ -418,6 +418,27 @@ def test_bootstrap_reads_secrets_by_arn_and_installs_the_bundle(plan: Plan) -> N
     assert yaml.safe_load(user_data(plan))["runcmd"] == [[BOOTSTRAP_PATH]]
 
 
+def test_exporter_credentials_are_read_by_arn_at_boot_and_refreshed_daily(plan: Plan) -> None:
+    """Rotated credentials (monitoring role, Redis token) reach the exporters within a day: the
+    boot script and a daily timer run the same script, which restarts only what changed."""
+    files = written_files(plan)
+    script = files[EXPORTER_SECRETS_PATH]
+    monitor_secret, redis_secret = DB_MONITOR_SECRET.replace("STACK", plan.stack), REDIS_SECRET.replace("STACK", plan.stack)
+    assert f"readonly DB_MONITOR_SECRET_ARN={monitor_secret}\n" in script
+    assert f"readonly REDIS_SECRET_ARN={redis_secret}\n" in script
+    assert f"readonly DB_HOST=psychology-api-{plan.stack}-db.c0abcdefghij.eu-central-1.rds.amazonaws.com\n" in script
+    boot = files[BOOTSTRAP_PATH]
+    assert f"readonly EXPORTER_SECRETS={EXPORTER_SECRETS_PATH}\n" in boot and 'retry "$EXPORTER_SECRETS"' in boot
+    assert "psychology-exporter-secrets-refresh.timer" in boot.splitlines()[-2]
+    service = files["/etc/systemd/system/psychology-exporter-secrets-refresh.service"]
+    assert f"ExecStart={EXPORTER_SECRETS_PATH} --restart-on-change\n" in service
+    timer = files["/etc/systemd/system/psychology-exporter-secrets-refresh.timer"]
+    assert "OnCalendar=daily\n" in timer and "Persistent=true\n" in timer
+    # The role reads exactly those secrets; nothing new was needed for the refresh.
+    readable = statement(plan, "ReadOwnSecrets")["Resource"]
+    assert {monitor_secret, redis_secret} <= set(readable)
+
+
 def test_ops_bundle_is_encrypted_and_carries_scripts_rules_and_dashboards(plan: Plan) -> None:
     bundle = plan.one("aws:s3/bucketObjectv2:BucketObjectv2", "monitoring-ops-bundle")
     assert bundle.inputs["bucket"] == plan.one("aws:s3/bucket:Bucket", "backups-bucket").outputs["bucket"]
@@ -435,7 +456,8 @@ def test_exporters_without_their_secrets_stay_off() -> None:
     files = written_files(plan)
     jobs = {j["job_name"] for j in yaml.safe_load(files["/etc/prometheus/prometheus.yml"])["scrape_configs"]}
     assert "postgres" not in jobs and "redis" not in jobs
-    assert "readonly DB_MONITOR_SECRET_ARN=''\n" in files[BOOTSTRAP_PATH]
+    assert "readonly DB_MONITOR_SECRET_ARN=''\n" in files[EXPORTER_SECRETS_PATH]
+    assert "readonly REDIS_SECRET_ARN=''\n" in files[EXPORTER_SECRETS_PATH]
     resources = statement(plan, "ReadOwnSecrets")["Resource"]
     assert len(resources) == 2  # grafana and the database master secret (backups)
 

@@ -1,0 +1,69 @@
+"""Fixtures for the Redis token rotation: a real TLS-only Redis with AUTH (like ElastiCache with
+in-transit encryption) whose default user holds the first token, the Redis secret in moto's
+Secrets Manager, and `RedisAclTokens` (redis_rotation_support.py) acting on that Redis.
+Imported with `pytest_plugins`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.redis_rotation_support import ADMIN_PASSWORD, ADMIN_USER, FIRST_TOKEN, LocalRedis, RedisAclTokens
+from tests.services import free_port
+
+
+@pytest.fixture(scope="module")
+def redis_certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("redis-tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def local_redis(redis_certificate: tuple[Path, Path], tmp_path: Path) -> Iterator[LocalRedis]:
+    """A fresh TLS-only Redis whose default user has the first token (what Pulumi created the
+    replication group with), plus an administrator user for RedisAclTokens."""
+    cert, key = redis_certificate
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--requirepass", FIRST_TOKEN,
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = LocalRedis("127.0.0.1", port, str(cert), process)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        with server.client(FIRST_TOKEN) as setup:
+            setup.acl_setuser(ADMIN_USER, enabled=True, passwords=[f"+{ADMIN_PASSWORD}"], keys=["*"], channels=["*"],
+                              commands=["+@all"])
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def acl_tokens(local_redis: LocalRedis) -> RedisAclTokens:
+    return RedisAclTokens(local_redis)
+
+
+@pytest.fixture
+def redis_secret(sm: Any, local_redis: LocalRedis) -> str:
+    """The Redis secret as components/cache.py writes its first version."""
+    return str(sm.create_secret(Name="psychology-api/test/redis", SecretString=json.dumps(
+        {"host": local_redis.host, "port": local_redis.port, "auth_token": FIRST_TOKEN, "tls": True}))["ARN"])
