@@ -301,9 +301,16 @@ def host_policy(args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[st
             # bucket's lifecycle rule, and a compromised host cannot erase the backups.
             "Sid": "WriteAndReadBackups",
             "Effect": "Allow",
-            "Action": ["s3:PutObject", "s3:GetObject", "s3:GetObjectAttributes",
+            "Action": ["s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectAttributes",
                        "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
             "Resource": backups_objects,
+        },
+        {
+            # An interrupted backup confirms that its multipart upload is gone.
+            "Sid": "ListPendingBackupUploads",
+            "Effect": "Allow",
+            "Action": "s3:ListBucketMultipartUploads",
+            "Resource": args.backup_bucket_arn,
         },
         {
             "Sid": "ListBackups",

@@ -267,8 +267,11 @@ def test_role_writes_backups_but_cannot_delete_them(plan: Plan) -> None:
     bucket_arn = plan.one("aws:s3/bucket:Bucket", "backups-bucket").outputs["arn"]
     write = statement(plan, "WriteAndReadBackups")
     assert write["Resource"] == f"{bucket_arn}/postgres/*"
-    assert set(write["Action"]) == {"s3:PutObject", "s3:GetObject", "s3:GetObjectAttributes",
+    assert set(write["Action"]) == {"s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectAttributes",
                                     "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}
+    assert statement(plan, "ListPendingBackupUploads") == {
+        "Sid": "ListPendingBackupUploads", "Effect": "Allow", "Action": "s3:ListBucketMultipartUploads",
+        "Resource": bucket_arn}
     listing = statement(plan, "ListBackups")
     assert listing["Resource"] == bucket_arn
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["postgres/*"]}}

@@ -273,7 +273,7 @@ def systemd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
     for binary in ("usr/local/bin/prometheus", "usr/local/bin/alertmanager", "usr/local/bin/node_exporter",
                    "usr/local/bin/postgres_exporter", "usr/local/bin/redis_exporter", "usr/local/bin/blackbox_exporter",
-                   "opt/grafana/bin/grafana", "opt/psychology-ops/venv/bin/python", "bin/kill",
+                   "opt/grafana/bin/grafana", "opt/psychology-ops/venv/bin/python", "bin/kill", "usr/bin/install",
                    "usr/local/sbin/psychology-exporter-secrets"):
         path = root / binary
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -426,3 +426,11 @@ def test_releases_are_pinned_https_with_sha256() -> None:
     for release in data.values():
         assert release["url"].startswith("https://") and re.fullmatch(r"[0-9a-f]{64}", release["sha256"])
         assert release["version"] in release["url"]
+
+
+def test_restore_drill_spools_on_the_data_volume() -> None:
+    unit = render.systemd_units(settings())["psychology-restore-drill.service"]
+    spool = f"{render.DATA_DIR}/restore-spool"
+    assert f"--spool-dir {spool}" in unit
+    assert re.search(rf"^ReadWritePaths=.*\s{re.escape(spool)}$", unit, re.M)
+    assert f"-o psychology-ops -g psychology-ops -m 0700 {spool}" in unit
