@@ -1,149 +1,32 @@
 """The monitoring host, the alerts topic and the CloudWatch alarms under the mock engine.
 
-The load balancer, the API hosts' group, RDS and Redis are built by other parts; here the
-program builds the real network, security groups, data key and backups bucket, and stands in
-placeholder values for the rest (`monitoring_program`), exactly as the wiring will pass them.
+Everything runs against the plans of the real program (fixtures `plans`/`plan` of
+tests/conftest.py), so the monitoring part is checked as it is wired.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
-import pulumi
-import pulumi_aws as aws
 import pytest
 import yaml
 
-from components.alarms import AlertsTopic, AlertsTopicArgs, CloudWatchAlarms, CloudWatchAlarmsArgs
-from components.encryption import DataKey, DataKeyArgs
-from components.monitoring import MonitoringHost, MonitoringHostArgs
 from components.monitoring_render import BOOTSTRAP_PATH, CLOUDWATCH_NAMESPACE, EXPORTER_SECRETS_PATH, decode_user_data
-from components.network import Network, NetworkArgs
-from components.security import SecurityGroups, SecurityGroupsArgs
-from components.storage import BACKUP_PREFIX, PrivateBucket, PrivateBucketArgs
-from infra.config import load_stack_config
 from infra.mock_engine import MOCK_ACCOUNT_ID, Plan, PlannedResource, run_program
-from infra.program import default_tags
 
 STACKS = ("staging", "prod")
 INSTANCE = "aws:ec2/instance:Instance"
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 SECRET = "aws:secretsmanager/secret:Secret"
 REGION = "eu-central-1"
-DB_MASTER_SECRET = f"arn:aws:secretsmanager:{REGION}:{MOCK_ACCOUNT_ID}:secret:rds!db-0123abcd-AbCdEf"
-DB_MONITOR_SECRET = f"arn:aws:secretsmanager:{REGION}:{MOCK_ACCOUNT_ID}:secret:psychology-api/STACK/database/monitor-AbCdEf"
-REDIS_SECRET = f"arn:aws:secretsmanager:{REGION}:{MOCK_ACCOUNT_ID}:secret:psychology-api/STACK/redis-AbCdEf"
 WEBHOOK = "https://hooks.example.com/services/T000/B000/very-secret-webhook-token"
 PAGERDUTY_KEY = "pd-routing-key-0123456789abcdef0123"
 
 
-def monitoring_program(with_optional_inputs: bool = True) -> Callable[[], None]:
-    """The wiring of the monitoring part, with placeholders for the other parts' outputs."""
-
-    def program() -> None:
-        cfg, secrets = load_stack_config()
-        stack = pulumi.get_stack()
-        provider = aws.Provider("aws", aws.ProviderArgs(
-            region=cfg.region, default_tags=aws.ProviderDefaultTagsArgs(tags=default_tags(cfg.environment))))
-        opts = pulumi.ResourceOptions(providers={"aws": provider})
-        invoke = pulumi.InvokeOptions(provider=provider)
-        azs = list(aws.get_availability_zones(state="available", opts=invoke).names[: cfg.az_count])
-        account_id = aws.get_caller_identity(opts=invoke).account_id
-
-        data_key = DataKey("data", DataKeyArgs(
-            account_id=account_id, region=cfg.region, deletion_window_days=cfg.kms_deletion_window_days), opts)
-        network = Network("network", NetworkArgs(
-            vpc_cidr=cfg.vpc_cidr, availability_zones=azs, public_subnet_cidrs=cfg.public_subnet_cidrs,
-            private_subnet_cidrs=cfg.private_subnet_cidrs, database_subnet_cidrs=cfg.database_subnet_cidrs,
-            nat_gateway_per_az=cfg.nat_gateway_per_az, interface_endpoints=cfg.interface_endpoints,
-            flow_log_retention_days=cfg.flow_log_retention_days, flow_log_kms_key_arn=data_key.arn,
-            region=cfg.region, account_id=account_id), opts)
-        security = SecurityGroups("sg", SecurityGroupsArgs(
-            vpc_id=network.vpc_id, vpc_cidr=cfg.vpc_cidr, app_port=cfg.app_port,
-            admin_cidrs=cfg.admin_cidrs, ssh_cidrs=cfg.ssh_cidrs), opts)
-        backups = PrivateBucket("backups", PrivateBucketArgs(
-            purpose="database-backups", kms_key_arn=data_key.arn, expire_prefix=BACKUP_PREFIX,
-            expire_days=cfg.backup_retention_days, noncurrent_version_days=cfg.backup_noncurrent_version_days), opts)
-
-        # Placeholders for the load-balancer, compute and data parts.
-        alb_dns = pulumi.Output.from_input(f"psychology-api-{stack}-alb-1234567890.{cfg.region}.elb.amazonaws.com")
-        public_url = (pulumi.Output.from_input(f"https://{cfg.domain_name}") if cfg.https_enabled
-                      else pulumi.Output.concat("http://", alb_dns))
-        db_address = pulumi.Output.from_input(f"psychology-api-{stack}-db.c0abcdefghij.{cfg.region}.rds.amazonaws.com")
-
-        alerts = AlertsTopic("alerts", AlertsTopicArgs(
-            kms_key_arn=data_key.arn, account_id=account_id, region=cfg.region, alarm_email=cfg.alarm_email), opts)
-        monitoring = MonitoringHost("monitoring", MonitoringHostArgs(
-            subnet_id=network.private_subnet_ids[0],
-            availability_zone=azs[0],
-            security_group_id=security.ids["monitoring"],
-            account_id=account_id,
-            region=cfg.region,
-            environment=cfg.environment,
-            kms_key_arn=data_key.arn,
-            backup_bucket_name=backups.name,
-            backup_bucket_arn=backups.arn,
-            alerts_topic_arn=alerts.arn,
-            db_address=db_address,
-            db_name=cfg.db_name,
-            db_master_secret_arn=pulumi.Output.from_input(DB_MASTER_SECRET),
-            public_url=public_url,
-            https=cfg.https_enabled,
-            app_port=cfg.app_port,
-            instance_type=cfg.monitoring_instance_type,
-            volume_gb=cfg.monitoring_volume_gb,
-            backup_schedule=cfg.backup_schedule,
-            restore_drill_schedule=cfg.restore_drill_schedule,
-            secret_recovery_window_days=cfg.secret_recovery_window_days,
-            health_check_path=cfg.health_check_path,
-            postgres_major_version=cfg.db_major_version,
-            db_monitor_secret_arn=(pulumi.Output.from_input(DB_MONITOR_SECRET.replace("STACK", stack))
-                                   if with_optional_inputs else None),
-            redis_secret_arn=(pulumi.Output.from_input(REDIS_SECRET.replace("STACK", stack))
-                              if with_optional_inputs else None),
-            alert_webhook_url=secrets.get("alertWebhookUrl"),
-            pagerduty_routing_key=secrets.get("pagerdutyRoutingKey"),
-            final_snapshot=cfg.deletion_protection,
-        ), opts)
-        CloudWatchAlarms("alarms", CloudWatchAlarmsArgs(
-            alerts_topic_arn=alerts.arn,
-            region=cfg.region,
-            alb_arn_suffix=pulumi.Output.from_input(f"app/psychology-api-{stack}-alb/0123456789abcdef"),
-            target_group_arn_suffix=pulumi.Output.from_input(f"targetgroup/psychology-api-{stack}-api/fedcba9876543210"),
-            asg_name=pulumi.Output.from_input(f"psychology-api-{stack}-api"),
-            db_instance_identifier=pulumi.Output.from_input(f"psychology-api-{stack}-db"),
-            db_allocated_storage_gb=cfg.db_allocated_storage_gb,
-            redis_replication_group_id=pulumi.Output.from_input(f"psychology-api-{stack}-redis"),
-            redis_num_nodes=cfg.redis_num_nodes,
-            monitoring_instance_id=monitoring.instance_id,
-        ), opts)
-
-        pulumi.export("monitoring_instance_id", monitoring.instance_id)
-        pulumi.export("grafana_url", monitoring.grafana_url)
-        pulumi.export("alerts_topic_arn", alerts.arn)
-        pulumi.export("grafana_admin_secret_arn", monitoring.grafana_admin_secret_arn)
-
-    return program
-
-
-# These override the shared `plans`/`plan` fixtures in this module: the plans of the
-# monitoring part's program rather than of infra/program.py (which does not wire it yet).
-@pytest.fixture(scope="module")
-def plans() -> dict[str, Plan]:
-    return {stack: run_program(stack, program=monitoring_program()) for stack in STACKS}
-
-
-@pytest.fixture(scope="module", params=STACKS)
-def plan(request: pytest.FixtureRequest, plans: dict[str, Plan]) -> Plan:
-    return plans[request.param]
-
-
 @pytest.fixture(scope="module")
 def with_channels() -> Plan:
-    return run_program("prod", program=monitoring_program(),
-                       overrides={"alarmEmail": "oncall@example.com"},
+    return run_program("prod", overrides={"alarmEmail": "oncall@example.com"},
                        secret_overrides={"alertWebhookUrl": WEBHOOK, "pagerdutyRoutingKey": PAGERDUTY_KEY})
 
 
@@ -251,8 +134,8 @@ def test_role_reads_exactly_its_secrets(plan: Plan) -> None:
     grafana = plan.one(SECRET, "monitoring-grafana").outputs["arn"]
     resources = statement(plan, "ReadOwnSecrets")["Resource"]
     assert sorted(resources) == sorted([
-        grafana, DB_MASTER_SECRET, DB_MONITOR_SECRET.replace("STACK", plan.stack),
-        REDIS_SECRET.replace("STACK", plan.stack)])
+        grafana, plan.outputs["db_master_secret_arn"], plan.outputs["db_monitor_secret_arn"],
+        plan.outputs["redis_secret_arn"]])
 
 
 def test_role_uses_the_data_key_only_through_services(plan: Plan) -> None:
@@ -340,8 +223,8 @@ def test_backup_timer_runs_the_backup_command_on_the_configured_schedule(plan: P
                        if line.startswith(("ExecStart=", "  --")))
     assert command == (
         "ExecStart=/opt/psychology-ops/venv/bin/python -m scripts.backup"
-        f" --secret-id {DB_MASTER_SECRET}"
-        f" --db-host psychology-api-{plan.stack}-db.c0abcdefghij.{REGION}.rds.amazonaws.com"
+        f" --secret-id {plan.outputs['db_master_secret_arn']}"
+        f" --db-host {plan.outputs['db_endpoint']}"
         " --db-name psychology"
         f" --bucket {bucket} --prefix postgres/ --kms-key-id {key_arn}"
         " --textfile /var/lib/node_exporter/textfile/backup.prom")
@@ -359,7 +242,7 @@ def test_restore_drill_timer_runs_on_the_configured_schedule(plan: Plan) -> None
 
 
 def test_schedules_follow_configuration() -> None:
-    plan = run_program("staging", program=monitoring_program(), overrides={
+    plan = run_program("staging", overrides={
         "backupSchedule": "*-*-* 03:30:00 Europe/Moscow", "restoreDrillSchedule": "Mon *-*-1..7 05:00:00 UTC"})
     files = written_files(plan)
     assert "OnCalendar=*-*-* 03:30:00 Europe/Moscow\n" in files["/etc/systemd/system/psychology-backup.timer"]
@@ -426,10 +309,10 @@ def test_exporter_credentials_are_read_by_arn_at_boot_and_refreshed_daily(plan: 
     boot script and a daily timer run the same script, which restarts only what changed."""
     files = written_files(plan)
     script = files[EXPORTER_SECRETS_PATH]
-    monitor_secret, redis_secret = DB_MONITOR_SECRET.replace("STACK", plan.stack), REDIS_SECRET.replace("STACK", plan.stack)
+    monitor_secret, redis_secret = plan.outputs["db_monitor_secret_arn"], plan.outputs["redis_secret_arn"]
     assert f"readonly DB_MONITOR_SECRET_ARN={monitor_secret}\n" in script
     assert f"readonly REDIS_SECRET_ARN={redis_secret}\n" in script
-    assert f"readonly DB_HOST=psychology-api-{plan.stack}-db.c0abcdefghij.eu-central-1.rds.amazonaws.com\n" in script
+    assert f"readonly DB_HOST={plan.outputs['db_endpoint']}\n" in script
     boot = files[BOOTSTRAP_PATH]
     assert f"readonly EXPORTER_SECRETS={EXPORTER_SECRETS_PATH}\n" in boot and 'retry "$EXPORTER_SECRETS"' in boot
     assert "psychology-exporter-secrets-refresh.timer" in boot.splitlines()[-2]
@@ -452,17 +335,6 @@ def test_ops_bundle_is_encrypted_and_carries_scripts_rules_and_dashboards(plan: 
     assert {"scripts/lib/cli.py", "scripts/lib/db.py", "requirements-ops.txt", "monitoring/rules/backups.yml",
             "monitoring/dashboards/golden-paths.json", "monitoring/alertmanager/psychology.tmpl"} <= set(members)
     assert not [m for m in members if "__pycache__" in m]
-
-
-def test_exporters_without_their_secrets_stay_off() -> None:
-    plan = run_program("staging", program=monitoring_program(with_optional_inputs=False))
-    files = written_files(plan)
-    jobs = {j["job_name"] for j in yaml.safe_load(files["/etc/prometheus/prometheus.yml"])["scrape_configs"]}
-    assert "postgres" not in jobs and "redis" not in jobs
-    assert "readonly DB_MONITOR_SECRET_ARN=''\n" in files[EXPORTER_SECRETS_PATH]
-    assert "readonly REDIS_SECRET_ARN=''\n" in files[EXPORTER_SECRETS_PATH]
-    resources = statement(plan, "ReadOwnSecrets")["Resource"]
-    assert len(resources) == 2  # grafana and the database master secret (backups)
 
 
 # --- alerts topic ---------------------------------------------------------------------------------
@@ -521,7 +393,7 @@ def test_alb_error_rate_is_a_ratio_of_5xx_to_requests(plan: Plan) -> None:
     queries = {q["id"]: q for q in rate["metricQueries"]}
     assert {q["metric"]["metricName"] for q in queries.values() if "metric" in q} == {
         "HTTPCode_Target_5XX_Count", "HTTPCode_ELB_5XX_Count", "RequestCount"}
-    assert all(q["metric"]["dimensions"] == {"LoadBalancer": f"app/psychology-api-{plan.stack}-alb/0123456789abcdef"}
+    assert all(q["metric"]["dimensions"] == {"LoadBalancer": plan.outputs["alb_arn_suffix"]}
                for q in queries.values() if "metric" in q)
     expression = queries["error_rate"]
     assert expression["returnData"] is True
@@ -533,7 +405,7 @@ def test_alb_error_rate_is_a_ratio_of_5xx_to_requests(plan: Plan) -> None:
 def test_alb_health_and_latency_alarms(plan: Plan) -> None:
     unhealthy = alarm(plan, "alb-unhealthy-hosts").inputs
     assert unhealthy["metricName"] == "UnHealthyHostCount" and unhealthy["threshold"] == 0
-    assert unhealthy["dimensions"]["TargetGroup"] == f"targetgroup/psychology-api-{plan.stack}-api/fedcba9876543210"
+    assert unhealthy["dimensions"]["TargetGroup"] == plan.outputs["target_group_arn_suffix"]
     empty = alarm(plan, "alb-no-healthy-hosts").inputs
     assert empty["metricName"] == "HealthyHostCount" and empty["comparisonOperator"] == "LessThanThreshold"
     assert empty["treatMissingData"] == "breaching"
@@ -543,7 +415,7 @@ def test_alb_health_and_latency_alarms(plan: Plan) -> None:
 
 
 def test_rds_alarms(plan: Plan) -> None:
-    db = {"DBInstanceIdentifier": f"psychology-api-{plan.stack}-db"}
+    db = {"DBInstanceIdentifier": plan.outputs["db_identifier"]}
     cpu = alarm(plan, "rds-cpu").inputs
     assert (cpu["metricName"], cpu["threshold"], cpu["dimensions"]) == ("CPUUtilization", 80, db)
     storage = alarm(plan, "rds-free-storage").inputs

@@ -434,3 +434,14 @@ def test_restore_drill_spools_on_the_data_volume() -> None:
     assert f"--spool-dir {spool}" in unit
     assert re.search(rf"^ReadWritePaths=.*\s{re.escape(spool)}$", unit, re.M)
     assert f"-o psychology-ops -g psychology-ops -m 0700 {spool}" in unit
+
+
+def test_exporters_without_their_secrets_stay_off() -> None:
+    """The component leaves postgres_exporter and redis_exporter out when it gets no secret for them."""
+    bare = VARIANTS["staging-http-no-exporters"]
+    jobs = {j["job_name"] for j in yaml.safe_load(render.prometheus_config(bare))["scrape_configs"]}
+    assert "postgres" not in jobs and "redis" not in jobs
+    script = render.exporter_secrets_script(bare)
+    assert "readonly DB_MONITOR_SECRET_ARN=''\n" in script and "readonly REDIS_SECRET_ARN=''\n" in script
+    full = {j["job_name"] for j in yaml.safe_load(render.prometheus_config(settings()))["scrape_configs"]}
+    assert {"postgres", "redis"} <= full
