@@ -68,12 +68,14 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return cmd
 
 
-def _self_signed_cert(directory: Path) -> None:
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=localhost", "-keyout", str(directory / "server.key"), "-out", str(directory / "server.crt")],
-        check=True, capture_output=True)
-    os.chmod(directory / "server.key", 0o600)
+def self_signed_certificate(directory: Path, cert_name: str = "cert.pem", key_name: str = "key.pem") -> tuple[Path, Path]:
+    """A throw-away certificate for 127.0.0.1/localhost (TLS servers of the tests)."""
+    cert, key = directory / cert_name, directory / key_name
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    return cert, key
 
 
 def start_postgres(extra_settings: Optional[dict[str, str]] = None) -> PgServer:
@@ -92,7 +94,7 @@ def start_postgres(extra_settings: Optional[dict[str, str]] = None) -> PgServer:
                                  "--pwfile", str(pwfile), "-A", "scram-sha-256", "--encoding", "UTF8",
                                  "--locale", "C.UTF-8"]),
                    check=True, capture_output=True)
-    _self_signed_cert(data_dir)
+    self_signed_certificate(data_dir, "server.crt", "server.key")
     if os.geteuid() == 0:
         pg = pwd.getpwnam("postgres")
         for name in ("server.key", "server.crt"):

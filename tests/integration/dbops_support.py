@@ -15,6 +15,8 @@ from typing import Any
 import boto3
 import requests
 
+from scripts.lib.db import DbTarget, target_from_document
+
 MOTO_ACCOUNT = "123456789012"
 MOTO_REGION = "eu-central-1"
 
@@ -74,3 +76,19 @@ def stage_rotation(secret_id: str) -> str:
     secret.remove_version_stages_from_old_versions(["AWSPENDING"])
     secret.versions[token] = {"createdate": int(time.time()), "version_id": token, "version_stages": ["AWSPENDING"]}
     return token
+
+
+def stages(sm: Any, secret_id: str) -> dict[str, list[str]]:
+    return sm.describe_secret(SecretId=secret_id)["VersionIdsToStages"]
+
+
+def version_with(sm: Any, secret_id: str, stage: str) -> str:
+    return next(v for v, s in stages(sm, secret_id).items() if stage in s)
+
+
+def creds(sm: Any, secret_id: str, stage: str = "AWSCURRENT") -> DbTarget:
+    return target_from_document(read_json(sm, secret_id, VersionStage=stage))
+
+
+def event(secret_id: str, token: str, step: str) -> dict[str, str]:
+    return {"SecretId": secret_id, "ClientRequestToken": token, "Step": step}

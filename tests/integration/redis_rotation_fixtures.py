@@ -16,17 +16,13 @@ from typing import Any
 import pytest
 
 from tests.integration.redis_rotation_support import ADMIN_PASSWORD, ADMIN_USER, FIRST_TOKEN, LocalRedis, RedisAclTokens
-from tests.services import free_port
+from tests.services import free_port, self_signed_certificate
 
 
 @pytest.fixture(scope="module")
 def redis_certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("redis-tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
+    return self_signed_certificate(directory)
 
 
 @pytest.fixture

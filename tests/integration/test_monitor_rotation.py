@@ -13,8 +13,17 @@ import pytest
 from scripts.dbops import handlers
 from scripts.dbops.credentials import can_log_in, ensure_role_matches_secret
 from scripts.dbops.rotation import STEPS, Rotation
-from scripts.lib.db import DbTarget, connect, target_from_document
-from tests.integration.dbops_support import DbSecrets, create_function, read_json, stage_rotation
+from scripts.lib.db import DbTarget, connect
+from tests.integration.dbops_support import (
+    DbSecrets,
+    create_function,
+    creds,
+    event,
+    read_json,
+    stage_rotation,
+    stages,
+    version_with,
+)
 from tests.services import MotoServer, PgServer
 
 pytest_plugins = ["tests.integration.dbops_fixtures"]
@@ -23,20 +32,12 @@ ROTATION_FUNCTION = "psychology-api-test-db-rotate"
 MARKER = "monitor_rotation_marker_7f3a"
 
 
-def stages(sm: Any, secret_id: str) -> dict[str, list[str]]:
-    return sm.describe_secret(SecretId=secret_id)["VersionIdsToStages"]
 
 
-def version_with(sm: Any, secret_id: str, stage: str) -> str:
-    return next(v for v, s in stages(sm, secret_id).items() if stage in s)
 
 
-def creds(sm: Any, secret_id: str, stage: str = "AWSCURRENT") -> DbTarget:
-    return target_from_document(read_json(sm, secret_id, VersionStage=stage))
 
 
-def event(secret_id: str, token: str, step: str) -> dict[str, str]:
-    return {"SecretId": secret_id, "ClientRequestToken": token, "Step": step}
 
 
 def rotate(secret: str) -> str:

@@ -24,7 +24,7 @@ from scripts.dbops import handlers
 from scripts.dbops.redis_rotation import TOKEN_LENGTH, RedisRotation
 from scripts.dbops.rotation import STEPS, RotationError
 from scripts.lib.cli import ScriptError
-from tests.integration.dbops_support import create_function, read_json, stage_rotation
+from tests.integration.dbops_support import create_function, read_json, stage_rotation, stages, version_with
 from tests.integration.redis_rotation_support import FIRST_TOKEN, LocalRedis, RedisAclTokens
 from tests.services import MotoServer, free_port
 
@@ -34,12 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ROTATION_FUNCTION = "psychology-api-test-db-rotate-redis"
 
 
-def stages(sm: Any, secret_id: str) -> dict[str, list[str]]:
-    return sm.describe_secret(SecretId=secret_id)["VersionIdsToStages"]
 
 
-def version_with(sm: Any, secret_id: str, stage: str) -> str:
-    return next(v for v, s in stages(sm, secret_id).items() if stage in s)
 
 
 def token_of(sm: Any, secret_id: str, stage: str = "AWSCURRENT") -> str:

@@ -17,7 +17,7 @@ from scripts.dbops.credentials import can_log_in, ensure_role_matches_secret
 from scripts.dbops.rotation import EXCLUDE_CHARACTERS, STEPS, Rotation, RotationError, rotate_all
 from scripts.lib import cli
 from scripts.lib.db import DbTarget, connect, target_from_document
-from tests.integration.dbops_support import DbSecrets, read_json, stage_rotation
+from tests.integration.dbops_support import DbSecrets, creds, event, read_json, stage_rotation, stages, version_with
 from tests.services import MotoServer, PgServer
 
 pytest_plugins = ["tests.integration.dbops_fixtures"]
@@ -25,20 +25,12 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def stages(sm: Any, secret_id: str) -> dict[str, list[str]]:
-    return sm.describe_secret(SecretId=secret_id)["VersionIdsToStages"]
 
 
-def version_with(sm: Any, secret_id: str, stage: str) -> str:
-    return next(v for v, s in stages(sm, secret_id).items() if stage in s)
 
 
-def creds(sm: Any, secret_id: str, stage: str = "AWSCURRENT") -> DbTarget:
-    return target_from_document(read_json(sm, secret_id, VersionStage=stage))
 
 
-def event(secret_id: str, token: str, step: str) -> dict[str, str]:
-    return {"SecretId": secret_id, "ClientRequestToken": token, "Step": step}
 
 
 def test_full_rotation_switches_users_and_keeps_the_previous_credentials(

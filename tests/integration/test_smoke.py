@@ -25,7 +25,7 @@ from scripts.dbops.checks import RedisTarget, redis_check
 from scripts.lib.db import target_from_document
 from tests.integration.conftest import REDIS_PASSWORD
 from tests.integration.dbops_support import DbSecrets, create_function, queue_lambda_result, read_json
-from tests.services import MotoServer, PgServer, free_port
+from tests.services import MotoServer, PgServer, free_port, self_signed_certificate
 
 pytest_plugins = ["tests.integration.dbops_fixtures"]
 pytestmark = pytest.mark.integration
@@ -94,11 +94,7 @@ def _serve(server: http.server.ThreadingHTTPServer) -> threading.Thread:
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
+    return self_signed_certificate(directory)
 
 
 @pytest.fixture
