@@ -84,12 +84,14 @@ def test_plan_cli_human_output_lists_resources_outputs_and_counts() -> None:
 def test_readme_documents_every_config_key_and_output(plans: dict[str, Plan]) -> None:
     readme = (ROOT_DIR / "README.md").read_text()
     project = yaml.safe_load((ROOT_DIR / "Pulumi.yaml").read_text())
+    config_section = readme[readme.index("## Configuration reference"):readme.index("## Stack outputs")]
     for key in project["config"]:
         if ":" not in key:
-            assert f"`{key}`" in readme, f"README lacks config key {key}"
+            assert f"| `{key}` |" in config_section, f"README's configuration table lacks {key}"
+    outputs_section = readme[readme.index("## Stack outputs"):readme.index("## Network and security baseline")]
     for plan in plans.values():
         for output in plan.outputs:
-            assert f"`{output}`" in readme, f"README lacks output {output}"
+            assert f"`{output}`" in outputs_section, f"README's output table lacks {output}"
 
 
 def test_stack_files_hold_no_plain_secrets() -> None:
