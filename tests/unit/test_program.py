@@ -133,12 +133,26 @@ def test_the_cli_entry_point_reports_bad_config_without_a_traceback() -> None:
         run_program("staging", overrides={"azCount": 1}, program=lambda: runpy.run_path(entry, run_name="__main__"))
 
 
-def test_release_steps_do_not_rerun_for_another_checkout_path(plan: Plan) -> None:
-    """A command's `dir` is the checkout's absolute path; a CI runner and a laptop differ, and
-    only the triggers may decide when a step runs again."""
+def test_release_steps_run_from_the_root_whatever_the_checkout_path(plan: Plan) -> None:
+    """A command's `dir` is relative: the same in every checkout (a CI runner, a laptop), so no
+    step runs again or runs in a stale directory because the repository moved."""
+    import os
+    from pathlib import Path
+
     commands = plan.of_type("command:local:Command")
     assert commands
     for step in commands:
-        assert step.inputs["dir"] == str(ROOT_DIR)
-        assert "dir" in step.options.get("ignoreChanges", []), step.name
+        assert not os.path.isabs(step.inputs["dir"]), step.name
+        assert (Path.cwd() / step.inputs["dir"]).resolve() == ROOT_DIR
+        assert "dir" not in step.options.get("ignoreChanges", []), step.name
         assert "stderr" in step.options.get("additionalSecretOutputs", []), step.name
+
+
+def test_release_step_dir_is_relative_to_the_programs_working_directory(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Under the CLI the program runs in infra/ (Pulumi.yaml `main`): the steps go one level up."""
+    from infra.mock_engine import run_program
+
+    monkeypatch.chdir(ROOT_DIR / "infra")
+    plan = run_program("staging")
+    dirs = {step.inputs["dir"] for step in plan.of_type("command:local:Command")}
+    assert dirs == {".."}
