@@ -20,6 +20,8 @@ from typing import Optional
 
 import jinja2
 
+from components.security import APP_METRICS_PORT
+
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "api"
 
 # EC2 refuses user data above 16 KiB (before base64).
@@ -121,6 +123,7 @@ def _context(settings: ApiHostSettings) -> dict[str, object]:
         "service_user": SERVICE_USER,
         "app_root": APP_ROOT,
         "gunicorn_bind": GUNICORN_BIND,
+        "metrics_port": APP_METRICS_PORT,
         "django_settings_module": DJANGO_SETTINGS_MODULE,
         "wsgi_application": WSGI_APPLICATION,
         "client_max_body_size": CLIENT_MAX_BODY_SIZE,

@@ -58,7 +58,6 @@ class MonitoringHostArgs:
     # What Prometheus probes from outside: "https://api.example.com" or "http://<alb dns>".
     public_url: pulumi.Input[str]
     https: bool
-    app_port: int
     # Sizes and schedules (config).
     instance_type: str
     volume_gb: int
@@ -201,7 +200,7 @@ class MonitoringHost(pulumi.ComponentResource):
         def render(v: dict[str, Any]) -> str:
             return user_data_base64(MonitoringSettings(
                 project=pulumi.get_project(), stack=pulumi.get_stack(), environment=args.environment,
-                region=args.region, public_url=v["public_url"], https=args.https, app_port=args.app_port,
+                region=args.region, public_url=v["public_url"], https=args.https,
                 alerts_topic_arn=v["topic"], backup_bucket=v["bucket"], kms_key_arn=v["key"],
                 db_host=v["db_host"], db_port=args.db_port, db_name=args.db_name, db_master_secret_arn=v["master"],
                 grafana_secret_arn=v["grafana"], grafana_secret_name=grafana_secret_name,

@@ -35,6 +35,8 @@ from typing import Any, Optional
 import jinja2
 import yaml
 
+from components.security import APP_METRICS_PORT
+
 ROOT_DIR = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates" / "monitoring"
 
@@ -90,7 +92,6 @@ class MonitoringSettings:
     region: str
     public_url: str                       # https://api.example.com or http://<alb dns>
     https: bool
-    app_port: int
     alerts_topic_arn: str
     backup_bucket: str
     kms_key_arn: str
@@ -174,8 +175,8 @@ def prometheus_config(s: MonitoringSettings, rules_dir: str = RULES_DIR) -> str:
         redis_instance_label="redis",
         api_jobs=[
             {"name": "api-node", "port": 9100, "metrics_path": "/metrics"},
-            # django-prometheus through nginx on the application port.
-            {"name": "api", "port": s.app_port, "metrics_path": "/metrics"},
+            # django-prometheus through nginx's metrics port (not reachable from the load balancer).
+            {"name": "api", "port": APP_METRICS_PORT, "metrics_path": "/metrics"},
         ],
         probe_urls=s.probe_urls,
         integrations=[{"name": name, "url": url} for name, url in INTEGRATION_PROBES],

@@ -20,6 +20,9 @@ from components.common import name_tag, type_token
 POSTGRES_PORT = 5432
 REDIS_PORT = 6379
 NODE_EXPORTER_PORT = 9100
+# nginx on the API hosts serves the application's /metrics here, apart from the public port:
+# the load balancer forwards only the app port, so the internet never reaches the metrics.
+APP_METRICS_PORT = 9180
 MONITORING_UI_PORTS = {"grafana": 3000, "prometheus": 9090, "alertmanager": 9093}
 ANYWHERE_V4 = "0.0.0.0/0"
 ANYWHERE_V6 = "::/0"
@@ -29,7 +32,7 @@ ANYWHERE_V6 = "::/0"
 ROLES = ("alb", "api", "database", "redis", "dbops", "monitoring")
 DESCRIPTIONS = {
     "alb": "Load balancer: HTTP/HTTPS from the internet, out only to the API hosts",
-    "api": "API hosts: application port from the load balancer only; HTTPS, SMTP, DNS out",
+    "api": "API hosts: application port from the load balancer only, metrics from monitoring; HTTPS, SMTP, DNS out",
     "database": "PostgreSQL: 5432 from the API hosts, the database-operations function and the monitoring host",
     "redis": "Redis: 6379 from the API hosts, the database-operations function and the monitoring host",
     "dbops": "Database-operations function: PostgreSQL, Redis and HTTPS (Secrets Manager) out",
@@ -74,8 +77,8 @@ class SecurityGroups(pulumi.ComponentResource):
 
         # API hosts.
         self._ingress("api", port, group=sg["alb"], peer="alb", description="Requests from the load balancer")
-        self._ingress("api", port, group=sg["monitoring"], peer="monitoring",
-                      description="Prometheus scrapes application metrics through nginx")
+        self._ingress("api", APP_METRICS_PORT, group=sg["monitoring"], peer="monitoring",
+                      description="Prometheus scrapes application metrics (nginx metrics port)")
         self._ingress("api", NODE_EXPORTER_PORT, group=sg["monitoring"], peer="monitoring",
                       description="Prometheus scrapes node_exporter")
         for cidr in args.ssh_cidrs:
@@ -103,7 +106,7 @@ class SecurityGroups(pulumi.ComponentResource):
             for cidr in args.admin_cidrs:
                 self._ingress("monitoring", ui_port, cidr=cidr, description=f"{ui.capitalize()} UI from admin network {cidr}")
         self._outbound_common("monitoring", args.vpc_cidr)
-        self._egress("monitoring", port, group=sg["api"], peer="api", description="Scrape application metrics")
+        self._egress("monitoring", APP_METRICS_PORT, group=sg["api"], peer="api", description="Scrape application metrics")
         self._egress("monitoring", NODE_EXPORTER_PORT, group=sg["api"], peer="api", description="Scrape node_exporter")
         self._egress("monitoring", POSTGRES_PORT, group=sg["database"], peer="database",
                      description="postgres_exporter and backups")

@@ -261,7 +261,6 @@ def main() -> None:
         db_master_secret_arn=database.master_secret_arn,
         public_url=alb.url,
         https=cfg.https_enabled,
-        app_port=cfg.app_port,
         instance_type=cfg.monitoring_instance_type,
         volume_gb=cfg.monitoring_volume_gb,
         backup_schedule=cfg.backup_schedule,

@@ -252,7 +252,8 @@ def test_schedules_follow_configuration() -> None:
 def test_prometheus_discovers_api_hosts_of_this_stack(plan: Plan) -> None:
     config = yaml.safe_load(written_files(plan)["/etc/prometheus/prometheus.yml"])
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    for job_name, port in (("api-node", 9100), ("api", 80)):
+    # The application's metrics come from nginx's metrics port, never the public app port.
+    for job_name, port in (("api-node", 9100), ("api", 9180)):
         sd = jobs[job_name]["ec2_sd_configs"][0]
         assert sd["region"] == REGION and sd["port"] == port
         assert {f["name"]: f["values"] for f in sd["filters"]} == {

@@ -55,7 +55,7 @@ def run(*command: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
 def settings(**changes: Any) -> MonitoringSettings:
     base = MonitoringSettings(
         project="psychology-api", stack="prod", environment="prod", region="eu-central-1",
-        public_url="https://api.psychology.example.com", https=True, app_port=80,
+        public_url="https://api.psychology.example.com", https=True,
         alerts_topic_arn="arn:aws:sns:eu-central-1:123456789012:psychology-api-prod-alerts",
         backup_bucket="backups-bucket-0123456789ab",
         kms_key_arn="arn:aws:kms:eu-central-1:123456789012:key/0a1b2c3d-0000-4000-8000-0123456789ab",

@@ -54,7 +54,9 @@ def test_rules_are_single_port_separate_resources(plan: Plan) -> None:
 
 
 def test_api_hosts_take_the_app_port_from_the_load_balancer_only(plan: Plan) -> None:
-    assert matrix(plan, INGRESS, "api") == {("tcp", 80, "alb"), ("tcp", 80, "monitoring"), ("tcp", 9100, "monitoring")}
+    # The app port from the load balancer only; the monitoring host gets the metrics and
+    # node_exporter ports, which the load balancer never forwards.
+    assert matrix(plan, INGRESS, "api") == {("tcp", 80, "alb"), ("tcp", 9180, "monitoring"), ("tcp", 9100, "monitoring")}
     assert matrix(plan, EGRESS, "alb") == {("tcp", 80, "api")}
 
 
@@ -90,7 +92,7 @@ def test_egress_is_limited_to_what_the_spec_names(plan: Plan) -> None:
     # through its public address; with HTTPS nothing leaves on 80.
     plain_http_probe = {("tcp", 80, "0.0.0.0/0")} if plan.outputs["api_url"].startswith("http://") else set()
     assert matrix(plan, EGRESS, "monitoring") == https | dns | plain_http_probe | {
-        ("tcp", 80, "api"), ("tcp", 9100, "api"), ("tcp", 5432, "database"), ("tcp", 6379, "redis")}
+        ("tcp", 9180, "api"), ("tcp", 9100, "api"), ("tcp", 5432, "database"), ("tcp", 6379, "redis")}
 
 
 def test_every_group_belongs_to_the_vpc_and_has_a_role(plan: Plan) -> None:
