@@ -99,7 +99,7 @@ class StackConfig(BaseModel):
                                              json_schema_extra=_allowed("an integer from 7 to 30"))
     smtp_host: str = Field(alias="smtpHost", pattern=r"^$|^[A-Za-z0-9.-]+$",
                            json_schema_extra=_allowed("a host name, or empty"))
-    smtp_port: int = Field(alias="smtpPort", json_schema_extra=_allowed("587 or 25 (or 465)"))
+    smtp_port: int = Field(alias="smtpPort", json_schema_extra=_allowed("587 or 25 (the SMTP ports the API hosts may reach)"))
     smtp_user: str = Field(alias="smtpUser", json_schema_extra=_allowed("a user name, or empty"))
     email_from: str = Field(alias="emailFrom", pattern=r"^$|^[^@\s]+@[^@\s]+\.[^@\s]+$",
                             json_schema_extra=_allowed("an e-mail address, or empty"))
@@ -385,7 +385,7 @@ def check_rules(cfg: StackConfig) -> list[Problem]:
     if cfg.flow_log_retention_days not in LOG_RETENTION_DAYS:
         bad("flowLogRetentionDays", cfg.flow_log_retention_days, _allowed_text("flow_log_retention_days"))
 
-    if cfg.smtp_port not in (25, 465, 587):
+    if cfg.smtp_port not in (25, 587):
         bad("smtpPort", cfg.smtp_port, _allowed_text("smtp_port"))
 
     if cfg.allow_http_only and cfg.is_prod:
@@ -393,6 +393,10 @@ def check_rules(cfg: StackConfig) -> list[Problem]:
     if cfg.domain_name and not cfg.hosted_zone_id and not cfg.certificate_arn:
         bad("hostedZoneId", cfg.hosted_zone_id,
             "the Route 53 zone of domainName (or set certificateArn) so the certificate can be validated")
+    if cfg.certificate_arn and not cfg.domain_name:
+        # The hosts' ALLOWED_HOSTS, the health check's Host and the smoke tests' TLS checks all
+        # need the name the certificate is for.
+        bad("domainName", cfg.domain_name, "the host name certificateArn is issued for")
     if not cfg.https_enabled and not cfg.allow_http_only:
         bad("certificateArn", cfg.certificate_arn,
             "an ACM certificate ARN, or domainName + hostedZoneId"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable
@@ -91,8 +92,28 @@ def fail(message: str, exit_code: int = EXIT_FAILURE) -> NoReturn:
     raise ScriptError(message, exit_code)
 
 
+def one_line(err: BaseException) -> str:
+    """An unexpected exception as one masked line: its type and the first line of its message.
+    AWS errors keep their operation and error code, which is what an operator acts on."""
+    try:
+        from botocore.exceptions import ClientError
+    except ImportError:  # pragma: no cover - botocore is a dependency
+        ClientError = ()  # type: ignore[assignment,misc]  # noqa: N806
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        operation = getattr(err, "operation_name", "") or "AWS call"
+        text = f"{operation}: {error.get('Code', 'error')}: {error.get('Message', '')}"
+    else:
+        lines = str(err).strip().splitlines()
+        text = f"{type(err).__name__}: {lines[0] if lines else 'no message'}"
+    return masker(text)
+
+
 def run(main: Callable[[Optional[list[str]]], int], argv: Optional[Iterable[str]] = None) -> NoReturn:
-    """Run a script's main(): one-line errors, exit codes, Ctrl-C handled."""
+    """Run a script's main(): one-line errors, exit codes, Ctrl-C handled.
+
+    Anything a script did not turn into a ScriptError still ends as one masked line and exit
+    code 1; set PSYCHOLOGY_API_DEBUG=1 to see the traceback as well."""
     try:
         code = main(list(argv) if argv is not None else None)
     except ScriptError as err:
@@ -105,4 +126,9 @@ def run(main: Callable[[Optional[list[str]]], int], argv: Optional[Iterable[str]
         # The reader (e.g. `| head`) went away; nothing more to say.
         sys.stderr.close()
         code = EXIT_OK
+    except Exception as err:  # noqa: BLE001 - the last line of defence of every script
+        if os.environ.get("PSYCHOLOGY_API_DEBUG"):
+            console.print_exception()
+        console.print(f"error: {one_line(err)}", markup=False, style="red")
+        code = EXIT_FAILURE
     sys.exit(code)

@@ -156,3 +156,21 @@ def test_release_step_dir_is_relative_to_the_programs_working_directory(tmp_path
     plan = run_program("staging")
     dirs = {step.inputs["dir"] for step in plan.of_type("command:local:Command")}
     assert dirs == {".."}
+
+
+def test_unexpected_script_errors_end_as_one_masked_line(capsys) -> None:  # type: ignore[no-untyped-def]
+    """Every script's last line of defence: no traceback, the error's type and first line, secrets masked."""
+    import pytest
+
+    from scripts.lib import cli
+
+    cli.masker.add("hunter2-secret-value")
+
+    def failing(argv: object) -> int:
+        raise RuntimeError("connection to postgresql://app:hunter2-secret-value@db:5432/x failed\nsecond line")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(failing, [])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: RuntimeError: connection to postgresql://app:***@db:5432/x failed"]
