@@ -7,7 +7,7 @@ Units. RDS takes a bare number in the parameter's base unit, which is PostgreSQL
 8 kB pages, maintenance_work_mem and work_mem in kB, min_wal_size and max_wal_size in MB,
 durations in ms. `2GB` of shared_buffers is therefore 2 * 1024^3 / 8192 = 262144. The spec's
 text stays next to each value and the number is computed from it, so the conversion is visible
-and tested (tests/integration/test_postgres_parameters.py feeds every value to a real
+and tested (tests/integration/test_data_parameters.py feeds every value to a real
 PostgreSQL and reads back the spec's text).
 
 Memory sizing. The spec's numbers are sized for its recommended 8 GB of RAM (shared_buffers =
