@@ -17,13 +17,14 @@ import pulumi_aws as aws
 
 from components.common import name_tag, physical_prefix, policy_json, type_token
 from components.monitoring_render import CLOUDWATCH_NAMESPACE, DATA_DIR
+from components.postgres_parameters import max_connections
 
 # Thresholds (spec 5.3.1 where it has one).
 ERROR_RATE_PERCENT = 1.0                 # 5xx share of requests
 ERROR_RATE_MIN_REQUESTS = 20             # per minute: below this a single error is noise
 LATENCY_P95_SECONDS = 0.8
 CPU_PERCENT = 80.0
-DB_CONNECTIONS_SHARE = 0.8               # of max_connections (80 of 100)
+DB_CONNECTIONS_SHARE = 0.8               # of the parameter group's max_connections
 DB_FREE_STORAGE_SHARE = 0.10             # of the allocated storage
 REDIS_MEMORY_PERCENT = 90.0              # of maxmemory
 REDIS_EVICTIONS_PER_5MIN = 100
@@ -102,7 +103,6 @@ class CloudWatchAlarmsArgs:
     redis_num_nodes: int
     # The monitoring host (MonitoringHost.instance_id).
     monitoring_instance_id: pulumi.Input[str]
-    db_max_connections: int = 100
 
 
 class CloudWatchAlarms(pulumi.ComponentResource):
@@ -184,10 +184,12 @@ class CloudWatchAlarms(pulumi.ComponentResource):
             namespace="AWS/RDS", metric_name="FreeStorageSpace", statistic="Minimum", dimensions=db,
             period=300, evaluation_periods=3, comparison_operator="LessThanThreshold", threshold=free_bytes,
             treat_missing_data="missing")
-        connections = int(args.db_max_connections * DB_CONNECTIONS_SHARE)
+        # The limit is the one this project's parameter group sets (components/postgres_parameters.py).
+        limit = max_connections()
+        connections = int(limit * DB_CONNECTIONS_SHARE)
         self._alarm(
             "rds-connections",
-            f"PostgreSQL connections above {connections} (of max_connections {args.db_max_connections}) for 5 minutes",
+            f"PostgreSQL connections above {connections} (of max_connections {limit}) for 5 minutes",
             namespace="AWS/RDS", metric_name="DatabaseConnections", statistic="Maximum", dimensions=db,
             period=60, evaluation_periods=5, datapoints_to_alarm=5,
             comparison_operator="GreaterThanThreshold", threshold=connections, treat_missing_data="missing")

@@ -23,13 +23,13 @@ import pulumi_random as random
 
 from components.common import assume_role_policy, name_tag, physical_prefix, policy_json, type_token
 from components.monitoring_render import (
-    BACKUP_PREFIX,
     CLOUDWATCH_NAMESPACE,
     MonitoringSettings,
     bundle_files,
     bundle_key,
     user_data_base64,
 )
+from components.storage import BACKUP_PREFIX
 
 GRAFANA_PORT = 3000
 ROOT_VOLUME_GB = 20
@@ -43,6 +43,7 @@ class MonitoringHostArgs:
     subnet_id: pulumi.Input[str]                 # one private subnet
     availability_zone: str                       # the subnet's AZ (the data volume must match)
     security_group_id: pulumi.Input[str]         # SecurityGroups.ids["monitoring"]
+    ami_id: pulumi.Input[str]                    # components.ami.amazon_linux_2023_ami, the one lookup
     account_id: str
     region: str
     environment: str
@@ -181,15 +182,6 @@ class MonitoringHost(pulumi.ComponentResource):
                 tags=name_tag("monitoring-out-80")), child)
 
         # --- the instance --------------------------------------------------------------------
-        ami = aws.ec2.get_ami(
-            most_recent=True, owners=["amazon"],
-            filters=[
-                aws.ec2.GetAmiFilterArgs(name="name", values=["al2023-ami-2023.*-kernel-*-x86_64"]),
-                aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
-                aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"]),
-            ],
-            opts=pulumi.InvokeOptions(parent=self))
-
         alerting_arn: pulumi.Input[Optional[str]] = alerting_secret.arn if alerting_secret is not None else None
         inputs = pulumi.Output.all(
             public_url=args.public_url, topic=args.alerts_topic_arn, bucket=args.backup_bucket_name,
@@ -213,7 +205,7 @@ class MonitoringHost(pulumi.ComponentResource):
                 probe_paths=tuple(dict.fromkeys((args.health_check_path, "/api/v1/health/")))))
 
         instance = aws.ec2.Instance(f"{name}-host", aws.ec2.InstanceArgs(
-            ami=ami.id,
+            ami=args.ami_id,
             instance_type=args.instance_type,
             subnet_id=args.subnet_id,
             vpc_security_group_ids=[args.security_group_id],

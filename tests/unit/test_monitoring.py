@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from components.monitoring_render import BOOTSTRAP_PATH, CLOUDWATCH_NAMESPACE, EXPORTER_SECRETS_PATH, decode_user_data
+from components.monitoring_render import BOOTSTRAP_PATH, CLOUDWATCH_NAMESPACE, EXPORTER_SECRETS_PATH
+from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data, user_data_size
 from infra.mock_engine import MOCK_ACCOUNT_ID, Plan, PlannedResource, run_program
 
 STACKS = ("staging", "prod")
@@ -102,6 +103,13 @@ def test_host_is_al2023_sized_from_config_with_detailed_monitoring(plan: Plan) -
     assert inputs["monitoring"] is True
     assert inputs["userDataReplaceOnChange"] is True
     assert inputs["tags"]["Name"] == f"psychology-api-{plan.stack}-monitoring"
+
+
+def test_host_runs_the_same_image_as_the_api_hosts(plan: Plan) -> None:
+    """One AL2023 lookup in the program feeds both kinds of host."""
+    launch_template = plan.one("aws:ec2/launchTemplate:LaunchTemplate", "api-lt")
+    assert host(plan).inputs["ami"] == launch_template.inputs["imageId"]
+    assert "ami" in host(plan).options["ignoreChanges"]
 
 
 def test_host_waits_for_bundle_and_secret_values(plan: Plan) -> None:
@@ -206,6 +214,9 @@ def test_user_data_holds_no_secret_value(plan: Plan, with_channels: Plan) -> Non
 
 def test_user_data_fits_ec2_limit(plan: Plan, with_channels: Plan) -> None:
     for p in (plan, with_channels):
+        # EC2 counts the gzip bytes (before base64); today even the base64 text fits, which
+        # leaves a third of headroom.
+        assert user_data_size(host(p).inputs["userDataBase64"]) <= USER_DATA_LIMIT_BYTES
         assert len(host(p).inputs["userDataBase64"]) < 16384
 
 
@@ -425,6 +436,33 @@ def test_rds_alarms(plan: Plan) -> None:
     assert storage["threshold"] == int(allocated * 0.1 * 1024 ** 3)
     connections = alarm(plan, "rds-connections").inputs
     assert (connections["metricName"], connections["threshold"]) == ("DatabaseConnections", 80)
+
+
+def parameter_group_max_connections(plan: Plan) -> int:
+    group = plan.one("aws:rds/parameterGroup:ParameterGroup", "postgres-params")
+    return int(next(p["value"] for p in group.inputs["parameters"] if p["name"] == "max_connections"))
+
+
+def test_connections_alarm_follows_the_parameter_group(plan: Plan) -> None:
+    limit = parameter_group_max_connections(plan)
+    connections = alarm(plan, "rds-connections").inputs
+    assert connections["threshold"] == int(limit * 0.8)
+    assert f"(of max_connections {limit})" in connections["alarmDescription"]
+
+
+def test_connections_alarm_moves_with_a_changed_max_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One source for the limit: raising max_connections in the parameter group moves the alarm."""
+    import dataclasses
+
+    from components import database, postgres_parameters
+
+    raised = tuple(dataclasses.replace(p, value="250") if p.name == "max_connections" else p
+                   for p in postgres_parameters.PARAMETERS)
+    monkeypatch.setattr(postgres_parameters, "PARAMETERS", raised)
+    monkeypatch.setattr(database, "PARAMETERS", raised)
+    plan = run_program("staging")
+    assert parameter_group_max_connections(plan) == 250
+    assert alarm(plan, "rds-connections").inputs["threshold"] == 200
 
 
 def test_redis_alarms_per_member_cluster(plan: Plan) -> None:
