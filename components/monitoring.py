@@ -288,12 +288,15 @@ def host_policy(args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[st
                 f"secretsmanager.{region}.amazonaws.com", f"s3.{region}.amazonaws.com", f"sns.{region}.amazonaws.com"]}},
         },
         {
-            # Backups: write (multipart), verify, read for restores. No delete: retention is the
-            # bucket's lifecycle rule, and a compromised host cannot erase the backups.
+            # Exactly what scripts.backup/restore/restore_drill call (a test derives it from
+            # their code): PutObject for the multipart upload (create, parts, complete) and the
+            # manifest; GetObject for HEAD and downloads, GetObjectVersion for both pinned to
+            # the manifest's version; AbortMultipartUpload for a failed backup. No delete:
+            # retention is the bucket's lifecycle rule, and a compromised host cannot erase
+            # the backups.
             "Sid": "WriteAndReadBackups",
             "Effect": "Allow",
-            "Action": ["s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectAttributes",
-                       "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+            "Action": ["s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:AbortMultipartUpload"],
             "Resource": backups_objects,
         },
         {
