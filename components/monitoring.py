@@ -14,6 +14,7 @@ Secrets never travel in user data: the host reads them at boot with its own role
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -76,6 +77,11 @@ class MonitoringHostArgs:
     pagerduty_routing_key: Optional[pulumi.Input[str]] = None
     # Keep a snapshot of the data volume when the stack is destroyed (prod).
     final_snapshot: bool = False
+    # The host's network path: its security group's rules, the NAT routes, the VPC endpoints
+    # (pass the Network and SecurityGroups components: depending on a component waits for
+    # all its children). The boot script downloads the bundle, reads secrets and installs
+    # packages at once, so on a first `up` it must not start before the path exists.
+    network_ready: Sequence[pulumi.Resource] = ()
 
 
 class MonitoringHost(pulumi.ComponentResource):
@@ -224,9 +230,9 @@ class MonitoringHost(pulumi.ComponentResource):
             tags=name_tag("monitoring", {"role": "monitoring"}),
         ), pulumi.ResourceOptions(
             parent=self,
-            # The boot script uses its permissions to read the bundle and the secrets' values:
-            # all of them must exist before it runs.
-            depends_on=[bundle, permissions, ssm_core, *secret_versions],
+            # The boot script uses its permissions and its network path to read the bundle and
+            # the secrets' values: all of them must exist before it runs.
+            depends_on=[bundle, permissions, ssm_core, *secret_versions, *args.network_ready],
             # A newer AMI alone must not replace the host in the middle of an unrelated
             # deployment; roll it deliberately with `pulumi up --replace <urn>`.
             ignore_changes=["ami"]))

@@ -275,6 +275,7 @@ def main() -> None:
         alert_webhook_url=secrets.get("alertWebhookUrl"),
         pagerduty_routing_key=secrets.get("pagerdutyRoutingKey"),
         final_snapshot=cfg.deletion_protection,
+        network_ready=[network, security],
     ), opts)
     CloudWatchAlarms("alarms", CloudWatchAlarmsArgs(
         alerts_topic_arn=alerts.arn,

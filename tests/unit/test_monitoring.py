@@ -105,6 +105,23 @@ def test_host_is_al2023_sized_from_config_with_detailed_monitoring(plan: Plan) -
     assert inputs["tags"]["Name"] == f"psychology-api-{plan.stack}-monitoring"
 
 
+def test_host_waits_for_its_network_path(plan: Plan) -> None:
+    """First `up`: the boot script must not run before the routes, endpoints and its security
+    group's rules exist (they are children of the network and security components)."""
+    after = set(host(plan).depends_on)
+    network_path = {r.name for r in plan.resources if r.type in (
+        "aws:ec2/route:Route", "aws:ec2/routeTableAssociation:RouteTableAssociation",
+        "aws:ec2/natGateway:NatGateway", "aws:ec2/vpcEndpoint:VpcEndpoint",
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule") and r.parent in ("network", "sg")}
+    assert {"network-s3-endpoint", "sg-monitoring-out-443-anywhere-v4", "sg-monitoring-out-5432-database",
+            "sg-database-in-5432-monitoring"} <= network_path
+    assert any(name.startswith("network-private-default-") for name in network_path)
+    if plan.stack == "prod":  # interface endpoints only where configured
+        assert {"network-secretsmanager-endpoint", "network-endpoints-in-443-vpc"} <= network_path
+    assert network_path <= after, sorted(network_path - after)
+
+
 def test_host_runs_the_same_image_as_the_api_hosts(plan: Plan) -> None:
     """One AL2023 lookup in the program feeds both kinds of host."""
     launch_template = plan.one("aws:ec2/launchTemplate:LaunchTemplate", "api-lt")
