@@ -33,6 +33,7 @@ from typing import Any, Optional
 import jinja2
 import yaml
 
+from components.loadbalancer import MAINTENANCE_MARKER
 from components.security import APP_METRICS_PORT
 from components.storage import BACKUP_PREFIX
 from components.userdata import encode_user_data
@@ -69,6 +70,10 @@ INTEGRATION_PROBES = (
     ("payments", "https://api.yookassa.ru/v3/me"),
     ("telegram", "https://api.telegram.org/"),
 )
+
+# Alerts that planned maintenance (alert MaintenanceMode) holds back: what users see through
+# the load balancer.
+MAINTENANCE_INHIBITS = ("PublicEndpointDown", "APIHighErrorRate", "APIHighLatency", "APIAvailabilityBelowSLO")
 
 UNIT_TEMPLATES = (
     "prometheus.service", "alertmanager.service", "node_exporter.service", "postgres_exporter.service",
@@ -187,7 +192,9 @@ def rule_files() -> dict[str, str]:
 
 
 def blackbox_config(s: MonitoringSettings) -> str:
-    return render_template("blackbox/blackbox.yml.j2", **_common(s), https=s.https)
+    if not re.fullmatch(r"[a-z0-9-]+", MAINTENANCE_MARKER):
+        raise ValueError(f"the maintenance marker {MAINTENANCE_MARKER!r} must be a plain word: it is used as a regexp")
+    return render_template("blackbox/blackbox.yml.j2", **_common(s), https=s.https, maintenance_marker=MAINTENANCE_MARKER)
 
 
 # --- Alertmanager ----------------------------------------------------------------------
@@ -213,7 +220,7 @@ def alertmanager_config(s: MonitoringSettings, secrets_dir: str = ALERTMANAGER_S
     return render_template(
         "alertmanager/alertmanager.yml.j2", **values,
         templates_dir=templates_dir, alerts_topic_arn=s.alerts_topic_arn,
-        receivers=alert_receivers(s), channels_comment=comment)
+        receivers=alert_receivers(s), channels_comment=comment, maintenance_inhibits=MAINTENANCE_INHIBITS)
 
 
 # --- Grafana ---------------------------------------------------------------------------
