@@ -30,6 +30,12 @@ REDIS_MEMORY_PERCENT = 90.0              # of maxmemory
 REDIS_EVICTIONS_PER_5MIN = 100
 MONITORING_DISK_PERCENT = 85.0
 
+# Load-balancer alarms that planned maintenance would set off: the maintenance rule's fixed
+# 503s count as HTTPCode_ELB_5XX_Count, and behind the page the hosts may be replaced,
+# unhealthy or gone. With maintenance on they keep evaluating (their state stays visible in
+# the console) but notify nobody.
+MAINTENANCE_SILENCED = ("alb-5xx-rate", "alb-unhealthy-hosts", "alb-no-healthy-hosts", "alb-latency-p95")
+
 
 @dataclass
 class AlertsTopicArgs:
@@ -103,6 +109,9 @@ class CloudWatchAlarmsArgs:
     redis_num_nodes: int
     # The monitoring host (MonitoringHost.instance_id).
     monitoring_instance_id: pulumi.Input[str]
+    # Config `maintenance`: the load balancer answers the maintenance page; the alarms in
+    # MAINTENANCE_SILENCED take no action meanwhile.
+    maintenance: bool = False
 
 
 class CloudWatchAlarms(pulumi.ComponentResource):
@@ -113,6 +122,7 @@ class CloudWatchAlarms(pulumi.ComponentResource):
         self._name = name
         self._child = pulumi.ResourceOptions(parent=self)
         self._topic = args.alerts_topic_arn
+        self._maintenance = args.maintenance
         self.alarm_names = []
         lb = {"LoadBalancer": args.alb_arn_suffix}
         db = {"DBInstanceIdentifier": args.db_instance_identifier}
@@ -242,13 +252,24 @@ class CloudWatchAlarms(pulumi.ComponentResource):
         self.register_outputs({"alarm_names": self.alarm_names})
 
     def _alarm(self, role: str, description: str, *, extra_actions: Sequence[str] = (), **kwargs: Any) -> None:
+        opts = self._child
+        actions_enabled = True
+        if role in MAINTENANCE_SILENCED:
+            actions_enabled = not self._maintenance
+            # Switching maintenance recreates the alarm (same name, so the old one goes first)
+            # instead of updating it. An update keeps the alarm's state, and CloudWatch acts
+            # only on a change of state: an alarm still in ALARM when maintenance ends would
+            # never notify. A recreated alarm starts from INSUFFICIENT_DATA and reports its
+            # state afresh (OK, or ALARM if the condition still holds).
+            opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+                replace_on_changes=["actionsEnabled"], delete_before_replace=True))
         alarm = aws.cloudwatch.MetricAlarm(f"{self._name}-{role}", aws.cloudwatch.MetricAlarmArgs(
             name=f"{physical_prefix()}-{role}",
             alarm_description=description,
-            actions_enabled=True,
+            actions_enabled=actions_enabled,
             alarm_actions=[self._topic, *extra_actions],
             ok_actions=[self._topic],
             tags=name_tag(f"alarm-{role}"),
             **kwargs,
-        ), self._child)
+        ), opts)
         self.alarm_names.append(alarm.name)

@@ -288,6 +288,7 @@ def main() -> None:
         redis_replication_group_id=cache.replication_group_id,
         redis_num_nodes=cfg.redis_num_nodes,
         monitoring_instance_id=monitoring.instance_id,
+        maintenance=cfg.maintenance,
     ), opts)
 
     security_group_ids = dict(security.ids)

@@ -26,6 +26,11 @@ PAGERDUTY_KEY = "pd-routing-key-0123456789abcdef0123"
 
 
 @pytest.fixture(scope="module")
+def in_maintenance() -> dict[str, Plan]:
+    return {stack: run_program(stack, overrides={"maintenance": True}) for stack in STACKS}
+
+
+@pytest.fixture(scope="module")
 def with_channels() -> Plan:
     return run_program("prod", overrides={"alarmEmail": "oncall@example.com"},
                        secret_overrides={"alertWebhookUrl": WEBHOOK, "pagerdutyRoutingKey": PAGERDUTY_KEY})
@@ -568,6 +573,63 @@ def test_monitoring_host_status_check_recovers_the_instance(plan: Plan) -> None:
     assert f"arn:aws:automate:{REGION}:ec2:reboot" in instance["alarmActions"]
     heartbeat = alarm(plan, "monitoring-heartbeat").inputs
     assert heartbeat["namespace"] == CLOUDWATCH_NAMESPACE and heartbeat["treatMissingData"] == "breaching"
+
+
+# --- planned maintenance ---------------------------------------------------------------------------
+
+MAINTENANCE_SILENCED = {"alb-5xx-rate", "alb-unhealthy-hosts", "alb-no-healthy-hosts", "alb-latency-p95"}
+
+
+def test_every_alarm_acts_outside_maintenance(plan: Plan) -> None:
+    assert plan.outputs["maintenance_mode"] is False
+    assert all(a.inputs["actionsEnabled"] is True for a in plan.of_type(ALARM))
+
+
+def test_maintenance_turns_off_the_load_balancer_alarms_actions_only(plan: Plan, in_maintenance: dict[str, Plan]) -> None:
+    maintenance = in_maintenance[plan.stack]
+    assert maintenance.outputs["maintenance_mode"] is True
+    enabled = {a.name.removeprefix("alarms-"): a.inputs["actionsEnabled"] for a in maintenance.of_type(ALARM)}
+    assert {role for role, on in enabled.items() if not on} == MAINTENANCE_SILENCED
+    # Everything else about the alarms is the same: they keep evaluating, visible in the console.
+    normal = {a.name: a.inputs for a in plan.of_type(ALARM)}
+    for a in maintenance.of_type(ALARM):
+        assert {k: v for k, v in a.inputs.items() if k != "actionsEnabled"} == {
+            k: v for k, v in normal[a.name].items() if k != "actionsEnabled"}, a.name
+
+
+def test_switching_maintenance_recreates_the_silenced_alarms(plan: Plan) -> None:
+    """An in-place update would keep an alarm's ALARM state, and with actions back on it would
+    never notify; recreated (old one deleted first: the name is fixed) it reports afresh."""
+    for a in plan.of_type(ALARM):
+        role = a.name.removeprefix("alarms-")
+        assert a.parent == "alarms"
+        if role in MAINTENANCE_SILENCED:
+            assert a.options.get("replaceOnChanges") == ["actionsEnabled"], a.name
+            assert a.options.get("deleteBeforeReplace") is True, a.name
+        else:
+            assert "replaceOnChanges" not in a.options, a.name
+
+
+def test_maintenance_leaves_the_monitoring_host_alone(plan: Plan, in_maintenance: dict[str, Plan]) -> None:
+    """Prometheus finds maintenance by probing, so the host's user data (and every other input:
+    a change would replace it) does not depend on the flag."""
+    maintenance = in_maintenance[plan.stack]
+    assert host(maintenance).inputs == host(plan).inputs
+    for resource in plan.resources:
+        if resource.parent == "monitoring":
+            assert maintenance.one(resource.type, resource.name).inputs == resource.inputs, resource.name
+
+
+def test_maintenance_page_carries_the_mark_the_probe_looks_for(in_maintenance: dict[str, Plan]) -> None:
+    from components.loadbalancer import MAINTENANCE_MARKER
+
+    for maintenance in in_maintenance.values():
+        rule = maintenance.one("aws:lb/listenerRule:ListenerRule", "alb-maintenance")
+        body = rule.inputs["actions"][0]["fixedResponse"]["messageBody"]
+        assert rule.inputs["actions"][0]["fixedResponse"]["statusCode"] == "503"
+        assert MAINTENANCE_MARKER in body
+        blackbox = yaml.safe_load(written_files(maintenance)["/etc/blackbox_exporter/blackbox.yml"])
+        assert blackbox["modules"]["http_maintenance"]["http"]["fail_if_body_not_matches_regexp"] == [MAINTENANCE_MARKER]
 
 
 # --- outputs ----------------------------------------------------------------------------------------
