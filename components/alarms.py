@@ -17,17 +17,24 @@ import pulumi_aws as aws
 
 from components.common import name_tag, physical_prefix, policy_json, type_token
 from components.monitoring_render import CLOUDWATCH_NAMESPACE, DATA_DIR
+from components.postgres_parameters import max_connections
 
 # Thresholds (spec 5.3.1 where it has one).
 ERROR_RATE_PERCENT = 1.0                 # 5xx share of requests
 ERROR_RATE_MIN_REQUESTS = 20             # per minute: below this a single error is noise
 LATENCY_P95_SECONDS = 0.8
 CPU_PERCENT = 80.0
-DB_CONNECTIONS_SHARE = 0.8               # of max_connections (80 of 100)
+DB_CONNECTIONS_SHARE = 0.8               # of the parameter group's max_connections
 DB_FREE_STORAGE_SHARE = 0.10             # of the allocated storage
 REDIS_MEMORY_PERCENT = 90.0              # of maxmemory
 REDIS_EVICTIONS_PER_5MIN = 100
 MONITORING_DISK_PERCENT = 85.0
+
+# Load-balancer alarms that planned maintenance would set off: the maintenance rule's fixed
+# 503s count as HTTPCode_ELB_5XX_Count, and behind the page the hosts may be replaced,
+# unhealthy or gone. With maintenance on they keep evaluating (their state stays visible in
+# the console) but notify nobody.
+MAINTENANCE_SILENCED = ("alb-5xx-rate", "alb-unhealthy-hosts", "alb-no-healthy-hosts", "alb-latency-p95")
 
 
 @dataclass
@@ -102,7 +109,9 @@ class CloudWatchAlarmsArgs:
     redis_num_nodes: int
     # The monitoring host (MonitoringHost.instance_id).
     monitoring_instance_id: pulumi.Input[str]
-    db_max_connections: int = 100
+    # Config `maintenance`: the load balancer answers the maintenance page; the alarms in
+    # MAINTENANCE_SILENCED take no action meanwhile.
+    maintenance: bool = False
 
 
 class CloudWatchAlarms(pulumi.ComponentResource):
@@ -113,6 +122,7 @@ class CloudWatchAlarms(pulumi.ComponentResource):
         self._name = name
         self._child = pulumi.ResourceOptions(parent=self)
         self._topic = args.alerts_topic_arn
+        self._maintenance = args.maintenance
         self.alarm_names = []
         lb = {"LoadBalancer": args.alb_arn_suffix}
         db = {"DBInstanceIdentifier": args.db_instance_identifier}
@@ -184,10 +194,12 @@ class CloudWatchAlarms(pulumi.ComponentResource):
             namespace="AWS/RDS", metric_name="FreeStorageSpace", statistic="Minimum", dimensions=db,
             period=300, evaluation_periods=3, comparison_operator="LessThanThreshold", threshold=free_bytes,
             treat_missing_data="missing")
-        connections = int(args.db_max_connections * DB_CONNECTIONS_SHARE)
+        # The limit is the one this project's parameter group sets (components/postgres_parameters.py).
+        limit = max_connections()
+        connections = int(limit * DB_CONNECTIONS_SHARE)
         self._alarm(
             "rds-connections",
-            f"PostgreSQL connections above {connections} (of max_connections {args.db_max_connections}) for 5 minutes",
+            f"PostgreSQL connections above {connections} (of max_connections {limit}) for 5 minutes",
             namespace="AWS/RDS", metric_name="DatabaseConnections", statistic="Maximum", dimensions=db,
             period=60, evaluation_periods=5, datapoints_to_alarm=5,
             comparison_operator="GreaterThanThreshold", threshold=connections, treat_missing_data="missing")
@@ -240,13 +252,24 @@ class CloudWatchAlarms(pulumi.ComponentResource):
         self.register_outputs({"alarm_names": self.alarm_names})
 
     def _alarm(self, role: str, description: str, *, extra_actions: Sequence[str] = (), **kwargs: Any) -> None:
+        opts = self._child
+        actions_enabled = True
+        if role in MAINTENANCE_SILENCED:
+            actions_enabled = not self._maintenance
+            # Switching maintenance recreates the alarm (same name, so the old one goes first)
+            # instead of updating it. An update keeps the alarm's state, and CloudWatch acts
+            # only on a change of state: an alarm still in ALARM when maintenance ends would
+            # never notify. A recreated alarm starts from INSUFFICIENT_DATA and reports its
+            # state afresh (OK, or ALARM if the condition still holds).
+            opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+                replace_on_changes=["actionsEnabled"], delete_before_replace=True))
         alarm = aws.cloudwatch.MetricAlarm(f"{self._name}-{role}", aws.cloudwatch.MetricAlarmArgs(
             name=f"{physical_prefix()}-{role}",
             alarm_description=description,
-            actions_enabled=True,
+            actions_enabled=actions_enabled,
             alarm_actions=[self._topic, *extra_actions],
             ok_actions=[self._topic],
             tags=name_tag(f"alarm-{role}"),
             **kwargs,
-        ), self._child)
+        ), opts)
         self.alarm_names.append(alarm.name)

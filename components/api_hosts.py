@@ -18,10 +18,9 @@ import pulumi
 import pulumi_aws as aws
 
 from components.common import assume_role_policy, name_tag, physical_prefix, policy_json, type_token
-from components.hostconfig import ApiHostSettings, encode_user_data, render_api_user_data
+from components.hostconfig import ApiHostSettings, render_api_user_data
+from components.userdata import encode_user_data
 
-# The filter of the contract: the newest Amazon Linux 2023 image for x86_64 from Amazon.
-AL2023_AMI_NAME = "al2023-ami-2023.*-kernel-*-x86_64"
 MANAGED_POLICIES = {
     "ssm": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
     "cloudwatch-agent": "arn:aws:iam::aws:policy/CloudWatchAgentServerPolicy",
@@ -36,22 +35,9 @@ GROUP_METRICS = tuple(aws.autoscaling.Metric(m) for m in (
     "GroupPendingInstances", "GroupStandbyInstances", "GroupTerminatingInstances", "GroupTotalInstances"))
 
 
-def amazon_linux_2023_ami(opts: Optional[pulumi.InvokeOptions] = None) -> aws.ec2.AwaitableGetAmiResult:
-    """The newest Amazon Linux 2023 x86_64 image (shared by every EC2 host of the project)."""
-    return aws.ec2.get_ami(
-        most_recent=True,
-        owners=["amazon"],
-        filters=[
-            aws.ec2.GetAmiFilterArgs(name="name", values=[AL2023_AMI_NAME]),
-            aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
-            aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"]),
-        ],
-        opts=opts)
-
-
 @dataclass
 class ApiHostsArgs:
-    ami_id: pulumi.Input[str]
+    ami_id: pulumi.Input[str]                    # components.ami.amazon_linux_2023_ami
     instance_type: str
     root_volume_gb: int
     kms_key_arn: pulumi.Input[str]
@@ -150,7 +136,7 @@ class ApiHosts(pulumi.ComponentResource):
             integration_secret_arns=v["integrations"] or {},
             database_secret_arn=v["database"],
             redis_secret_arn=v["redis"],
-        ))))
+        )), host="API host"))
 
         tag_specifications = [
             aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=host_tags)

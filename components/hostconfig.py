@@ -2,8 +2,8 @@
 
 Each file a host needs (nginx, gunicorn, systemd units, the bootstrap and secrets scripts, the
 CloudWatch agent and logrotate configuration) is a real template file. `render_api_files`
-renders them all; `render_api_user_data` wraps them into one `#cloud-config` document, and
-`encode_user_data` compresses and base64-encodes it for the launch template.
+renders them all; `render_api_user_data` wraps them into one `#cloud-config` document, which
+`components.userdata.encode_user_data` compresses and base64-encodes for the launch template.
 
 Only non-secret values are rendered: secret ARNs (identifiers, not credentials) go in, and
 the hosts fetch the secret values at boot with their instance role.
@@ -11,8 +11,6 @@ the hosts fetch the secret values at boot with their instance role.
 
 from __future__ import annotations
 
-import base64
-import gzip
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +21,6 @@ import jinja2
 from components.security import APP_METRICS_PORT
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "api"
-
-# EC2 refuses user data above 16 KiB (before base64).
-USER_DATA_LIMIT_BYTES = 16 * 1024
 
 # node_exporter is not in the Amazon Linux 2023 repositories: fetched over HTTPS from the
 # project's GitHub release and checked against the published SHA-256 before it is installed.
@@ -146,20 +141,3 @@ def render_api_user_data(settings: ApiHostSettings) -> str:
     env = _environment()
     context = dict(_context(settings), files=render_api_files(settings))
     return env.get_template("cloud-config.yaml.j2").render(context)
-
-
-def encode_user_data(cloud_config: str) -> str:
-    """gzip (cloud-init detects it) then base64, as the launch template expects.
-
-    The gzip header carries no timestamp, so the same text always gives the same bytes: an
-    unchanged configuration never creates a new launch-template version (and an instance
-    refresh)."""
-    compressed = gzip.compress(cloud_config.encode(), compresslevel=9, mtime=0)
-    if len(compressed) > USER_DATA_LIMIT_BYTES:
-        raise ValueError(f"API host user data is {len(compressed)} bytes compressed; EC2 allows {USER_DATA_LIMIT_BYTES}")
-    return base64.b64encode(compressed).decode()
-
-
-def decode_user_data(encoded: str) -> str:
-    """The inverse of encode_user_data (tests and operators reading a launch template)."""
-    return gzip.decompress(base64.b64decode(encoded)).decode()

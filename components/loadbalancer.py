@@ -20,6 +20,9 @@ from components.common import name_tag, physical_prefix, type_token
 
 HSTS_HEADER = "max-age=31536000; includeSubDomains; preload"
 MAINTENANCE_PAGE = Path(__file__).resolve().parent / "templates" / "loadbalancer" / "maintenance.html"
+# The page's mark (a meta tag): the monitoring host's blackbox probe tells planned maintenance
+# from an outage by a 503 carrying it (components/templates/monitoring/blackbox/).
+MAINTENANCE_MARKER = "psychology-api-maintenance"
 # Fixed-response bodies are limited to 1024 characters by Elastic Load Balancing.
 FIXED_RESPONSE_LIMIT = 1024
 # Below nginx's keepalive_timeout (75 s) on the hosts, so an idle connection is always closed
@@ -233,4 +236,6 @@ def maintenance_page() -> str:
     body = MAINTENANCE_PAGE.read_text(encoding="utf-8")
     if len(body) > FIXED_RESPONSE_LIMIT:
         raise ValueError(f"{MAINTENANCE_PAGE.name} has {len(body)} characters; a fixed response allows {FIXED_RESPONSE_LIMIT}")
+    if MAINTENANCE_MARKER not in body:
+        raise ValueError(f"{MAINTENANCE_PAGE.name} lacks {MAINTENANCE_MARKER!r}, which monitoring needs to tell maintenance from an outage")
     return body

@@ -14,6 +14,7 @@ Secrets never travel in user data: the host reads them at boot with its own role
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -23,13 +24,13 @@ import pulumi_random as random
 
 from components.common import assume_role_policy, name_tag, physical_prefix, policy_json, type_token
 from components.monitoring_render import (
-    BACKUP_PREFIX,
     CLOUDWATCH_NAMESPACE,
     MonitoringSettings,
     bundle_files,
     bundle_key,
     user_data_base64,
 )
+from components.storage import BACKUP_PREFIX
 
 GRAFANA_PORT = 3000
 ROOT_VOLUME_GB = 20
@@ -43,6 +44,7 @@ class MonitoringHostArgs:
     subnet_id: pulumi.Input[str]                 # one private subnet
     availability_zone: str                       # the subnet's AZ (the data volume must match)
     security_group_id: pulumi.Input[str]         # SecurityGroups.ids["monitoring"]
+    ami_id: pulumi.Input[str]                    # components.ami.amazon_linux_2023_ami, the one lookup
     account_id: str
     region: str
     environment: str
@@ -75,6 +77,11 @@ class MonitoringHostArgs:
     pagerduty_routing_key: Optional[pulumi.Input[str]] = None
     # Keep a snapshot of the data volume when the stack is destroyed (prod).
     final_snapshot: bool = False
+    # The host's network path: its security group's rules, the NAT routes, the VPC endpoints
+    # (pass the Network and SecurityGroups components: depending on a component waits for
+    # all its children). The boot script downloads the bundle, reads secrets and installs
+    # packages at once, so on a first `up` it must not start before the path exists.
+    network_ready: Sequence[pulumi.Resource] = ()
 
 
 class MonitoringHost(pulumi.ComponentResource):
@@ -181,15 +188,6 @@ class MonitoringHost(pulumi.ComponentResource):
                 tags=name_tag("monitoring-out-80")), child)
 
         # --- the instance --------------------------------------------------------------------
-        ami = aws.ec2.get_ami(
-            most_recent=True, owners=["amazon"],
-            filters=[
-                aws.ec2.GetAmiFilterArgs(name="name", values=["al2023-ami-2023.*-kernel-*-x86_64"]),
-                aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
-                aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"]),
-            ],
-            opts=pulumi.InvokeOptions(parent=self))
-
         alerting_arn: pulumi.Input[Optional[str]] = alerting_secret.arn if alerting_secret is not None else None
         inputs = pulumi.Output.all(
             public_url=args.public_url, topic=args.alerts_topic_arn, bucket=args.backup_bucket_name,
@@ -213,7 +211,7 @@ class MonitoringHost(pulumi.ComponentResource):
                 probe_paths=tuple(dict.fromkeys((args.health_check_path, "/api/v1/health/")))))
 
         instance = aws.ec2.Instance(f"{name}-host", aws.ec2.InstanceArgs(
-            ami=ami.id,
+            ami=args.ami_id,
             instance_type=args.instance_type,
             subnet_id=args.subnet_id,
             vpc_security_group_ids=[args.security_group_id],
@@ -232,9 +230,9 @@ class MonitoringHost(pulumi.ComponentResource):
             tags=name_tag("monitoring", {"role": "monitoring"}),
         ), pulumi.ResourceOptions(
             parent=self,
-            # The boot script uses its permissions to read the bundle and the secrets' values:
-            # all of them must exist before it runs.
-            depends_on=[bundle, permissions, ssm_core, *secret_versions],
+            # The boot script uses its permissions and its network path to read the bundle and
+            # the secrets' values: all of them must exist before it runs.
+            depends_on=[bundle, permissions, ssm_core, *secret_versions, *args.network_ready],
             # A newer AMI alone must not replace the host in the middle of an unrelated
             # deployment; roll it deliberately with `pulumi up --replace <urn>`.
             ignore_changes=["ami"]))
@@ -296,12 +294,15 @@ def host_policy(args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[st
                 f"secretsmanager.{region}.amazonaws.com", f"s3.{region}.amazonaws.com", f"sns.{region}.amazonaws.com"]}},
         },
         {
-            # Backups: write (multipart), verify, read for restores. No delete: retention is the
-            # bucket's lifecycle rule, and a compromised host cannot erase the backups.
+            # Exactly what scripts.backup/restore/restore_drill call (a test derives it from
+            # their code): PutObject for the multipart upload (create, parts, complete) and the
+            # manifest; GetObject for HEAD and downloads, GetObjectVersion for both pinned to
+            # the manifest's version; AbortMultipartUpload for a failed backup. No delete:
+            # retention is the bucket's lifecycle rule, and a compromised host cannot erase
+            # the backups.
             "Sid": "WriteAndReadBackups",
             "Effect": "Allow",
-            "Action": ["s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectAttributes",
-                       "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+            "Action": ["s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:AbortMultipartUpload"],
             "Resource": backups_objects,
         },
         {

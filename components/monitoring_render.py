@@ -20,9 +20,7 @@ replaced and boots with exactly what the repository holds.
 
 from __future__ import annotations
 
-import base64
 import fnmatch
-import gzip
 import hashlib
 import re
 import shlex
@@ -35,7 +33,10 @@ from typing import Any, Optional
 import jinja2
 import yaml
 
+from components.loadbalancer import MAINTENANCE_MARKER
 from components.security import APP_METRICS_PORT
+from components.storage import BACKUP_PREFIX
+from components.userdata import encode_user_data
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates" / "monitoring"
@@ -53,9 +54,7 @@ BOOTSTRAP_PATH = "/usr/local/sbin/psychology-monitoring-bootstrap"
 EXPORTER_SECRETS_PATH = "/usr/local/sbin/psychology-exporter-secrets"
 
 CLOUDWATCH_NAMESPACE = "PsychologyApi/MonitoringHost"
-USER_DATA_LIMIT_BYTES = 16384                          # EC2's limit on user data
 RETENTION_DAYS = 31                                    # a month: the SLO window
-BACKUP_PREFIX = "postgres/"                            # contract with the backups part
 
 # What scripts/ imports on the host; versions come from requirements.txt (one place).
 OPS_PACKAGES = ("boto3", "psycopg[binary]", "rich", "tenacity")
@@ -71,6 +70,10 @@ INTEGRATION_PROBES = (
     ("payments", "https://api.yookassa.ru/v3/me"),
     ("telegram", "https://api.telegram.org/"),
 )
+
+# Alerts that planned maintenance (alert MaintenanceMode) holds back: what users see through
+# the load balancer.
+MAINTENANCE_INHIBITS = ("PublicEndpointDown", "APIHighErrorRate", "APIHighLatency", "APIAvailabilityBelowSLO")
 
 UNIT_TEMPLATES = (
     "prometheus.service", "alertmanager.service", "node_exporter.service", "postgres_exporter.service",
@@ -189,7 +192,9 @@ def rule_files() -> dict[str, str]:
 
 
 def blackbox_config(s: MonitoringSettings) -> str:
-    return render_template("blackbox/blackbox.yml.j2", **_common(s), https=s.https)
+    if not re.fullmatch(r"[a-z0-9-]+", MAINTENANCE_MARKER):
+        raise ValueError(f"the maintenance marker {MAINTENANCE_MARKER!r} must be a plain word: it is used as a regexp")
+    return render_template("blackbox/blackbox.yml.j2", **_common(s), https=s.https, maintenance_marker=MAINTENANCE_MARKER)
 
 
 # --- Alertmanager ----------------------------------------------------------------------
@@ -215,7 +220,7 @@ def alertmanager_config(s: MonitoringSettings, secrets_dir: str = ALERTMANAGER_S
     return render_template(
         "alertmanager/alertmanager.yml.j2", **values,
         templates_dir=templates_dir, alerts_topic_arn=s.alerts_topic_arn,
-        receivers=alert_receivers(s), channels_comment=comment)
+        receivers=alert_receivers(s), channels_comment=comment, maintenance_inhibits=MAINTENANCE_INHIBITS)
 
 
 # --- Grafana ---------------------------------------------------------------------------
@@ -332,16 +337,8 @@ def cloud_config(s: MonitoringSettings) -> str:
 
 
 def user_data_base64(s: MonitoringSettings) -> str:
-    """The cloud-config gzipped (cloud-init recognises the gzip magic) and base64-encoded."""
-    compressed = gzip.compress(cloud_config(s).encode(), compresslevel=9, mtime=0)
-    encoded = base64.b64encode(compressed).decode()
-    if len(encoded) > USER_DATA_LIMIT_BYTES:
-        raise ValueError(f"monitoring user data is {len(encoded)} bytes, over EC2's {USER_DATA_LIMIT_BYTES}")
-    return encoded
-
-
-def decode_user_data(encoded: str) -> str:
-    return gzip.decompress(base64.b64decode(encoded)).decode()
+    """The cloud-config, gzipped and base64-encoded (components/userdata.py)."""
+    return encode_user_data(cloud_config(s), host="monitoring host")
 
 
 # --- the operations bundle -------------------------------------------------------------------

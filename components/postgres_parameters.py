@@ -146,3 +146,16 @@ def effective_value(parameter: PgParameter, instance_memory_bytes: int) -> str:
     numerator = int(match.group(1) or 1)
     proportional = instance_memory_bytes * numerator // int(match.group(2))
     return str(min(proportional, int(match.group(3))))
+
+
+def parameter(name: str) -> PgParameter:
+    """The parameter group's setting of that name."""
+    for candidate in PARAMETERS:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(f"the parameter group does not set {name}")
+
+
+def max_connections() -> int:
+    """The connection limit the parameter group sets (the CloudWatch alarm's reference)."""
+    return int(parameter("max_connections").value)

@@ -17,6 +17,10 @@ import pulumi_aws as aws
 
 from components.common import name_tag, policy_json, type_token
 
+# Where backups live in the backups bucket: the lifecycle rule's prefix, the monitoring role's
+# grants and the backup timer's --prefix. The scripts (which run on the host without
+# components/) default to the same value, scripts.lib.pgbackup.DEFAULT_PREFIX; a test holds
+# the two equal.
 BACKUP_PREFIX = "postgres/"
 ACCESS_LOG_PREFIX = "alb"
 

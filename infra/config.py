@@ -227,10 +227,6 @@ class StackConfig(BaseModel):
     def app_artifact_key(self) -> str:
         return self.app_artifact.removeprefix("s3://").split("/", 1)[1]
 
-    @property
-    def nat_gateway_count(self) -> int:
-        return self.az_count if self.nat_gateway_per_az else 1
-
 
 @dataclass(frozen=True)
 class Problem:

@@ -7,7 +7,8 @@ import pulumi
 import pulumi_aws as aws
 
 from components.alarms import AlertsTopic, AlertsTopicArgs, CloudWatchAlarms, CloudWatchAlarmsArgs
-from components.api_hosts import ApiHosts, ApiHostsArgs, amazon_linux_2023_ami
+from components.ami import amazon_linux_2023_ami
+from components.api_hosts import ApiHosts, ApiHostsArgs
 from components.cache import Cache, CacheArgs
 from components.database import Database, DatabaseArgs
 from components.dbops import DbOps, DbOpsArgs
@@ -249,6 +250,7 @@ def main() -> None:
         subnet_id=network.private_subnet_ids[0],
         availability_zone=azs[0],
         security_group_id=security.ids["monitoring"],
+        ami_id=ami.id,
         account_id=account_id,
         region=cfg.region,
         environment=cfg.environment,
@@ -273,6 +275,7 @@ def main() -> None:
         alert_webhook_url=secrets.get("alertWebhookUrl"),
         pagerduty_routing_key=secrets.get("pagerdutyRoutingKey"),
         final_snapshot=cfg.deletion_protection,
+        network_ready=[network, security],
     ), opts)
     CloudWatchAlarms("alarms", CloudWatchAlarmsArgs(
         alerts_topic_arn=alerts.arn,
@@ -285,6 +288,7 @@ def main() -> None:
         redis_replication_group_id=cache.replication_group_id,
         redis_num_nodes=cfg.redis_num_nodes,
         monitoring_instance_id=monitoring.instance_id,
+        maintenance=cfg.maintenance,
     ), opts)
 
     security_group_ids = dict(security.ids)

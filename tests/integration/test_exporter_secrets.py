@@ -76,7 +76,7 @@ def host(sm: Any, aws_env: MotoServer, tmp_path: Path) -> Host:
 def render_settings() -> render.MonitoringSettings:
     return render.MonitoringSettings(
         project="psychology-api", stack="test", environment="staging", region="eu-central-1",
-        public_url="http://alb.example", https=False, app_port=80, alerts_topic_arn="arn:aws:sns:eu-central-1:1:t",
+        public_url="http://alb.example", https=False, alerts_topic_arn="arn:aws:sns:eu-central-1:1:t",
         backup_bucket="b", kms_key_arn="arn:aws:kms:eu-central-1:1:key/k", db_host="db.fallback.internal",
         db_name="psychology", db_master_secret_arn="arn:aws:secretsmanager:eu-central-1:1:secret:m",
         grafana_secret_arn="arn:aws:secretsmanager:eu-central-1:1:secret:g", grafana_secret_name="g",

@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 
 from components.api_hosts import ApiHosts, ApiHostsArgs
-from components.hostconfig import decode_user_data
+from components.userdata import decode_user_data
 from infra.mock_engine import Plan, run_program
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"

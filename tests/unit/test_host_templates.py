@@ -20,11 +20,10 @@ import yaml
 from components.hostconfig import (
     NODE_EXPORTER_SHA256,
     NODE_EXPORTER_VERSION,
-    USER_DATA_LIMIT_BYTES,
     ApiHostSettings,
-    decode_user_data,
     render_api_files,
 )
+from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data
 from infra.mock_engine import Plan, run_program
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from components.monitoring_render import BOOTSTRAP_PATH, CLOUDWATCH_NAMESPACE, EXPORTER_SECRETS_PATH, decode_user_data
+from components.monitoring_render import BOOTSTRAP_PATH, CLOUDWATCH_NAMESPACE, EXPORTER_SECRETS_PATH
+from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data, user_data_size
 from infra.mock_engine import MOCK_ACCOUNT_ID, Plan, PlannedResource, run_program
 
 STACKS = ("staging", "prod")
@@ -22,6 +23,11 @@ SECRET = "aws:secretsmanager/secret:Secret"
 REGION = "eu-central-1"
 WEBHOOK = "https://hooks.example.com/services/T000/B000/very-secret-webhook-token"
 PAGERDUTY_KEY = "pd-routing-key-0123456789abcdef0123"
+
+
+@pytest.fixture(scope="module")
+def in_maintenance() -> dict[str, Plan]:
+    return {stack: run_program(stack, overrides={"maintenance": True}) for stack in STACKS}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +110,30 @@ def test_host_is_al2023_sized_from_config_with_detailed_monitoring(plan: Plan) -
     assert inputs["tags"]["Name"] == f"psychology-api-{plan.stack}-monitoring"
 
 
+def test_host_waits_for_its_network_path(plan: Plan) -> None:
+    """First `up`: the boot script must not run before the routes, endpoints and its security
+    group's rules exist (they are children of the network and security components)."""
+    after = set(host(plan).depends_on)
+    network_path = {r.name for r in plan.resources if r.type in (
+        "aws:ec2/route:Route", "aws:ec2/routeTableAssociation:RouteTableAssociation",
+        "aws:ec2/natGateway:NatGateway", "aws:ec2/vpcEndpoint:VpcEndpoint",
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule") and r.parent in ("network", "sg")}
+    assert {"network-s3-endpoint", "sg-monitoring-out-443-anywhere-v4", "sg-monitoring-out-5432-database",
+            "sg-database-in-5432-monitoring"} <= network_path
+    assert any(name.startswith("network-private-default-") for name in network_path)
+    if plan.stack == "prod":  # interface endpoints only where configured
+        assert {"network-secretsmanager-endpoint", "network-endpoints-in-443-vpc"} <= network_path
+    assert network_path <= after, sorted(network_path - after)
+
+
+def test_host_runs_the_same_image_as_the_api_hosts(plan: Plan) -> None:
+    """One AL2023 lookup in the program feeds both kinds of host."""
+    launch_template = plan.one("aws:ec2/launchTemplate:LaunchTemplate", "api-lt")
+    assert host(plan).inputs["ami"] == launch_template.inputs["imageId"]
+    assert "ami" in host(plan).options["ignoreChanges"]
+
+
 def test_host_waits_for_bundle_and_secret_values(plan: Plan) -> None:
     assert {"monitoring-ops-bundle", "monitoring-grafana-value", "monitoring-policy", "monitoring-ssm"} <= set(host(plan).depends_on)
 
@@ -150,8 +180,7 @@ def test_role_writes_backups_but_cannot_delete_them(plan: Plan) -> None:
     bucket_arn = plan.one("aws:s3/bucket:Bucket", "backups-bucket").outputs["arn"]
     write = statement(plan, "WriteAndReadBackups")
     assert write["Resource"] == f"{bucket_arn}/postgres/*"
-    assert set(write["Action"]) == {"s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectAttributes",
-                                    "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}
+    assert set(write["Action"]) == {"s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:AbortMultipartUpload"}
     assert statement(plan, "ListPendingBackupUploads") == {
         "Sid": "ListPendingBackupUploads", "Effect": "Allow", "Action": "s3:ListBucketMultipartUploads",
         "Resource": bucket_arn}
@@ -161,6 +190,75 @@ def test_role_writes_backups_but_cannot_delete_them(plan: Plan) -> None:
     assert statement(plan, "ReadOpsBundle")["Resource"] == f"{bucket_arn}/ops/*"
     every_action = [a for s in role_policy(plan) for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])]
     assert not [a for a in every_action if "Delete" in a]
+
+
+# S3 API operation -> (IAM action, on the bucket rather than its objects). Operations the
+# host's scripts may call; a new one fails the test below until it is mapped here and granted.
+S3_OPERATION_ACTIONS = {
+    "PutObject": ("s3:PutObject", False),
+    "CreateMultipartUpload": ("s3:PutObject", False),
+    "UploadPart": ("s3:PutObject", False),
+    "CompleteMultipartUpload": ("s3:PutObject", False),
+    "AbortMultipartUpload": ("s3:AbortMultipartUpload", False),
+    "GetObject": ("s3:GetObject", False),
+    "HeadObject": ("s3:GetObject", False),
+    "ListParts": ("s3:ListMultipartUploadParts", False),
+    "GetObjectAttributes": ("s3:GetObjectAttributes", False),
+    "DeleteObject": ("s3:DeleteObject", False),
+    "ListObjectsV2": ("s3:ListBucket", True),
+    "ListObjects": ("s3:ListBucket", True),
+    "ListMultipartUploads": ("s3:ListBucketMultipartUploads", True),
+    "ListObjectVersions": ("s3:ListBucketVersions", True),
+}
+# Called, and refused on purpose: the scripts tolerate AccessDenied (the lifecycle rule
+# expires an unverified object instead).
+NOT_GRANTED = {"s3:DeleteObject", "s3:DeleteObjectVersion"}
+
+
+def s3_actions_of_the_host_scripts() -> tuple[set[str], set[str]]:
+    """(object actions, bucket actions) the scripts in the operations bundle need, read from
+    their S3 calls: every `<x>.<s3 client method>(...)` and `get_paginator("<method>")`."""
+    import ast
+
+    import boto3
+
+    from components.monitoring_render import bundle_files
+
+    methods = boto3.client("s3", region_name=REGION).meta.method_to_api_mapping
+    objects: set[str] = set()
+    bucket: set[str] = set()
+    for path, source in bundle_files().items():
+        if not (path.startswith("scripts/") and path.endswith(".py")):
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            method = node.func.attr
+            if method == "get_paginator" and node.args and isinstance(node.args[0], ast.Constant):
+                method = str(node.args[0].value)
+            if method not in methods or method == "get_paginator":
+                continue
+            operation = methods[method]
+            assert operation in S3_OPERATION_ACTIONS, f"{path}: {method} ({operation}) has no IAM action mapped"
+            action, on_bucket = S3_OPERATION_ACTIONS[operation]
+            (bucket if on_bucket else objects).add(action)
+            # Reads pinned to a version need the ...Version action as well.
+            if "VersionId" in ast.unparse(node) and action in ("s3:GetObject", "s3:DeleteObject"):
+                objects.add(action + "Version")
+    return objects, bucket
+
+
+def test_role_grants_exactly_the_s3_actions_the_scripts_call(plan: Plan) -> None:
+    objects, bucket = s3_actions_of_the_host_scripts()
+    assert {"s3:PutObject", "s3:GetObject", "s3:ListBucket"} <= objects | bucket  # the scan sees the calls
+    bucket_arn = plan.one("aws:s3/bucket:Bucket", "backups-bucket").outputs["arn"]
+
+    def granted(resource: str) -> set[str]:
+        return {a for s in role_policy(plan) if s["Resource"] == resource
+                for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
+
+    assert granted(f"{bucket_arn}/postgres/*") == objects - NOT_GRANTED
+    assert granted(bucket_arn) == bucket - NOT_GRANTED
 
 
 def test_role_publishes_to_the_alerts_topic_only(plan: Plan) -> None:
@@ -206,6 +304,9 @@ def test_user_data_holds_no_secret_value(plan: Plan, with_channels: Plan) -> Non
 
 def test_user_data_fits_ec2_limit(plan: Plan, with_channels: Plan) -> None:
     for p in (plan, with_channels):
+        # EC2 counts the gzip bytes (before base64); today even the base64 text fits, which
+        # leaves a third of headroom.
+        assert user_data_size(host(p).inputs["userDataBase64"]) <= USER_DATA_LIMIT_BYTES
         assert len(host(p).inputs["userDataBase64"]) < 16384
 
 
@@ -427,6 +528,33 @@ def test_rds_alarms(plan: Plan) -> None:
     assert (connections["metricName"], connections["threshold"]) == ("DatabaseConnections", 80)
 
 
+def parameter_group_max_connections(plan: Plan) -> int:
+    group = plan.one("aws:rds/parameterGroup:ParameterGroup", "postgres-params")
+    return int(next(p["value"] for p in group.inputs["parameters"] if p["name"] == "max_connections"))
+
+
+def test_connections_alarm_follows_the_parameter_group(plan: Plan) -> None:
+    limit = parameter_group_max_connections(plan)
+    connections = alarm(plan, "rds-connections").inputs
+    assert connections["threshold"] == int(limit * 0.8)
+    assert f"(of max_connections {limit})" in connections["alarmDescription"]
+
+
+def test_connections_alarm_moves_with_a_changed_max_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One source for the limit: raising max_connections in the parameter group moves the alarm."""
+    import dataclasses
+
+    from components import database, postgres_parameters
+
+    raised = tuple(dataclasses.replace(p, value="250") if p.name == "max_connections" else p
+                   for p in postgres_parameters.PARAMETERS)
+    monkeypatch.setattr(postgres_parameters, "PARAMETERS", raised)
+    monkeypatch.setattr(database, "PARAMETERS", raised)
+    plan = run_program("staging")
+    assert parameter_group_max_connections(plan) == 250
+    assert alarm(plan, "rds-connections").inputs["threshold"] == 200
+
+
 def test_redis_alarms_per_member_cluster(plan: Plan) -> None:
     memory = alarm(plan, "redis-memory-001").inputs
     assert memory["metricName"] == "DatabaseMemoryUsagePercentage" and memory["threshold"] == 90
@@ -445,6 +573,63 @@ def test_monitoring_host_status_check_recovers_the_instance(plan: Plan) -> None:
     assert f"arn:aws:automate:{REGION}:ec2:reboot" in instance["alarmActions"]
     heartbeat = alarm(plan, "monitoring-heartbeat").inputs
     assert heartbeat["namespace"] == CLOUDWATCH_NAMESPACE and heartbeat["treatMissingData"] == "breaching"
+
+
+# --- planned maintenance ---------------------------------------------------------------------------
+
+MAINTENANCE_SILENCED = {"alb-5xx-rate", "alb-unhealthy-hosts", "alb-no-healthy-hosts", "alb-latency-p95"}
+
+
+def test_every_alarm_acts_outside_maintenance(plan: Plan) -> None:
+    assert plan.outputs["maintenance_mode"] is False
+    assert all(a.inputs["actionsEnabled"] is True for a in plan.of_type(ALARM))
+
+
+def test_maintenance_turns_off_the_load_balancer_alarms_actions_only(plan: Plan, in_maintenance: dict[str, Plan]) -> None:
+    maintenance = in_maintenance[plan.stack]
+    assert maintenance.outputs["maintenance_mode"] is True
+    enabled = {a.name.removeprefix("alarms-"): a.inputs["actionsEnabled"] for a in maintenance.of_type(ALARM)}
+    assert {role for role, on in enabled.items() if not on} == MAINTENANCE_SILENCED
+    # Everything else about the alarms is the same: they keep evaluating, visible in the console.
+    normal = {a.name: a.inputs for a in plan.of_type(ALARM)}
+    for a in maintenance.of_type(ALARM):
+        assert {k: v for k, v in a.inputs.items() if k != "actionsEnabled"} == {
+            k: v for k, v in normal[a.name].items() if k != "actionsEnabled"}, a.name
+
+
+def test_switching_maintenance_recreates_the_silenced_alarms(plan: Plan) -> None:
+    """An in-place update would keep an alarm's ALARM state, and with actions back on it would
+    never notify; recreated (old one deleted first: the name is fixed) it reports afresh."""
+    for a in plan.of_type(ALARM):
+        role = a.name.removeprefix("alarms-")
+        assert a.parent == "alarms"
+        if role in MAINTENANCE_SILENCED:
+            assert a.options.get("replaceOnChanges") == ["actionsEnabled"], a.name
+            assert a.options.get("deleteBeforeReplace") is True, a.name
+        else:
+            assert "replaceOnChanges" not in a.options, a.name
+
+
+def test_maintenance_leaves_the_monitoring_host_alone(plan: Plan, in_maintenance: dict[str, Plan]) -> None:
+    """Prometheus finds maintenance by probing, so the host's user data (and every other input:
+    a change would replace it) does not depend on the flag."""
+    maintenance = in_maintenance[plan.stack]
+    assert host(maintenance).inputs == host(plan).inputs
+    for resource in plan.resources:
+        if resource.parent == "monitoring":
+            assert maintenance.one(resource.type, resource.name).inputs == resource.inputs, resource.name
+
+
+def test_maintenance_page_carries_the_mark_the_probe_looks_for(in_maintenance: dict[str, Plan]) -> None:
+    from components.loadbalancer import MAINTENANCE_MARKER
+
+    for maintenance in in_maintenance.values():
+        rule = maintenance.one("aws:lb/listenerRule:ListenerRule", "alb-maintenance")
+        body = rule.inputs["actions"][0]["fixedResponse"]["messageBody"]
+        assert rule.inputs["actions"][0]["fixedResponse"]["statusCode"] == "503"
+        assert MAINTENANCE_MARKER in body
+        blackbox = yaml.safe_load(written_files(maintenance)["/etc/blackbox_exporter/blackbox.yml"])
+        assert blackbox["modules"]["http_maintenance"]["http"]["fail_if_body_not_matches_regexp"] == [MAINTENANCE_MARKER]
 
 
 # --- outputs ----------------------------------------------------------------------------------------

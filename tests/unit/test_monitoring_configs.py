@@ -9,12 +9,20 @@ tools check the same cross-references the host relies on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.server
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +32,9 @@ import pytest
 import yaml
 
 from components import monitoring_render as render
+from components.loadbalancer import MAINTENANCE_MARKER, maintenance_page
 from components.monitoring_render import MonitoringSettings
+from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data, user_data_size
 from infra.mock_engine import ROOT_DIR, load_stack_config_file
 
 pytestmark = pytest.mark.tools
@@ -140,16 +150,21 @@ def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
     assert alerts - quiet == set(), "alerts never shown quiet on a good series"
 
 
+# Alerts that inform and never page: severity info, routed to the default receiver.
+INFORMATIONAL_ALERTS = {"MaintenanceMode"}
+
+
 def test_rules_cover_the_spec_and_the_backups() -> None:
     assert {"APIHighErrorRate", "APIHighLatency", "APIAvailabilityBelowSLO", "DatabaseHighConnections",
             "DatabaseSizeHigh", "HighCPUUsage", "HighMemoryUsage", "DiskSpaceLow", "BackupMissing",
             "BackupFailed", "RestoreDrillFailed", "RestoreDrillOverdue", "APIHostDown", "ExporterDown",
-            "PublicEndpointDown"} <= _alert_names()
+            "PublicEndpointDown", "MaintenanceMode"} <= _alert_names()
     for content in render.rule_files().values():
         for group in yaml.safe_load(content)["groups"]:
             for rule in group["rules"]:
                 if "alert" in rule:
-                    assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+                    allowed = ("info",) if rule["alert"] in INFORMATIONAL_ALERTS else ("critical", "warning")
+                    assert rule["labels"]["severity"] in allowed, rule["alert"]
                     assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
                     assert "for" in rule, rule["alert"]
 
@@ -226,7 +241,7 @@ def test_blackbox_exporter_checks_config(variant: MonitoringSettings, tmp_path: 
 # --- cloud-init, the boot script, systemd --------------------------------------------------------
 
 def test_cloud_init_accepts_the_user_data(variant: MonitoringSettings, tmp_path: Path) -> None:
-    decoded = render.decode_user_data(render.user_data_base64(variant))
+    decoded = decode_user_data(render.user_data_base64(variant))
     assert decoded == render.cloud_config(variant)
     path = tmp_path / "user-data.yaml"
     path.write_text(decoded)
@@ -235,7 +250,9 @@ def test_cloud_init_accepts_the_user_data(variant: MonitoringSettings, tmp_path:
 
 
 def test_user_data_stays_under_ec2_limit(variant: MonitoringSettings) -> None:
-    assert len(render.user_data_base64(variant)) < render.USER_DATA_LIMIT_BYTES
+    encoded = render.user_data_base64(variant)
+    assert user_data_size(encoded) <= USER_DATA_LIMIT_BYTES  # what EC2 counts: the gzip bytes
+    assert len(encoded) < USER_DATA_LIMIT_BYTES  # headroom: even the base64 text fits today
 
 
 def test_shellcheck_passes_the_boot_script(variant: MonitoringSettings, tmp_path: Path) -> None:
@@ -445,3 +462,190 @@ def test_exporters_without_their_secrets_stay_off() -> None:
     assert "readonly DB_MONITOR_SECRET_ARN=''\n" in script and "readonly REDIS_SECRET_ARN=''\n" in script
     full = {j["job_name"] for j in yaml.safe_load(render.prometheus_config(settings()))["scrape_configs"]}
     assert {"postgres", "redis"} <= full
+
+
+# --- planned maintenance: probe, alert, routing, inhibition ----------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 15) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - local test servers
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+@contextlib.contextmanager
+def serving(command: list[str], ready_url: str) -> Iterator[None]:
+    """A validator run as a server until the block ends (stopped by its own pid)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if http_get(ready_url, timeout=1)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                output = process.communicate()[0]
+                pytest.fail(f"{command[0]} did not start:\n{output}")
+            time.sleep(0.2)
+        yield
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+# What the load balancer answers: its maintenance rule, its own 503 with no healthy target
+# (an outage), and the application's health endpoint.
+LB_ANSWERS = {
+    "/maintenance/": (503, "text/html; charset=utf-8", maintenance_page()),
+    "/no-healthy-target/": (503, "text/html", "<html><body><center><h1>503 Service Temporarily Unavailable</h1></center></body></html>"),
+    "/health/": (200, "application/json", '{"status": "ok"}'),
+}
+
+
+@pytest.fixture(scope="module")
+def load_balancer_answers() -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            status, content_type, body = LB_ANSWERS[self.path]
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("variant_name", ["staging-http-no-exporters", "prod-sns-only"])
+def test_blackbox_maintenance_probe_tells_planned_maintenance_from_an_outage(
+        variant_name: str, load_balancer_answers: str, tmp_path: Path) -> None:
+    """The real blackbox_exporter with the rendered modules: http_maintenance succeeds only on
+    the maintenance page's 503, http_2xx only on the healthy answer. Over plain HTTP the
+    maintenance probe of a TLS stack fails like http_2xx does (TLS stays required)."""
+    variant = VARIANTS[variant_name]
+    config = tmp_path / "blackbox.yml"
+    config.write_text(render.blackbox_config(variant))
+    port = free_port()
+    exporter = tool("blackbox_exporter", "prometheus-blackbox-exporter")
+    results: dict[tuple[str, str], int] = {}
+    with serving([exporter, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"],
+                 f"http://127.0.0.1:{port}/-/healthy"):
+        for module in ("http_maintenance", "http_2xx"):
+            for path in LB_ANSWERS:
+                query = urllib.parse.urlencode({"module": module, "target": load_balancer_answers + path})
+                status, text = http_get(f"http://127.0.0.1:{port}/probe?{query}")
+                assert status == 200, text
+                results[module, path] = int(re.search(r"^probe_success (\d)$", text, re.M).group(1))  # type: ignore[union-attr]
+    if variant.https:
+        assert set(results.values()) == {0}, results
+    else:
+        assert results == {
+            ("http_maintenance", "/maintenance/"): 1, ("http_maintenance", "/no-healthy-target/"): 0,
+            ("http_maintenance", "/health/"): 0,
+            ("http_2xx", "/maintenance/"): 0, ("http_2xx", "/no-healthy-target/"): 0, ("http_2xx", "/health/"): 1}
+
+
+def test_maintenance_probe_watches_the_public_urls(variant: MonitoringSettings) -> None:
+    jobs = {j["job_name"]: j for j in yaml.safe_load(render.prometheus_config(variant))["scrape_configs"]}
+    maintenance = jobs["blackbox-maintenance"]
+    assert maintenance["params"] == {"module": ["http_maintenance"]}
+    # The same targets and instance label as blackbox-http: PublicEndpointDown joins on instance.
+    assert maintenance["static_configs"] == jobs["blackbox-http"]["static_configs"]
+    assert maintenance["relabel_configs"] == jobs["blackbox-http"]["relabel_configs"]
+    module = yaml.safe_load(render.blackbox_config(variant))["modules"]["http_maintenance"]["http"]
+    assert module["valid_status_codes"] == [503]
+    assert module["fail_if_body_not_matches_regexp"] == [MAINTENANCE_MARKER]
+    assert re.search(MAINTENANCE_MARKER, maintenance_page())
+
+
+def test_maintenance_alert_informs_without_paging(alertmanager_dir: tuple[MonitoringSettings, Path]) -> None:
+    """Routing only (amtool): MaintenanceMode reaches the default receiver, which has no pager."""
+    variant, directory = alertmanager_dir
+    result = run(tool("amtool"), "config", "routes", "test", f"--config.file={directory / 'alertmanager.yml'}",
+                 "alertname=MaintenanceMode", "severity=info", "job=blackbox-maintenance")
+    assert result.stdout.strip() == "default"
+    receivers = {r["name"]: r for r in yaml.safe_load(render.alertmanager_config(variant))["receivers"]}
+    assert "pagerduty_configs" not in receivers["default"]
+
+
+def post_alerts(base: str, alerts: list[dict[str, Any]]) -> None:
+    request = urllib.request.Request(f"{base}/api/v2/alerts", data=json.dumps(alerts).encode(),  # noqa: S310 - local Alertmanager
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - local Alertmanager
+        assert response.status == 200
+
+
+def inhibited_alerts(base: str) -> dict[tuple[str, str], bool]:
+    """(alertname, cluster) -> inhibited, as Alertmanager's API reports it."""
+    _, text = http_get(f"{base}/api/v2/alerts?active=true&inhibited=true&silenced=true")
+    return {(a["labels"]["alertname"], a["labels"]["cluster"]): bool(a["status"]["inhibitedBy"]) for a in json.loads(text)}
+
+
+def wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 15
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_alertmanager_holds_back_page_alerts_while_maintenance_fires(
+        alertmanager_dir: tuple[MonitoringSettings, Path]) -> None:
+    """The rendered configuration in a real Alertmanager: with MaintenanceMode active, exactly
+    the public-endpoint, error-rate, latency and availability alerts of the same cluster are
+    inhibited (never notified); other alerts, and those of another cluster, are not; once
+    MaintenanceMode resolves nothing is held back. Receivers are never reached in this test
+    (their group_wait outlasts it)."""
+    _, directory = alertmanager_dir
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [tool("alertmanager", "prometheus-alertmanager"), f"--config.file={directory / 'alertmanager.yml'}",
+               f"--storage.path={directory / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+               "--cluster.listen-address="]
+    cluster, other = "psychology-api-prod", "psychology-api-staging"
+    page_alerts = [{"labels": {"alertname": name, "cluster": cluster, "severity": "critical", "job": "api"}}
+                   for name in render.MAINTENANCE_INHIBITS]
+    unrelated = [{"labels": {"alertname": "DatabaseDown", "cluster": cluster, "severity": "critical", "job": "postgres"}},
+                 {"labels": {"alertname": "PublicEndpointDown", "cluster": other, "severity": "critical", "job": "blackbox-http"}}]
+    maintenance = {"labels": {"alertname": "MaintenanceMode", "cluster": cluster, "severity": "info", "job": "blackbox-maintenance"}}
+    expected_held = {(name, cluster) for name in render.MAINTENANCE_INHIBITS}
+    with serving(command, f"{base}/-/ready"):
+        post_alerts(base, [maintenance, *page_alerts, *unrelated])
+        wait_for(lambda: {k for k, held in inhibited_alerts(base).items() if held} == expected_held,
+                 "the page alerts to be inhibited")
+        state = inhibited_alerts(base)
+        assert state[("DatabaseDown", cluster)] is False and state[("PublicEndpointDown", other)] is False
+        assert state[("MaintenanceMode", cluster)] is False
+
+        resolved = dict(maintenance, endsAt=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60)))
+        post_alerts(base, [resolved])
+        wait_for(lambda: not any(inhibited_alerts(base).values()), "inhibition to end with maintenance")
+        assert ("MaintenanceMode", cluster) not in inhibited_alerts(base)

@@ -1,0 +1,127 @@
+"""Helpers every EC2 host shares (user-data encoding, the Amazon Linux 2023 lookup) and the
+guard that each is written once."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import random
+import re
+import string
+from pathlib import Path
+
+import pytest
+
+from components import monitoring_render
+from components.monitoring_render import MonitoringSettings
+from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data, encode_user_data, user_data_size
+
+COMPONENTS = Path(__file__).resolve().parents[2] / "components"
+
+
+def incompressible_text(length: int, seed: int = 7) -> str:
+    """Text gzip cannot shrink much (random characters), to reach sizes near the limit."""
+    rng = random.Random(seed)
+    return "#cloud-config\n# " + "".join(rng.choices(string.ascii_letters + string.digits + "+/", k=length))
+
+
+def gzip_size(text: str) -> int:
+    return len(gzip.compress(text.encode(), compresslevel=9, mtime=0))
+
+
+# --- the user-data encoder -----------------------------------------------------------------------
+
+def test_limit_is_ec2s_16_kib() -> None:
+    assert USER_DATA_LIMIT_BYTES == 16384
+
+
+def test_encoding_round_trips_and_is_deterministic() -> None:
+    text = "#cloud-config\nruncmd: [[/bin/true]]\n"
+    encoded = encode_user_data(text, host="test")
+    assert encoded == encode_user_data(text, host="test")  # no gzip timestamp
+    assert base64.b64decode(encoded)[:2] == b"\x1f\x8b"    # cloud-init recognises gzip
+    assert decode_user_data(encoded) == text
+    assert user_data_size(encoded) == len(base64.b64decode(encoded))
+
+
+def test_limit_counts_the_gzip_bytes_not_the_base64_text() -> None:
+    """A payload of 12-16 KiB gzipped is within EC2's limit although its base64 text is longer
+    than 16384 characters (the check the monitoring host had refused it)."""
+    text = next(t for t in (incompressible_text(n) for n in range(16000, 23000, 250))
+                if 13000 < gzip_size(t) <= USER_DATA_LIMIT_BYTES)
+    encoded = encode_user_data(text, host="test")
+    assert len(encoded) > USER_DATA_LIMIT_BYTES
+    assert user_data_size(encoded) <= USER_DATA_LIMIT_BYTES
+    assert decode_user_data(encoded) == text
+
+
+def test_payload_over_the_limit_is_refused_naming_the_host() -> None:
+    text = incompressible_text(30000)
+    assert gzip_size(text) > USER_DATA_LIMIT_BYTES
+    with pytest.raises(ValueError, match=r"^monitoring host user data is \d+ bytes gzipped; EC2 allows 16384 before base64$"):
+        encode_user_data(text, host="monitoring host")
+
+
+def test_both_hosts_use_the_one_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitoring host's renderer goes through components.userdata (the API hosts' launch
+    template does too: components/api_hosts.py imports nothing else that encodes)."""
+    calls: list[str] = []
+
+    def spy(cloud_config: str, *, host: str) -> str:
+        calls.append(host)
+        return encode_user_data(cloud_config, host=host)
+
+    monkeypatch.setattr(monitoring_render, "encode_user_data", spy)
+    settings = MonitoringSettings(
+        project="p", stack="s", environment="s", region="eu-central-1", public_url="https://api.example.com",
+        https=True, alerts_topic_arn="arn:aws:sns:eu-central-1:1:t", backup_bucket="b", kms_key_arn="k", db_host="db.x",
+        db_name="d", db_master_secret_arn="m", grafana_secret_arn="g", grafana_secret_name="p/s/grafana",
+        data_volume_id="vol-1", volume_gb=50, backup_schedule="daily", restore_drill_schedule="monthly", bundle_key="ops/b.zip")
+    encoded = monitoring_render.user_data_base64(settings)
+    assert calls == ["monitoring host"]
+    assert decode_user_data(encoded) == monitoring_render.cloud_config(settings)
+
+
+# --- written once ----------------------------------------------------------------------------------
+
+def occurrences(pattern: str) -> list[str]:
+    found = []
+    for path in sorted(COMPONENTS.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(pattern, line):
+                found.append(f"{path.relative_to(COMPONENTS.parent)}:{number}")
+    return found
+
+
+@pytest.mark.parametrize(("what", "pattern", "home"), [
+    ("the gzip of user data", r"gzip\.compress\(", "components/userdata.py"),
+    ("the user-data limit", r"^USER_DATA_LIMIT_BYTES\s*=", "components/userdata.py"),
+    ("the AMI lookup", r"\bget_ami\(", "components/ami.py"),
+    ("the backups prefix", r"^BACKUP_PREFIX\s*=", "components/storage.py"),
+])
+def test_shared_definitions_are_written_once(what: str, pattern: str, home: str) -> None:
+    found = occurrences(pattern)
+    assert len(found) == 1 and found[0].startswith(f"{home}:"), f"{what}: {found}"
+
+
+# --- the Amazon Linux 2023 image -------------------------------------------------------------------
+
+def test_ami_lookup_is_the_contracts_al2023_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pulumi_aws as aws
+
+    from components import ami
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(aws.ec2, "get_ami", lambda **kwargs: seen.update(kwargs) or "result")
+    assert ami.amazon_linux_2023_ami() == "result"
+    assert seen["most_recent"] is True and seen["owners"] == ["amazon"]
+    filters = {f.name: f.values for f in seen["filters"]}  # type: ignore[attr-defined]
+    assert filters == {"name": ["al2023-ami-2023.*-kernel-*-x86_64"], "architecture": ["x86_64"],
+                       "virtualization-type": ["hvm"]}
+
+
+def test_backup_prefix_is_the_scripts_default() -> None:
+    from components.storage import BACKUP_PREFIX
+    from scripts.lib.pgbackup import DEFAULT_PREFIX
+
+    assert BACKUP_PREFIX == DEFAULT_PREFIX == "postgres/"
