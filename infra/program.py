@@ -160,6 +160,7 @@ def main() -> None:
         rotation_days=cfg.secret_rotation_days,
         recovery_window_days=cfg.secret_recovery_window_days,
         log_retention_days=cfg.data_log_retention_days,
+        network_ready=[network, security],
     ), opts)
 
     # --- release, first half: snapshot (prod), then migrations; hosts of the release wait ---
