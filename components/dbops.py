@@ -124,7 +124,9 @@ class DbOps(pulumi.ComponentResource):
         super().__init__(type_token("dbops", "DbOps"), name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         package = args.package or build_lambda_package()
-        self.package_sha256 = package.sha256
+        # The contents' hash, not the zip's: the release steps follow it, and it must not
+        # change with the machine that builds the zip (components/lambda_package.py).
+        self.package_sha256 = package.content_sha256
         base = f"{pulumi.get_project()}/{pulumi.get_stack()}"
 
         # --- secrets --------------------------------------------------------------------

@@ -10,7 +10,8 @@ hosts with `depends_on=[migrations.migrations]`, then `ReleaseSmokeTests`.
 When each step runs:
 * snapshot: when the migrations or the app version change (every release), before anything else;
 * migrations: when the migration files or the function package change (`triggers` = the
-  package's SHA-256, which covers migrations/ and the code that applies them);
+  package's content hash, which covers migrations/ and the code that applies them, and does
+  not depend on how the machine compresses the zip);
 * wait-healthy and smoke: on every release, i.e. whenever the app version, the package, the
   maintenance flag or a value the program adds to `release_triggers` (the launch template
   version) changes. Not on every `up`: a value that changes on each run would show a change in
@@ -41,7 +42,7 @@ DEFAULT_STATIC_PATH = "/static/admin/css/base.css"
 class ReleaseMigrationsArgs:
     region: str
     migrate_function_name: pulumi.Input[str]  # DbOps.migrate_function_name
-    package_sha256: str  # DbOps.package_sha256
+    package_sha256: str  # DbOps.package_sha256: the package's content hash, not the zip's
     app_version: str
     pre_migration_snapshot: bool = False  # config preMigrationSnapshot (prod)
     db_instance_identifier: Optional[pulumi.Input[str]] = None  # required with pre_migration_snapshot

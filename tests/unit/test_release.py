@@ -46,12 +46,12 @@ def test_triggers(prod: Plan) -> None:
     package = build_lambda_package()
     steps = commands(prod)
     # Migrations re-run when the migration files or the package change, and only then.
-    assert steps["release-migrations"]["inputs"]["triggers"] == [package.sha256]
+    assert steps["release-migrations"]["inputs"]["triggers"] == [package.content_sha256]
     # A snapshot precedes every release (new migrations or a new app version).
-    assert steps["release-snapshot"]["inputs"]["triggers"] == [package.sha256, "0.1.0"]
+    assert steps["release-snapshot"]["inputs"]["triggers"] == [package.content_sha256, "0.1.0"]
     for name in ("release-smoke-wait-healthy", "release-smoke-smoke"):
         triggers = steps[name]["inputs"]["triggers"]
-        assert triggers[:3] == ["0.1.0", package.sha256, "maintenance=false"]
+        assert triggers[:3] == ["0.1.0", package.content_sha256, "maintenance=false"]
         # ... and a new launch template version (the hosts' configuration) is a release too.
         assert triggers[3:] == [prod.named("api-lt").outputs["latestVersion"]]
 
