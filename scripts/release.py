@@ -4,8 +4,10 @@ can run them by hand the same way.
     python -m scripts.release invoke --function NAME [--payload JSON]
         Invoke an in-VPC function synchronously (the migrate function); fail with the function's
         own message on a FunctionError or an answer with "ok": false.
-    python -m scripts.release snapshot --db-instance ID [--label pre-release] [--wait-minutes 60]
-        Take a manual RDS snapshot and wait until it is available (go-live plan step 1).
+    python -m scripts.release snapshot --db-instance ID [--label pre-release] [--wait-minutes 60] [--keep 5]
+        Take a manual RDS snapshot and wait until it is available (go-live plan step 1); then
+        delete this step's older snapshots of that instance and label beyond the newest --keep
+        (only snapshots this step made: tags managed-by=pulumi-release-step and purpose=LABEL).
     python -m scripts.release wait-healthy --target-group-arn ARN [--asg-name NAME] [--min-healthy N]
         Wait until the Auto Scaling group's latest instance refresh finished and enough targets
         are healthy behind the load balancer (the smoke tests come after).
@@ -28,6 +30,10 @@ from scripts.lib import aws, cli
 REFRESH_RUNNING = {"Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking"}
 REFRESH_FAILED = {"Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed"}
 POLL_SECONDS = 15
+# How the snapshot step marks its snapshots; pruning deletes nothing without both tags.
+SNAPSHOT_MANAGED_BY = ("managed-by", "pulumi-release-step")
+SNAPSHOT_PURPOSE_TAG = "purpose"
+DEFAULT_KEEP_SNAPSHOTS = 5
 
 
 def _emit(doc: dict[str, Any]) -> None:
@@ -73,20 +79,88 @@ def snapshot_identifier(db_instance: str, label: str, now: Optional[datetime] = 
     return cleaned[:255].rstrip("-")
 
 
+def _snapshot_tags(rds: Any, snapshot: dict[str, Any]) -> dict[str, str]:
+    tags = snapshot.get("TagList")
+    if tags is None:  # older API answers carry no tags
+        tags = rds.list_tags_for_resource(ResourceName=snapshot["DBSnapshotArn"]).get("TagList", [])
+    return {str(t.get("Key")): str(t.get("Value")) for t in tags}
+
+
+def step_snapshots(rds: Any, db_instance: str, label: str) -> list[dict[str, Any]]:
+    """The manual snapshots of `db_instance` that this step made with `label`, newest first.
+    A snapshot counts only with both of the step's tags, the step's name pattern and the
+    instance, so nothing an operator or AWS Backup made is ever among them."""
+    prefix = snapshot_identifier(db_instance, label, datetime(2000, 1, 1, tzinfo=UTC))[: -len("20000101-000000")]
+    found = []
+    for page in rds.get_paginator("describe_db_snapshots").paginate(DBInstanceIdentifier=db_instance,
+                                                                      SnapshotType="manual"):
+        for snapshot in page.get("DBSnapshots", []):
+            ident = str(snapshot.get("DBSnapshotIdentifier", ""))
+            if snapshot.get("DBInstanceIdentifier") != db_instance or not ident.startswith(prefix):
+                continue
+            tags = _snapshot_tags(rds, snapshot)
+            if tags.get(SNAPSHOT_MANAGED_BY[0]) == SNAPSHOT_MANAGED_BY[1] and tags.get(SNAPSHOT_PURPOSE_TAG) == label:
+                found.append(snapshot)
+    # A snapshot still being created may have no creation time yet: it is among the newest.
+    latest = datetime.max.replace(tzinfo=UTC)
+    return sorted(found, key=lambda s: (s.get("SnapshotCreateTime") or latest, s["DBSnapshotIdentifier"]), reverse=True)
+
+
+def prune_snapshots(rds: Any, db_instance: str, label: str, keep: int, newest: str) -> tuple[list[str], list[str]]:
+    """Delete this step's snapshots beyond the newest `keep` (never `newest`, the one just
+    taken). Returns (deleted, left because they are not `available`: being created, copied or
+    deleted already)."""
+    deleted: list[str] = []
+    skipped: list[str] = []
+    for snapshot in step_snapshots(rds, db_instance, label)[keep:]:
+        ident = str(snapshot["DBSnapshotIdentifier"])
+        if ident == newest:
+            continue
+        if snapshot.get("Status") != "available":
+            skipped.append(ident)
+            continue
+        rds.delete_db_snapshot(DBSnapshotIdentifier=ident)
+        cli.info(f"deleted the older release snapshot {ident}")
+        deleted.append(ident)
+    return deleted, skipped
+
+
 def cmd_snapshot(args: argparse.Namespace) -> int:
+    if args.keep < 0:
+        cli.fail("--keep must be 0 (keep all) or more", cli.EXIT_USAGE)
     rds = aws.client("rds", region=args.region, endpoint_url=args.endpoint_url)
     ident = snapshot_identifier(args.db_instance, args.label)
     cli.info(f"creating snapshot {ident} of {args.db_instance}")
     rds.create_db_snapshot(DBSnapshotIdentifier=ident, DBInstanceIdentifier=args.db_instance,
-                           Tags=[{"Key": "purpose", "Value": args.label}, {"Key": "managed-by", "Value": "pulumi-release-step"}])
+                           Tags=[{"Key": SNAPSHOT_PURPOSE_TAG, "Value": args.label},
+                                 {"Key": SNAPSHOT_MANAGED_BY[0], "Value": SNAPSHOT_MANAGED_BY[1]}])
     waiter = rds.get_waiter("db_snapshot_available")
     try:
         waiter.wait(DBSnapshotIdentifier=ident, WaiterConfig={"Delay": args.poll_seconds,
                                                               "MaxAttempts": max(1, args.wait_minutes * 60 // args.poll_seconds)})
     except Exception as err:  # noqa: BLE001 - botocore's WaiterError; one line for the operator
         cli.fail(f"snapshot {ident} did not become available within {args.wait_minutes} min: {str(err).splitlines()[0]}")
-    _emit({"ok": True, "snapshot_id": ident, "db_instance": args.db_instance})
-    cli.verdict(True, f"snapshot {ident} of {args.db_instance} is available")
+    doc: dict[str, Any] = {"ok": True, "snapshot_id": ident, "db_instance": args.db_instance, "kept": args.keep,
+                           "pruned": []}
+    summary = f"snapshot {ident} of {args.db_instance} is available"
+    if args.keep:
+        # Housekeeping after the snapshot that protects this release exists: a failure here
+        # (say, no rds:DeleteDBSnapshot) is reported, but does not stop the release.
+        try:
+            with aws.one_line_errors():
+                pruned, skipped = prune_snapshots(rds, args.db_instance, args.label, args.keep, ident)
+        except cli.ScriptError as err:
+            cli.info(f"warning: older release snapshots were not pruned: {err}")
+            doc["prune_error"] = str(err)
+            summary += f"; pruning failed: {err}"
+        else:
+            doc["pruned"] = pruned
+            if skipped:
+                doc["prune_skipped"] = skipped
+            summary += (f"; pruned {len(pruned)} older: {', '.join(pruned)}" if pruned
+                        else f"; nothing to prune (keeping the newest {args.keep})")
+    _emit(doc)
+    cli.verdict(True, summary)
     return cli.EXIT_OK
 
 
@@ -147,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot.add_argument("--label", default="pre-release", help="part of the snapshot name and its purpose tag")
     snapshot.add_argument("--wait-minutes", type=int, default=60)
     snapshot.add_argument("--poll-seconds", type=int, default=30)
+    snapshot.add_argument("--keep", type=int, default=DEFAULT_KEEP_SNAPSHOTS, metavar="N",
+                          help="after the new snapshot, delete this step's older snapshots of the instance and label "
+                               "beyond the newest N, the new one included (default %(default)s; 0 keeps all). "
+                               "Needs rds:DeleteDBSnapshot")
     snapshot.set_defaults(handler=cmd_snapshot)
 
     wait = sub.add_parser("wait-healthy", help="wait for healthy targets after the hosts rolled")

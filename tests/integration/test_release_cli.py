@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import boto3
 import pytest
@@ -110,3 +111,54 @@ def test_help(tmp_path: Any) -> None:
     for sub in ([], ["invoke"], ["snapshot"], ["wait-healthy"]):
         run = subprocess.run([sys.executable, "-m", "scripts.release", *sub, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert run.returncode == 0 and "usage:" in run.stdout
+
+
+def _step_snapshot(rds: Any, db: str, stamp: str, label: str = "pre-release", tags: Optional[dict[str, str]] = None) -> str:
+    """A snapshot as an earlier run of the step left it (or, with other tags, one that only
+    looks like it)."""
+    ident = f"{db}-{label}-{stamp}"
+    tags = {"purpose": label, "managed-by": "pulumi-release-step"} if tags is None else tags
+    rds.create_db_snapshot(DBSnapshotIdentifier=ident, DBInstanceIdentifier=db,
+                           Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    return ident
+
+
+def test_snapshot_prunes_only_its_own_older_snapshots(aws_env: MotoServer) -> None:
+    rds = boto3.client("rds", endpoint_url=aws_env.endpoint_url, region_name="eu-central-1")
+    db, other_db = "psychology-api-prod-db", "psychology-api-prod-db-copy"
+    for name in (db, other_db):
+        rds.create_db_instance(DBInstanceIdentifier=name, DBInstanceClass="db.t4g.medium", Engine="postgres",
+                               MasterUsername="psychology", AllocatedStorage=20, ManageMasterUserPassword=True)
+    older = [_step_snapshot(rds, db, f"2026010{day}-120000") for day in range(1, 7)]  # six earlier releases
+    foreign = [
+        # An operator's snapshot of the same instance, without tags.
+        rds.create_db_snapshot(DBSnapshotIdentifier="before-the-upgrade", DBInstanceIdentifier=db)["DBSnapshot"]["DBSnapshotIdentifier"],
+        # Named like ours, but not tagged by the step.
+        _step_snapshot(rds, db, "20250101-120000", tags={"purpose": "pre-release"}),
+        # Ours, but of another label and of another instance.
+        _step_snapshot(rds, db, "20250101-120000", label="before-maintenance",
+                       tags={"purpose": "before-maintenance", "managed-by": "pulumi-release-step"}),
+        _step_snapshot(rds, other_db, "20250101-120000"),
+    ]
+
+    run = release("snapshot", "--db-instance", db, "--poll-seconds", "1", "--keep", "3", endpoint=aws_env.endpoint_url)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    new = doc["snapshot_id"]
+    # Kept: the new one and the two newest before it; the four oldest are gone, and said so.
+    assert sorted(doc["pruned"]) == older[:4] and doc["kept"] == 3
+    left = {s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]}
+    assert left == {new, *older[4:], *foreign}
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"PASS: snapshot {new} of {db} is available; pruned 4 older: ") and older[0] in last
+
+    # Nothing more to prune: the step never deletes below --keep, and --keep 0 keeps everything.
+    while snapshot_identifier(db, "pre-release") == new:  # names have a resolution of one second
+        time.sleep(0.1)
+    again = release("snapshot", "--db-instance", db, "--poll-seconds", "1", "--keep", "0", endpoint=aws_env.endpoint_url)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["pruned"] == []
+    assert len(rds.describe_db_snapshots(DBInstanceIdentifier=db, SnapshotType="manual")["DBSnapshots"]) == 3 + 3 + 1
+
+    bad = release("snapshot", "--db-instance", db, "--keep", "-1", endpoint=aws_env.endpoint_url)
+    assert bad.returncode == 2 and "--keep" in bad.stderr
