@@ -93,6 +93,9 @@ class ReleaseSmokeTestsArgs:
     static_path: str = DEFAULT_STATIC_PATH
     release_triggers: Sequence[pulumi.Input[Any]] = field(default_factory=list)
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)  # the hosts (ASG) and the migrations
+    # The hosts' launch template version (ApiHosts.launch_template_latest_version): an instance
+    # refresh for another version is not this release's (scripts/release.py, RefreshJudge).
+    launch_template_version: Optional[pulumi.Input[int]] = None
 
 
 class ReleaseSmokeTests(pulumi.ComponentResource):
@@ -104,10 +107,13 @@ class ReleaseSmokeTests(pulumi.ComponentResource):
         super().__init__(type_token("release", "ReleaseSmokeTests"), name, None, opts)
         triggers = [args.app_version, args.package_sha256, f"maintenance={str(args.maintenance).lower()}",
                     *args.release_triggers]
+        wait_args: list[pulumi.Input[str]] = ["--target-group-arn", args.target_group_arn,
+                                              "--asg-name", args.autoscaling_group_name]
+        if args.launch_template_version is not None:
+            wait_args += ["--launch-template-version", pulumi.Output.from_input(args.launch_template_version).apply(str)]
         self.wait_healthy = release_step(
             f"{name}-wait-healthy",
-            script_command("scripts.release", "wait-healthy", "--target-group-arn", args.target_group_arn,
-                           "--asg-name", args.autoscaling_group_name, "--timeout-minutes", "30", "--region", args.region),
+            script_command("scripts.release", "wait-healthy", *wait_args, "--timeout-minutes", "30", "--region", args.region),
             triggers=triggers, parent=self, depends_on=args.depends_on)
         smoke_args: list[pulumi.Input[str]] = ["--url", args.api_url, "--via-function", args.health_function_name,
                                                "--static-path", args.static_path, "--region", args.region,

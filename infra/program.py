@@ -240,6 +240,7 @@ def main() -> None:
             package_sha256=dbops.package_sha256,
             maintenance=cfg.maintenance,
             release_triggers=[api.launch_template_latest_version],
+            launch_template_version=api.launch_template_latest_version,
             depends_on=[api, *hosts_start_after],
         ), opts)
 

@@ -9,8 +9,11 @@ can run them by hand the same way.
         delete this step's older snapshots of that instance and label beyond the newest --keep
         (only snapshots this step made: tags managed-by=pulumi-release-step and purpose=LABEL).
     python -m scripts.release wait-healthy --target-group-arn ARN [--asg-name NAME] [--min-healthy N]
-        Wait until the Auto Scaling group's latest instance refresh finished and enough targets
-        are healthy behind the load balancer (the smoke tests come after).
+                                          [--launch-template-version V] [--refresh-lookback-minutes 30]
+        Wait until no instance refresh of the Auto Scaling group runs and enough targets are
+        healthy behind the load balancer (the smoke tests come after); fail when this
+        release's instance refresh failed or was cancelled. Refreshes from before the release
+        (one an operator cancelled last week) are not this release's verdict.
 
 stdout carries one JSON document without secrets (the command's output in Pulumi's state);
 progress and errors go to stderr. Exit codes: 0 done, 1 failure, 2 usage.
@@ -21,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Optional
 
 from scripts.lib import aws, cli
@@ -164,46 +169,97 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return cli.EXIT_OK
 
 
-def _refresh_state(autoscaling: Any, asg_name: str) -> tuple[str, str]:
-    refreshes = autoscaling.describe_instance_refreshes(AutoScalingGroupName=asg_name, MaxRecords=1).get("InstanceRefreshes", [])
-    if not refreshes:
-        return "None", ""
-    latest = refreshes[0]
-    return str(latest.get("Status", "")), str(latest.get("StatusReason", ""))
+@dataclass(frozen=True)
+class RefreshJudge:
+    """Which instance refreshes are this release's.
+
+    `pulumi up` starts the release's refresh when it updates the group (a new launch template
+    version), which is before this step starts: the group's update may take up to its
+    capacity timeout (15 min). So "this release's" means: the refresh's desired configuration
+    names the launch template version this release runs (when both are known), or, for a
+    refresh without one (what the provider starts), it started at most `lookback` before
+    this step began. An older refresh, say one an operator cancelled last week, says nothing
+    about this release: then the healthy targets decide. A refresh that is still running is
+    waited for whatever its age, since it is replacing hosts."""
+
+    step_started: datetime
+    lookback: timedelta
+    launch_template_version: Optional[str] = None
+
+    def concerns_this_release(self, refresh: dict[str, Any]) -> bool:
+        desired = ((refresh.get("DesiredConfiguration") or {}).get("LaunchTemplate") or {}).get("Version")
+        if self.launch_template_version and desired and str(desired).isdigit():
+            return str(desired) == self.launch_template_version
+        started = refresh.get("StartTime")
+        return isinstance(started, datetime) and started >= self.step_started - self.lookback
+
+
+def _describe(refresh: dict[str, Any]) -> str:
+    started = refresh.get("StartTime")
+    when = started.strftime("%Y-%m-%d %H:%M:%S UTC") if isinstance(started, datetime) else "an unknown time"
+    return f"instance refresh {refresh.get('InstanceRefreshId', '?')} (started {when})"
+
+
+def wait_healthy(elbv2: Any, autoscaling: Optional[Any], *, target_group_arn: str, asg_name: Optional[str],
+                 judge: RefreshJudge, min_healthy: int = 0, timeout_seconds: float = 1800,
+                 poll_seconds: float = POLL_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Poll until no refresh runs and enough targets are healthy; raise ScriptError when this
+    release's refresh failed or the time is up."""
+    deadline = clock() + timeout_seconds
+    ignored: set[str] = set()
+    while True:
+        wanted = min_healthy
+        refreshing = ""
+        if autoscaling is not None and asg_name:
+            # Newest first; a release's refresh is among the latest few.
+            refreshes = autoscaling.describe_instance_refreshes(AutoScalingGroupName=asg_name,
+                                                                MaxRecords=20).get("InstanceRefreshes", [])
+            running = [r for r in refreshes if r.get("Status") in REFRESH_RUNNING]
+            if running:
+                refreshing = f"{_describe(running[0])} is {running[0]['Status']}"
+            ours = next((r for r in refreshes if judge.concerns_this_release(r)), None)
+            if ours is not None and ours.get("Status") in REFRESH_FAILED:
+                raise cli.ScriptError(f"this release's {_describe(ours)} of {asg_name} ended {ours['Status']}: "
+                                      f"{ours.get('StatusReason') or 'no reason given'}")
+            for refresh in refreshes:
+                ident = str(refresh.get("InstanceRefreshId", ""))
+                if refresh.get("Status") in REFRESH_FAILED and refresh is not ours and ident not in ignored:
+                    ignored.add(ident)
+                    cli.info(f"not this release's: {_describe(refresh)} ended {refresh['Status']}; ignored")
+            groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[asg_name])["AutoScalingGroups"]
+            if not groups:
+                raise cli.ScriptError(f"Auto Scaling group {asg_name} does not exist")
+            wanted = wanted or int(groups[0].get("DesiredCapacity") or 1)
+        wanted = max(1, wanted or 1)
+        targets = elbv2.describe_target_health(TargetGroupArn=target_group_arn)["TargetHealthDescriptions"]
+        states = [t.get("TargetHealth", {}).get("State", "unknown") for t in targets]
+        healthy = states.count("healthy")
+        last = (f"{healthy}/{wanted} healthy ({', '.join(sorted(set(states))) or 'no targets'})"
+                + (f"; {refreshing}" if refreshing else ""))
+        if healthy >= wanted and not refreshing:
+            return {"ok": True, "healthy": healthy, "wanted": wanted, "summary": last,
+                    "ignored_refreshes": sorted(ignored)}
+        if clock() >= deadline:
+            raise cli.ScriptError(f"hosts not healthy after {int(timeout_seconds // 60)} min: {last}")
+        cli.info(f"waiting: {last}")
+        sleep(poll_seconds)
 
 
 def cmd_wait_healthy(args: argparse.Namespace) -> int:
     elbv2 = aws.client("elbv2", region=args.region, endpoint_url=args.endpoint_url)
     autoscaling = aws.client("autoscaling", region=args.region, endpoint_url=args.endpoint_url) if args.asg_name else None
-    deadline = time.monotonic() + args.timeout_minutes * 60
-    last = ""
-    while True:
-        wanted = args.min_healthy
-        if autoscaling is not None:
-            status, reason = _refresh_state(autoscaling, args.asg_name)
-            if status in REFRESH_FAILED:
-                cli.fail(f"the latest instance refresh of {args.asg_name} ended {status}: {reason or 'no reason given'}")
-            groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[args.asg_name])["AutoScalingGroups"]
-            if not groups:
-                cli.fail(f"Auto Scaling group {args.asg_name} does not exist")
-            wanted = wanted or int(groups[0].get("DesiredCapacity") or 1)
-            refreshing = status in REFRESH_RUNNING
-        else:
-            refreshing = False
-        wanted = max(1, wanted or 1)
-        targets = elbv2.describe_target_health(TargetGroupArn=args.target_group_arn)["TargetHealthDescriptions"]
-        states = [t.get("TargetHealth", {}).get("State", "unknown") for t in targets]
-        healthy = states.count("healthy")
-        last = (f"{healthy}/{wanted} healthy ({', '.join(sorted(set(states))) or 'no targets'})"
-                + ("; instance refresh running" if refreshing else ""))
-        if healthy >= wanted and not refreshing:
-            _emit({"ok": True, "healthy": healthy, "wanted": wanted})
-            cli.verdict(True, f"hosts healthy behind the load balancer: {last}")
-            return cli.EXIT_OK
-        if time.monotonic() >= deadline:
-            cli.fail(f"hosts not healthy after {args.timeout_minutes} min: {last}")
-        cli.info(f"waiting: {last}")
-        time.sleep(args.poll_seconds)
+    judge = RefreshJudge(step_started=datetime.now(UTC), lookback=timedelta(minutes=args.refresh_lookback_minutes),
+                         launch_template_version=args.launch_template_version)
+    doc = wait_healthy(elbv2, autoscaling, target_group_arn=args.target_group_arn, asg_name=args.asg_name, judge=judge,
+                       min_healthy=args.min_healthy, timeout_seconds=args.timeout_minutes * 60,
+                       poll_seconds=args.poll_seconds)
+    summary = doc.pop("summary")
+    if not doc["ignored_refreshes"]:
+        doc.pop("ignored_refreshes")
+    _emit(doc)
+    cli.verdict(True, f"hosts healthy behind the load balancer: {summary}")
+    return cli.EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--target-group-arn", required=True)
     wait.add_argument("--asg-name", default=None, help="Auto Scaling group whose instance refresh must have finished")
     wait.add_argument("--min-healthy", type=int, default=0, help="healthy targets needed (default: the group's desired capacity)")
+    wait.add_argument("--launch-template-version", default=None, metavar="V",
+                      help="the launch template version this release runs: a refresh whose desired configuration "
+                           "names another version is not this release's")
+    wait.add_argument("--refresh-lookback-minutes", type=int, default=30, metavar="M",
+                      help="a refresh (without a desired configuration) counts as this release's when it started at "
+                           "most M minutes before this step (default %(default)s: pulumi up starts it when it updates "
+                           "the group, before this step); older ones are ignored")
     wait.add_argument("--timeout-minutes", type=int, default=30)
     wait.add_argument("--poll-seconds", type=int, default=POLL_SECONDS)
     wait.set_defaults(handler=cmd_wait_healthy)

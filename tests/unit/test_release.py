@@ -74,6 +74,9 @@ def test_what_each_step_runs(prod: Plan) -> None:
         f"{PYTHON} -m scripts.release wait-healthy --target-group-arn arn:aws:elasticloadbalancing:")
     assert f"--target-group-arn {prod.outputs['target_group_arn']} " in steps["release-smoke-wait-healthy"]["create"]
     assert "--asg-name psychology-api-prod-api" in steps["release-smoke-wait-healthy"]["create"]
+    # Only an instance refresh of the version this release runs can fail the step.
+    version = prod.named("api-lt").outputs["latestVersion"]
+    assert f"--launch-template-version {version} " in steps["release-smoke-wait-healthy"]["create"]
     assert steps["release-smoke-smoke"]["create"] == (
         f"{PYTHON} -m scripts.smoke --url https://api.psychology.example.com --via-function psychology-api-prod-db-health "
         "--static-path /static/admin/css/base.css --region eu-central-1 --json --summary-only")
