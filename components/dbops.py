@@ -71,7 +71,8 @@ FUNCTIONS = {
     "rotate": FunctionSpec("rotate", "scripts.dbops.handlers.rotation_handler",
                            "Rotates the application's and the monitoring role's database credentials (alternating users)",
                            120, 256),
-    # Two token changes on the replication group, each waited for: minutes, not seconds.
+    # One token change on the replication group per step, waited for: minutes, not seconds.
+    # The waits end 45 s before this timeout (scripts/dbops/elasticache.py, Deadline).
     "rotate-redis": FunctionSpec("rotate-redis", "scripts.dbops.handlers.redis_rotation_handler",
                                  "Rotates the Redis AUTH token (two valid tokens during the change)", 900, 256),
 }

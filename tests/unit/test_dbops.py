@@ -85,7 +85,8 @@ def test_four_functions_in_the_private_subnets_with_the_dbops_group(plan: Plan) 
         # The role can create the function's network interfaces before the function exists.
         assert {f"{name}-role", f"{name}-vpc-access", f"{name}-access", f"{name}-logs"} <= set(fn.depends_on)
     assert functions["dbops-migrate"].inputs["timeout"] == 900
-    # Two token changes on the replication group, each waited for, fit in the Redis rotation's time.
+    # A token change on the replication group, waited for, fits in each step of the Redis
+    # rotation (one change per step; the waits end at a deadline derived from this timeout).
     assert functions["dbops-rotate-redis"].inputs["timeout"] == 900
 
 
