@@ -382,6 +382,12 @@ def test_rotate_cli_on_the_redis_secret(sm: Any, redis_secret: str, aws_env: Mot
     no_group = subprocess.run([*base, "--step", "setSecret", "--redis-ca-bundle", local_redis.ca_bundle],
                               cwd=ROOT, capture_output=True, text=True)
     assert no_group.returncode == 1 and "needs --replication-group-id" in no_group.stderr
+    # --timeout bounds the waits of a hand-run rotation; it must leave some time.
+    no_time = subprocess.run([*base, "--step", "setSecret", "--timeout", "0"], cwd=ROOT, capture_output=True, text=True)
+    assert no_time.returncode == 2 and "--timeout must be positive" in no_time.stderr
+    help_run = subprocess.run([sys.executable, "-m", "scripts.rotate", "--help"], cwd=ROOT, capture_output=True, text=True)
+    help_text = " ".join(help_run.stdout.split())  # argparse wraps lines
+    assert "--timeout SECONDS" in help_text and "retry this step" in help_text
     everything = created.stdout + created.stderr + tested.stdout + tested.stderr + no_group.stdout + no_group.stderr
     assert pending not in everything and FIRST_TOKEN not in everything
     assert local_redis.accepts(FIRST_TOKEN) and not local_redis.accepts(pending)
