@@ -26,7 +26,9 @@ Each secret rotates every `rotation_days` with its own SecretRotation and an inv
 that names exactly that secret. The first `up` runs the migrate function once (the `bootstrap`
 command) before rotation of the database secrets is switched on, so the roles exist and accept
 the secrets' passwords when Secrets Manager first tests the rotation function; the Redis
-rotation waits for the Redis secret's first value.
+rotation waits for the Redis secret's first value. The bootstrap and the Redis rotation also
+wait for `network_ready` (the network and the security groups), so no function runs before
+its routes, rules and endpoints exist.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ FUNCTIONS = {
     "rotate": FunctionSpec("rotate", "scripts.dbops.handlers.rotation_handler",
                            "Rotates the application's and the monitoring role's database credentials (alternating users)",
                            120, 256),
-    # Two token changes on the replication group, each waited for: minutes, not seconds.
+    # One token change on the replication group per step, waited for: minutes, not seconds.
+    # The waits end 45 s before this timeout (scripts/dbops/elasticache.py, Deadline).
     "rotate-redis": FunctionSpec("rotate-redis", "scripts.dbops.handlers.redis_rotation_handler",
                                  "Rotates the Redis AUTH token (two valid tokens during the change)", 900, 256),
 }
@@ -97,6 +100,12 @@ class DbOpsArgs:
     redis_port: Optional[pulumi.Input[int]] = None
     log_retention_days: int = 90
     package: Optional[LambdaPackage] = None  # built on demand when not given
+    # What must exist before a function runs: its way to the database, Redis and the Secrets
+    # Manager API (security-group rules, NAT routes, interface endpoints). The functions only
+    # reference the subnets and the group, not the rules and routes, so without this the
+    # first `up` could invoke them before their network path exists. Give the components
+    # (Network, SecurityGroups): depending on a component waits for all its children.
+    network_ready: Sequence[pulumi.Resource] = ()
 
 
 class DbOps(pulumi.ComponentResource):
@@ -116,7 +125,9 @@ class DbOps(pulumi.ComponentResource):
         super().__init__(type_token("dbops", "DbOps"), name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         package = args.package or build_lambda_package()
-        self.package_sha256 = package.sha256
+        # The contents' hash, not the zip's: the release steps follow it, and it must not
+        # change with the machine that builds the zip (components/lambda_package.py).
+        self.package_sha256 = package.content_sha256
         base = f"{pulumi.get_project()}/{pulumi.get_stack()}"
 
         # --- secrets --------------------------------------------------------------------
@@ -257,7 +268,7 @@ class DbOps(pulumi.ComponentResource):
             f"{name}-bootstrap",
             script_command("scripts.release", "invoke", "--function", functions["migrate"].name, "--region", args.region),
             triggers=[app_secret.arn, monitor_version.version_id, args.master_secret_arn, args.db_host],
-            parent=self)
+            parent=self, depends_on=list(args.network_ready))
         # One SecretRotation per secret, each with an invoke permission naming exactly that
         # secret: Secrets Manager may call a function only for the secrets it rotates.
         self._rotation(name, "app-credentials", "rotation-invoke", app_secret.arn, app_secret.id, functions["rotate"],
@@ -267,9 +278,11 @@ class DbOps(pulumi.ComponentResource):
         if redis_rotation:
             assert args.redis_secret_arn is not None
             # The Redis secret's ARN resolves once the secret holds its first value
-            # (components/cache.py), which Secrets Manager's test of the function reads.
+            # (components/cache.py), which Secrets Manager's test of the function reads; the
+            # test runs the function, so its network path must be there too (the database
+            # rotations wait for it through the bootstrap).
             self._rotation(name, "redis", "redis-rotation-invoke", args.redis_secret_arn, args.redis_secret_arn,
-                           functions["rotate-redis"], args, after=[])
+                           functions["rotate-redis"], args, after=list(args.network_ready))
 
         self.register_outputs({
             "app_db_secret_arn": self.app_db_secret_arn,

@@ -7,10 +7,20 @@ environment that runs the program and the tests: the top-level pins come from
 requirements.txt (and must match what is installed), the transitive ones from the installed
 distributions' metadata. psycopg comes with its binary wheel, so no libpq is needed on Lambda.
 
+Two digests, for two different questions:
+
+* `content_sha256` says WHAT is in the package: the dependency pins (which fix the wheels'
+  files), every project file's name and bytes, and the layout version. It depends on nothing
+  about the machine, so it is what the release steps use as their trigger: a checkout on any
+  machine gives the same value, and the snapshot, the migrations and the smoke tests run again
+  only when the package's contents change.
+* `code_sha256` is the SHA-256 of the zip's BYTES, what Lambda reports as CodeSha256. The
+  bytes also depend on the deflate implementation (zlib vs zlib-ng produce different streams
+  for the same input), so it can differ between machines for the same contents.
+
 Builds are cached under `build/lambda/` (gitignored): the dependencies by their pin set, the
-zip by a hash of everything that goes into it. The zip is deterministic (sorted entries, fixed
-timestamps and permissions, no bytecode, no pip records naming local paths), so the same
-sources give the same bytes and the same `code_sha256` on every machine with the same zlib.
+zip by its content hash and compression level. The zip is deterministic on one machine (sorted
+entries, fixed timestamps and permissions, no bytecode, no pip records naming local paths).
 """
 
 from __future__ import annotations
@@ -44,6 +54,10 @@ SOURCES = ("scripts/__init__.py", "scripts/lib", "scripts/dbops", "migrations")
 _SKIPPED_TOP_LEVEL = {"bin"}
 _SKIPPED_DIST_INFO_FILES = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
 _FIXED_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
+ZIP_COMPRESSLEVEL = 9
+# Part of the content hash: raise it when what goes into the zip changes (files skipped,
+# modes, layout) without any source file or pin changing.
+PACKAGE_LAYOUT_VERSION = "1"
 
 
 class PackageError(RuntimeError):
@@ -53,8 +67,9 @@ class PackageError(RuntimeError):
 @dataclass(frozen=True)
 class LambdaPackage:
     path: Path
-    code_sha256: str  # base64 SHA-256 of the zip, what Lambda reports as CodeSha256
-    sha256: str  # the same digest in hex, for triggers
+    content_sha256: str  # hex; the files and their contents, independent of compression: the release triggers
+    code_sha256: str  # base64 SHA-256 of the zip's bytes, what Lambda reports as CodeSha256
+    zip_sha256: str  # the zip's digest in hex
     size: int
     pins: tuple[str, ...]
 
@@ -165,9 +180,9 @@ def _install_dependencies(pins: tuple[str, ...], key: str) -> Path:
     return target
 
 
-def _write_zip(path: Path, entries: list[tuple[str, Path]]) -> None:
+def _write_zip(path: Path, entries: list[tuple[str, Path]], compresslevel: int) -> None:
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with zipfile.ZipFile(staging, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+    with zipfile.ZipFile(staging, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as archive:
         for name, source in entries:
             info = zipfile.ZipInfo(name, date_time=_FIXED_TIMESTAMP)
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -175,7 +190,9 @@ def _write_zip(path: Path, entries: list[tuple[str, Path]]) -> None:
             # for every file keeps the archive independent of the local file system.
             info.external_attr = (0o100000 | 0o644) << 16
             info.create_system = 3  # Unix, so the permissions above are honoured
-            archive.writestr(info, source.read_bytes())
+            # The level must be given here: a ZipInfo carries none of its own, and writestr
+            # would otherwise use zlib's default whatever the archive was opened with.
+            archive.writestr(info, source.read_bytes(), compresslevel=compresslevel)
     os.replace(staging, path)
 
 
@@ -183,15 +200,22 @@ def build_lambda_package() -> LambdaPackage:
     pins = dependency_closure()
     deps_key = hashlib.sha256("\n".join([LAMBDA_PLATFORM, LAMBDA_PYTHON, *pins]).encode()).hexdigest()
     sources = _source_files()
-    content = hashlib.sha256(deps_key.encode())
+    content = hashlib.sha256(f"layout {PACKAGE_LAYOUT_VERSION}\0{deps_key}".encode())
     for name, source in sources:
         content.update(name.encode() + b"\0" + hashlib.sha256(source.read_bytes()).digest())
-    zip_path = BUILD_DIR / f"dbops-{content.hexdigest()[:20]}.zip"
+    content_sha256 = content.hexdigest()
+    level = ZIP_COMPRESSLEVEL
+    zip_path = BUILD_DIR / f"dbops-{content_sha256[:20]}-z{level}.zip"
     if not zip_path.is_file():
         deps = _install_dependencies(pins, deps_key)
         entries = dict(_dependency_files(deps))
         entries.update(dict(sources))  # the project's own code wins over anything of the same name
-        _write_zip(zip_path, sorted(entries.items()))
+        _write_zip(zip_path, sorted(entries.items()), level)
+    # Lambda's code hash must be the digest of the bytes uploaded: Lambda computes CodeSha256
+    # from the zip it received, and the provider compares it with `code_sha256`; any other
+    # value would show a change on every preview. So a machine whose deflate writes other bytes
+    # (zlib-ng) uploads the same code again once (an update of the function, no downtime),
+    # while the release triggers follow `content_sha256` and do not run again.
     digest = hashlib.sha256(zip_path.read_bytes()).digest()
-    return LambdaPackage(path=zip_path, code_sha256=base64.b64encode(digest).decode(), sha256=digest.hex(),
-                         size=zip_path.stat().st_size, pins=pins)
+    return LambdaPackage(path=zip_path, content_sha256=content_sha256, code_sha256=base64.b64encode(digest).decode(),
+                         zip_sha256=digest.hex(), size=zip_path.stat().st_size, pins=pins)

@@ -10,7 +10,8 @@ hosts with `depends_on=[migrations.migrations]`, then `ReleaseSmokeTests`.
 When each step runs:
 * snapshot: when the migrations or the app version change (every release), before anything else;
 * migrations: when the migration files or the function package change (`triggers` = the
-  package's SHA-256, which covers migrations/ and the code that applies them);
+  package's content hash, which covers migrations/ and the code that applies them, and does
+  not depend on how the machine compresses the zip);
 * wait-healthy and smoke: on every release, i.e. whenever the app version, the package, the
   maintenance flag or a value the program adds to `release_triggers` (the launch template
   version) changes. Not on every `up`: a value that changes on each run would show a change in
@@ -41,7 +42,7 @@ DEFAULT_STATIC_PATH = "/static/admin/css/base.css"
 class ReleaseMigrationsArgs:
     region: str
     migrate_function_name: pulumi.Input[str]  # DbOps.migrate_function_name
-    package_sha256: str  # DbOps.package_sha256
+    package_sha256: str  # DbOps.package_sha256: the package's content hash, not the zip's
     app_version: str
     pre_migration_snapshot: bool = False  # config preMigrationSnapshot (prod)
     db_instance_identifier: Optional[pulumi.Input[str]] = None  # required with pre_migration_snapshot
@@ -92,6 +93,9 @@ class ReleaseSmokeTestsArgs:
     static_path: str = DEFAULT_STATIC_PATH
     release_triggers: Sequence[pulumi.Input[Any]] = field(default_factory=list)
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)  # the hosts (ASG) and the migrations
+    # The hosts' launch template version (ApiHosts.launch_template_latest_version): an instance
+    # refresh for another version is not this release's (scripts/release.py, RefreshJudge).
+    launch_template_version: Optional[pulumi.Input[int]] = None
 
 
 class ReleaseSmokeTests(pulumi.ComponentResource):
@@ -103,10 +107,13 @@ class ReleaseSmokeTests(pulumi.ComponentResource):
         super().__init__(type_token("release", "ReleaseSmokeTests"), name, None, opts)
         triggers = [args.app_version, args.package_sha256, f"maintenance={str(args.maintenance).lower()}",
                     *args.release_triggers]
+        wait_args: list[pulumi.Input[str]] = ["--target-group-arn", args.target_group_arn,
+                                              "--asg-name", args.autoscaling_group_name]
+        if args.launch_template_version is not None:
+            wait_args += ["--launch-template-version", pulumi.Output.from_input(args.launch_template_version).apply(str)]
         self.wait_healthy = release_step(
             f"{name}-wait-healthy",
-            script_command("scripts.release", "wait-healthy", "--target-group-arn", args.target_group_arn,
-                           "--asg-name", args.autoscaling_group_name, "--timeout-minutes", "30", "--region", args.region),
+            script_command("scripts.release", "wait-healthy", *wait_args, "--timeout-minutes", "30", "--region", args.region),
             triggers=triggers, parent=self, depends_on=args.depends_on)
         smoke_args: list[pulumi.Input[str]] = ["--url", args.api_url, "--via-function", args.health_function_name,
                                                "--static-path", args.static_path, "--region", args.region,

@@ -161,6 +161,7 @@ def main() -> None:
         rotation_days=cfg.secret_rotation_days,
         recovery_window_days=cfg.secret_recovery_window_days,
         log_retention_days=cfg.data_log_retention_days,
+        network_ready=[network, security],
     ), opts)
 
     # --- release, first half: snapshot (prod), then migrations; hosts of the release wait ---
@@ -240,6 +241,7 @@ def main() -> None:
             package_sha256=dbops.package_sha256,
             maintenance=cfg.maintenance,
             release_triggers=[api.launch_template_latest_version],
+            launch_template_version=api.launch_template_latest_version,
             depends_on=[api, *hosts_start_after],
         ), opts)
 

@@ -1,6 +1,7 @@
 """Apply the versioned SQL migrations in `migrations/` (each exactly once, in order).
 
-    python -m scripts.migrate --dsn DSN [--dir DIR] [--dry-run] [--json]
+    python -m scripts.migrate [--dsn DSN] [--dir DIR] [--dry-run] [--json]
+        (without --dsn: $PSYCHOLOGY_API_DSN; the password from PGPASSWORD or ~/.pgpass, not argv)
     python -m scripts.migrate --secret-id MASTER_ARN --db-host H --db-name D [--ensure-credentials SECRET_ID ...]
 
 Concurrent runs are safe (an advisory lock serialises them); each file runs in its own

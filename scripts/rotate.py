@@ -3,7 +3,7 @@ rotation functions run.
 
     python -m scripts.rotate --secret-id ID [--step createSecret|setSecret|testSecret|finishSecret|all]
                              [--token VERSION] [--master-secret-id ARN]
-                             [--replication-group-id ID] [--redis-ca-bundle PEM]
+                             [--replication-group-id ID] [--redis-ca-bundle PEM] [--timeout SECONDS]
                              [--endpoint-url URL] [--region R] [--json]
 
 `all` (the default) runs the four steps in order on a new version (or finishes the rotation in
@@ -16,7 +16,9 @@ The secret's current value says what it is:
   keep working;
 * the Redis secret (`auth_token`): a new AUTH token made valid next to the current one on the
   ElastiCache replication group --replication-group-id (stack output
-  redis_replication_group_id); the current token keeps working.
+  redis_replication_group_id); the current token keeps working. Waiting for the group's token
+  changes stops after --timeout seconds for the whole run (default 1800) with "retry this
+  step"; running the same step again continues.
 
 In AWS the database and Redis are reachable only inside the VPC: there, start a rotation with
 `aws secretsmanager rotate-secret --secret-id ID` and the rotation function runs these steps.
@@ -28,11 +30,15 @@ import argparse
 import uuid
 from typing import Any, Optional
 
-from scripts.dbops.elasticache import ElastiCacheAuthTokens
+from scripts.dbops.elasticache import Deadline, ElastiCacheAuthTokens
 from scripts.dbops.redis_rotation import RedisRotation, is_redis_document
 from scripts.dbops.rotation import STEPS, Rotation, SecretRotation, pending_version, run_all
 from scripts.lib import aws, cli
 from scripts.lib.secrets import read_secret_json
+
+# A token change takes minutes; a hand-run `all` may need the restore of a lost token (two
+# changes) and the new token (one).
+DEFAULT_TIMEOUT_SECONDS = 1800.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,33 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Redis: the ElastiCache replication group whose AUTH token changes (setSecret needs it)")
     parser.add_argument("--redis-ca-bundle", default=None,
                         help="Redis: CA certificates (PEM) for a server with a private CA; default: the system's")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
+                        help="Redis: stop waiting for the replication group's token changes after this many seconds "
+                             "for the whole run (default %(default)s); the step then fails with 'retry this step'")
     cli.add_common_arguments(parser, endpoint=True)
     return parser
 
 
-class _NoReplicationGroup:
-    """Stands where the replication group would be when none was named: only setSecret needs it."""
-
-    def _refuse(self) -> None:
-        cli.fail("setSecret of a Redis secret needs --replication-group-id (stack output redis_replication_group_id)")
-
-    def rotate_in(self, token: str) -> None:
-        self._refuse()
-
-    def set_only(self, token: str) -> None:
-        self._refuse()
-
-    def wait_available(self) -> None:
-        self._refuse()
-
-
-def _rotation(args: argparse.Namespace, sm: Any, token: str) -> SecretRotation:
+def _rotation(args: argparse.Namespace, sm: Any, token: str, deadline: Deadline) -> SecretRotation:
     current = read_secret_json(args.secret_id, client=sm)
     if is_redis_document(current):
-        tokens: Any = _NoReplicationGroup()
+        if not args.replication_group_id and args.step in ("setSecret", "all"):
+            cli.fail("setSecret of a Redis secret needs --replication-group-id (stack output redis_replication_group_id)")
+        tokens = None
         if args.replication_group_id:
             tokens = ElastiCacheAuthTokens(
-                aws.client("elasticache", region=args.region, endpoint_url=args.endpoint_url), args.replication_group_id)
+                aws.client("elasticache", region=args.region, endpoint_url=args.endpoint_url), args.replication_group_id,
+                deadline=deadline)
         return RedisRotation(sm, args.secret_id, token, tokens=tokens, ca_bundle=args.redis_ca_bundle, manual=True,
                              log=cli.info)
     return Rotation(sm, args.secret_id, token, master_secret_id=args.master_secret_id, manual=True, log=cli.info)
@@ -89,18 +85,21 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        cli.fail("--timeout must be positive", cli.EXIT_USAGE)
+    deadline = Deadline.after(args.timeout, what=f"--timeout {args.timeout:g} s")
     sm = aws.client("secretsmanager", region=args.region, endpoint_url=args.endpoint_url)
     try:
         token = args.token or pending_version(sm, args.secret_id)
         if args.step == "all":
-            results = run_all(_rotation(args, sm, token or str(uuid.uuid4())))
+            results = run_all(_rotation(args, sm, token or str(uuid.uuid4()), deadline))
         else:
             if token is None:
                 if args.step != "createSecret":
                     cli.fail(f"no rotation of {args.secret_id} is in progress (no version is staged AWSPENDING); "
                              "start one with --step createSecret or --step all")
                 token = str(uuid.uuid4())
-            results = [_rotation(args, sm, token).run(args.step)]
+            results = [_rotation(args, sm, token, deadline).run(args.step)]
     except sm.exceptions.ResourceNotFoundException:
         cli.fail(f"secret {args.secret_id} does not exist")
     token = results[-1].token

@@ -26,7 +26,7 @@ import psycopg
 
 from scripts.dbops import checks as smoke
 from scripts.dbops.credentials import ensure_role_matches_secret
-from scripts.dbops.elasticache import AuthTokens, ElastiCacheAuthTokens
+from scripts.dbops.elasticache import AuthTokens, Deadline, ElastiCacheAuthTokens
 from scripts.dbops.migrations import migrate
 from scripts.dbops.redis_rotation import RedisRotation, redis_endpoint_from_environment
 from scripts.dbops.rotation import Rotation, endpoint_from_environment
@@ -132,22 +132,26 @@ def rotation_handler(event: dict[str, Any], context: Any = None) -> None:
         raise RuntimeError(masker(str(err))) from None
 
 
-def auth_tokens_from_environment() -> AuthTokens:
+def auth_tokens_from_environment(deadline: Deadline) -> AuthTokens:
     """The replication group whose AUTH token the Redis rotation changes: the one named in the
-    function's environment (its role may modify exactly that group), never one from a secret."""
-    return ElastiCacheAuthTokens(aws.client("elasticache"), _env("REDIS_REPLICATION_GROUP_ID"))
+    function's environment (its role may modify exactly that group), never one from a secret.
+    No wait goes past `deadline`."""
+    return ElastiCacheAuthTokens(aws.client("elasticache"), _env("REDIS_REPLICATION_GROUP_ID"), deadline=deadline)
 
 
 def redis_rotation_handler(event: dict[str, Any], context: Any = None) -> None:
-    """Secrets Manager's rotation contract for the Redis secret: {"SecretId", "ClientRequestToken", "Step"}."""
+    """Secrets Manager's rotation contract for the Redis secret: {"SecretId", "ClientRequestToken", "Step"}.
+    Waiting for the replication group stops a safety margin before the function's timeout (the
+    Lambda context's remaining time), with a one-line "retry this step" error."""
     try:
         secret_id, token, step = event["SecretId"], event["ClientRequestToken"], event["Step"]
     except KeyError as missing:
         raise ValueError(f"rotation event lacks {missing}") from None
-    _log(f"Redis rotation step {step} for version {token}")
+    deadline = Deadline.from_lambda_context(context)
+    _log(f"Redis rotation step {step} for version {token} ({int(deadline.remaining())} s for waiting)")
     try:
         with aws.one_line_errors():
-            RedisRotation(aws.client("secretsmanager"), secret_id, token, tokens=auth_tokens_from_environment(),
+            RedisRotation(aws.client("secretsmanager"), secret_id, token, tokens=auth_tokens_from_environment(deadline),
                           endpoint=redis_endpoint_from_environment(), log=_log).run(step)
     except ScriptError as err:
         raise RuntimeError(masker(str(err))) from None

@@ -5,22 +5,35 @@ what the API hosts, the health function and the monitoring host's redis_exporter
 ElastiCache accepts two tokens at once during a change (scripts/dbops/elasticache.py), which is
 what makes the rotation free of downtime:
 
-1. createSecret: a new token, 64 letters and digits (ElastiCache allows 16-128 printable
-   characters; the token also goes into REDIS_URL, where punctuation would need escaping),
-   staged AWSPENDING; host and port from the function's environment when it states them.
-2. setSecret: the group must end up accepting exactly the current token and the new one. A
-   previous rotation left two tokens (the previous and the current): when the previous one
-   still logs in, `SET` the current token first (the previous one stops working, 90 days after
-   it stopped being current), then `ROTATE` the new token in. Each change is waited for until
-   the group is available again. A group that does not accept the current token at all (it was
-   replaced, or someone changed the token by hand) gets the current token back first.
+1. createSecret: first, when the previous rotation left two tokens (the previous one still
+   logs in next to the current one), `SET` the current token and wait: the previous token
+   stops working, a whole rotation period after it stopped being current. Then a new token,
+   64 letters and digits (ElastiCache allows 16-128 printable characters; the token also goes
+   into REDIS_URL, where punctuation would need escaping), staged AWSPENDING; host and port
+   from the function's environment when it states them.
+2. setSecret: the group must end up accepting exactly the current token and the new one:
+   `ROTATE` the new token in and wait until the group is available again. A group that does
+   not accept the current token at all (it was replaced, or someone changed the token by hand)
+   gets the current token back first (ROTATE, then SET); a leftover previous token that
+   createSecret did not remove (a version staged without the replication group) is SET away
+   first.
 3. testSecret: AUTH with the new token over TLS, PING, and a SET/GET/DEL round trip.
 4. finishSecret: AWSCURRENT moves to the new version.
 
-Running clients keep the current token, valid until the next rotation's SET; the API hosts'
-and the monitoring host's daily refresh pick up the new one long before that. Every step can
-run again without harm: setSecret first looks at which tokens the group accepts. A failure at
-any step leaves the current token valid, because it is never removed, only set again.
+Why the SET comes at the start of the next createSecret, and not at the end of finishSecret:
+both keep AWSCURRENT valid at every moment (SET to the current token never removes it, and
+ElastiCache applies it node by node with that token valid throughout), but a SET in
+finishSecret would cut off every client still holding the just-replaced token, i.e. every
+API host and exporter until its daily refresh. At the next createSecret that token is a whole
+rotation period old. Splitting the two changes over two steps also means one invocation makes
+one token change in the normal course, so one change and its wait fit the function's time;
+each wait stops at the invocation's deadline (elasticache.py) with "retry this step".
+
+Running clients keep the current token, valid until the next rotation's createSecret; the API
+hosts' and the monitoring host's daily refresh pick up the new one long before that. Every step
+can run again without harm: createSecret and setSecret first look at which tokens the group
+accepts. A failure at any step leaves the current token valid, because it is never removed,
+only set again.
 """
 
 from __future__ import annotations
@@ -53,11 +66,13 @@ def is_redis_document(doc: dict[str, Any]) -> bool:
 
 
 class RedisRotation(SecretRotation):
-    def __init__(self, sm: Any, secret_id: str, token: str, *, tokens: AuthTokens,
+    def __init__(self, sm: Any, secret_id: str, token: str, *, tokens: Optional[AuthTokens],
                  endpoint: Optional[dict[str, Any]] = None, ca_bundle: Optional[str] = None,
                  manual: bool = False, log: Log = _no_log):
+        """`tokens` None: no replication group to change (a hand-run createSecret or testSecret
+        may go without one; setSecret may not)."""
         super().__init__(sm, secret_id, token, manual=manual, log=log)
-        self.tokens = tokens
+        self._tokens = tokens
         self.endpoint = dict(endpoint or {})
         self.ca_bundle = ca_bundle
 
@@ -90,6 +105,38 @@ class RedisRotation(SecretRotation):
         finally:
             client.close()
 
+    @property
+    def tokens(self) -> AuthTokens:
+        if self._tokens is None:
+            raise RotationError("no replication group to change the AUTH token on")
+        return self._tokens
+
+    def _retire_previous_token(self, current: dict[str, Any], previous: dict[str, Any]) -> None:
+        """The SET of the previous rotation's leftover token, at the start of a new rotation
+        (see the module's docstring for why here)."""
+        current_token = str(current.get("auth_token") or "")
+        previous_token = str(previous.get("auth_token") or "")
+        if not previous_token or previous_token == current_token:
+            return  # the first rotation: one token on the group
+        if self._tokens is None:
+            self.log("createSecret: no replication group given; setSecret removes the previous token if it is still valid")
+            return
+        # Tokens go only to the endpoint the function's environment names (or the secret's).
+        where = {**current, **self.endpoint}
+        current_target = self._target(where, "AWSCURRENT")
+        previous_target = self._target(where, "AWSPREVIOUS", auth_token=previous_token)
+        self.tokens.wait_available()  # an earlier attempt may have left a change running
+        if not self._accepts(previous_target):
+            self.log("createSecret: the previous token no longer logs in; nothing to remove")
+            return
+        if not self._accepts(current_target):
+            # Only setSecret puts a lost current token back (ROTATE, then SET).
+            self.log("createSecret: Redis refuses the current token; setSecret restores it")
+            return
+        self.log("createSecret: the previous token is still valid; leaving only the current one (SET)")
+        self.tokens.set_only(current_token)
+        self.tokens.wait_available()
+
     def _new_token(self, avoid: set[str]) -> str:
         for _ in range(3):
             token = str(self.sm.get_random_password(PasswordLength=TOKEN_LENGTH, ExcludePunctuation=True,
@@ -106,6 +153,7 @@ class RedisRotation(SecretRotation):
             self.log(f"createSecret: version {self.token} already has a value")
             return StepResult("createSecret", self.token, "already-done")
         previous = self._previous() or {}
+        self._retire_previous_token(current, previous)
         token = self._new_token({str(current.get("auth_token")), str(previous.get("auth_token"))})
         masker.add(token)
         new = dict(current)
@@ -151,7 +199,8 @@ class RedisRotation(SecretRotation):
             previous_token = str((previous or {}).get("auth_token") or "")
             if previous_token and previous_token != current_token and self._accepts(
                     self._target(pending, "AWSPREVIOUS", auth_token=previous_token)):
-                # Two tokens already: drop the previous one so the new one can come in.
+                # Two tokens already (createSecret normally removes the previous one; not when
+                # it ran without the replication group): drop it so the new one can come in.
                 self.log("setSecret: the previous token is still valid; leaving only the current one (SET)")
                 self.tokens.set_only(current_token)
                 self.tokens.wait_available()

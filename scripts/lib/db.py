@@ -18,6 +18,10 @@ from scripts.lib.secrets import read_secret_json
 # libpq modes that would allow a plain-text connection are upgraded to `require`.
 _WEAK_SSLMODES = {"disable", "allow", "prefer", None}
 CONNECT_TIMEOUT_SECONDS = 5
+# Where --dsn comes from when the option is not given: an argument is visible to every user of
+# the machine (`ps`), the environment only to the process owner. Without a password in the DSN
+# libpq itself falls back to PGPASSWORD or ~/.pgpass.
+DSN_ENVIRONMENT_VARIABLE = "PSYCHOLOGY_API_DSN"
 
 
 @dataclass(frozen=True)
@@ -71,14 +75,16 @@ def _strong_sslmode(mode: Optional[str]) -> str:
     return "require" if mode in _WEAK_SSLMODES else str(mode)
 
 
-def target_from_dsn(dsn: str) -> DbTarget:
+def target_from_dsn(dsn: str, *, source: str = "--dsn") -> DbTarget:
+    """A target from a connection string. A DSN without a password gives a target without one,
+    so libpq looks for it in PGPASSWORD or the password file (~/.pgpass, PGPASSFILE)."""
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as err:
-        raise ScriptError(f"--dsn is not a valid PostgreSQL connection string: {masker(str(err))}") from None
+        raise ScriptError(f"{source} is not a valid PostgreSQL connection string: {masker(str(err))}") from None
     missing = [k for k in ("host", "dbname", "user") if not params.get(k)]
     if missing:
-        raise ScriptError(f"--dsn lacks {', '.join(missing)}")
+        raise ScriptError(f"{source} lacks {', '.join(missing)}")
     return DbTarget(host=str(params["host"]), port=int(params.get("port") or 5432), dbname=str(params["dbname"]),
                     user=str(params["user"]), password=str(params.get("password") or ""),
                     sslmode=_strong_sslmode(params.get("sslmode")),  # type: ignore[arg-type]
@@ -134,7 +140,9 @@ def connect(target: DbTarget, *, autocommit: bool = False, application_name: str
 def add_target_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     group = parser.add_argument_group("database")
     group.add_argument("--dsn", default=None,
-                       help="PostgreSQL connection string (TLS is enforced: sslmode below 'require' is raised to it)")
+                       help="PostgreSQL connection string (TLS is enforced: sslmode below 'require' is raised to it); "
+                            f"default: the environment variable {DSN_ENVIRONMENT_VARIABLE}. Leave the password out of it "
+                            "(an argument is visible in `ps`): libpq then reads PGPASSWORD or ~/.pgpass")
     group.add_argument("--secret-id", default=None,
                        help="read the credentials from this Secrets Manager secret instead of --dsn")
     group.add_argument("--db-host", default=None, help="host, when the secret has none (the RDS master secret)")
@@ -144,6 +152,8 @@ def add_target_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
 
 
 def target_from_args(args: argparse.Namespace) -> Optional[DbTarget]:
+    """--dsn, else --secret-id, else $PSYCHOLOGY_API_DSN (an explicit option wins over the
+    environment, so a shell that exports the variable can still name a secret)."""
     if args.dsn and args.secret_id:
         raise ScriptError("give either --dsn or --secret-id, not both", 2)
     if args.dsn:
@@ -151,6 +161,9 @@ def target_from_args(args: argparse.Namespace) -> Optional[DbTarget]:
     if args.secret_id:
         return target_from_secret(args.secret_id, host=args.db_host, port=args.db_port, dbname=args.db_name,
                                   endpoint_url=getattr(args, "endpoint_url", None), region=getattr(args, "region", None))
+    from_environment = os.environ.get(DSN_ENVIRONMENT_VARIABLE, "").strip()
+    if from_environment:
+        return target_from_dsn(from_environment, source=f"${DSN_ENVIRONMENT_VARIABLE}")
     if getattr(args, "_db_target_required", True):
-        raise ScriptError("a database is required: --dsn DSN or --secret-id ARN", 2)
+        raise ScriptError(f"a database is required: --dsn DSN, --secret-id ARN or ${DSN_ENVIRONMENT_VARIABLE}", 2)
     return None

@@ -18,6 +18,7 @@ from typing import Optional
 
 import redis
 
+from scripts.dbops.elasticache import Deadline
 from scripts.lib.cli import ScriptError
 
 ADMIN_USER = "elasticache-control-plane"
@@ -55,9 +56,26 @@ class LocalRedis:
             return len(admin.acl_getuser("default")["passwords"])
 
 
+class SimulatedClock:
+    """Time for the token changes: a change takes `RedisAclTokens.change_seconds` of it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class RedisAclTokens:
-    """scripts.dbops.elasticache.AuthTokens with ElastiCache's rules, on a real Redis."""
+    """scripts.dbops.elasticache.AuthTokens with ElastiCache's rules, on a real Redis.
+
+    Time: with a `deadline` (on `clock`), each change keeps the group busy for `change_seconds`
+    of simulated time, and the waits and changes keep to the deadline as ElastiCacheAuthTokens
+    does (that class's own handling of it is tested against scripted ElastiCache answers in
+    tests/unit/test_elasticache_tokens.py): a wait that would pass it stops at it with the
+    same "retry this step" error, and no change starts after it. The token itself changes at
+    once on the Redis (a change that outlives the step still completes, as in ElastiCache)."""
 
     server: LocalRedis
     calls: list[tuple[str, str]] = field(default_factory=list)
@@ -65,6 +83,20 @@ class RedisAclTokens:
     # after `fail_after` calls of it succeeded.
     fail_at: Optional[str] = None
     fail_after: int = 0
+    clock: SimulatedClock = field(default_factory=SimulatedClock)
+    change_seconds: float = 0.0
+    deadline: Optional[Deadline] = None
+    busy_until: float = 0.0
+
+    def _out_of_time(self, doing: str) -> ScriptError:
+        assert self.deadline is not None
+        return ScriptError(f"replication group test {doing}; this step's time is up ({self.deadline.what}): "
+                           "retry this step, it continues from where the group is")
+
+    def _start_change(self, strategy: str) -> None:
+        if self.deadline is not None and self.deadline.passed():
+            raise self._out_of_time(f"gets no {strategy} of its token")
+        self.busy_until = self.clock.now + self.change_seconds
 
     def _maybe_fail(self, operation: str) -> None:
         if self.fail_at == operation:
@@ -79,6 +111,7 @@ class RedisAclTokens:
     def rotate_in(self, token: str) -> None:
         self.calls.append(("rotate_in", token))
         self._maybe_fail("rotate_in")
+        self._start_change("ROTATE")
         with self.server.admin() as admin:
             if len(admin.acl_getuser("default")["passwords"]) >= 2:
                 raise AssertionError("ElastiCache keeps at most two AUTH tokens: ROTATE with two in place")
@@ -87,6 +120,7 @@ class RedisAclTokens:
     def set_only(self, token: str) -> None:
         self.calls.append(("set_only", token))
         self._maybe_fail("set_only")
+        self._start_change("SET")
         with self.server.admin() as admin:
             if len(admin.acl_getuser("default")["passwords"]) < 2:
                 raise AssertionError("ElastiCache allows SET only after ROTATE")
@@ -95,6 +129,12 @@ class RedisAclTokens:
     def wait_available(self) -> None:
         self.calls.append(("wait_available", ""))
         self._maybe_fail("wait_available")
+        if self.busy_until <= self.clock.now:
+            return
+        if self.deadline is not None and self.busy_until > self.deadline.at:
+            self.clock.now = max(self.clock.now, self.deadline.at)
+            raise self._out_of_time("is still modifying, token change ROTATING")
+        self.clock.now = self.busy_until
 
     def changes(self) -> list[tuple[str, str]]:
         return [c for c in self.calls if c[0] != "wait_available"]

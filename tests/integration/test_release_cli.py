@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import boto3
 import pytest
+from botocore.stub import Stubber
 
 from scripts.dbops import handlers
-from scripts.release import snapshot_identifier
+from scripts.lib.cli import ScriptError
+from scripts.release import REFRESH_RUNNING, RefreshJudge, snapshot_identifier, wait_healthy
 from tests.integration.dbops_support import DbSecrets, create_function, queue_lambda_result
 from tests.services import MotoServer, PgServer
 
@@ -110,3 +113,171 @@ def test_help(tmp_path: Any) -> None:
     for sub in ([], ["invoke"], ["snapshot"], ["wait-healthy"]):
         run = subprocess.run([sys.executable, "-m", "scripts.release", *sub, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert run.returncode == 0 and "usage:" in run.stdout
+
+
+def _step_snapshot(rds: Any, db: str, stamp: str, label: str = "pre-release", tags: Optional[dict[str, str]] = None) -> str:
+    """A snapshot as an earlier run of the step left it (or, with other tags, one that only
+    looks like it)."""
+    ident = f"{db}-{label}-{stamp}"
+    tags = {"purpose": label, "managed-by": "pulumi-release-step"} if tags is None else tags
+    rds.create_db_snapshot(DBSnapshotIdentifier=ident, DBInstanceIdentifier=db,
+                           Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    return ident
+
+
+def test_snapshot_prunes_only_its_own_older_snapshots(aws_env: MotoServer) -> None:
+    rds = boto3.client("rds", endpoint_url=aws_env.endpoint_url, region_name="eu-central-1")
+    db, other_db = "psychology-api-prod-db", "psychology-api-prod-db-copy"
+    for name in (db, other_db):
+        rds.create_db_instance(DBInstanceIdentifier=name, DBInstanceClass="db.t4g.medium", Engine="postgres",
+                               MasterUsername="psychology", AllocatedStorage=20, ManageMasterUserPassword=True)
+    older = [_step_snapshot(rds, db, f"2026010{day}-120000") for day in range(1, 7)]  # six earlier releases
+    foreign = [
+        # An operator's snapshot of the same instance, without tags.
+        rds.create_db_snapshot(DBSnapshotIdentifier="before-the-upgrade", DBInstanceIdentifier=db)["DBSnapshot"]["DBSnapshotIdentifier"],
+        # Named like ours, but not tagged by the step.
+        _step_snapshot(rds, db, "20250101-120000", tags={"purpose": "pre-release"}),
+        # Ours, but of another label and of another instance.
+        _step_snapshot(rds, db, "20250101-120000", label="before-maintenance",
+                       tags={"purpose": "before-maintenance", "managed-by": "pulumi-release-step"}),
+        _step_snapshot(rds, other_db, "20250101-120000"),
+    ]
+
+    run = release("snapshot", "--db-instance", db, "--poll-seconds", "1", "--keep", "3", endpoint=aws_env.endpoint_url)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    new = doc["snapshot_id"]
+    # Kept: the new one and the two newest before it; the four oldest are gone, and said so.
+    assert sorted(doc["pruned"]) == older[:4] and doc["kept"] == 3
+    left = {s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]}
+    assert left == {new, *older[4:], *foreign}
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"PASS: snapshot {new} of {db} is available; pruned 4 older: ") and older[0] in last
+
+    # Nothing more to prune: the step never deletes below --keep, and --keep 0 keeps everything.
+    while snapshot_identifier(db, "pre-release") == new:  # names have a resolution of one second
+        time.sleep(0.1)
+    again = release("snapshot", "--db-instance", db, "--poll-seconds", "1", "--keep", "0", endpoint=aws_env.endpoint_url)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["pruned"] == []
+    assert len(rds.describe_db_snapshots(DBInstanceIdentifier=db, SnapshotType="manual")["DBSnapshots"]) == 3 + 3 + 1
+
+    bad = release("snapshot", "--db-instance", db, "--keep", "-1", endpoint=aws_env.endpoint_url)
+    assert bad.returncode == 2 and "--keep" in bad.stderr
+
+
+# --- which instance refreshes are this release's ---------------------------------------------
+# moto 5.2.5 does not implement DescribeInstanceRefreshes (NotImplementedError), so the Auto
+# Scaling answers are scripted with botocore's Stubber, which validates every request and every
+# answer against the real service model; the load balancer's targets are moto's.
+
+ASG = "psychology-api-prod-api"
+NOW = datetime.now(UTC)
+
+
+def refresh(ident: str, status: str, started: datetime, reason: str = "", desired_version: Optional[str] = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"InstanceRefreshId": ident, "AutoScalingGroupName": ASG, "Status": status, "StartTime": started,
+                           "PercentageComplete": 100 if status == "Successful" else 40}
+    if reason:
+        doc["StatusReason"] = reason
+    if status not in REFRESH_RUNNING:
+        doc["EndTime"] = started + timedelta(minutes=5)
+    if desired_version:
+        doc["DesiredConfiguration"] = {"LaunchTemplate": {"LaunchTemplateName": "psychology-api-prod-api",
+                                                          "Version": desired_version}}
+    return doc
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scripted_autoscaling(*polls: list[dict[str, Any]], desired: int = 2, fails: bool = False) -> tuple[Any, Stubber]:
+    """A client answering each poll with these refreshes (newest first) and the group; with
+    `fails`, the last poll ends the step before the group is asked for."""
+    client = boto3.client("autoscaling", region_name="eu-central-1", aws_access_key_id="test", aws_secret_access_key="test")
+    stub = Stubber(client)
+    group = {"AutoScalingGroupName": ASG, "MinSize": 2, "MaxSize": 4, "DesiredCapacity": desired, "DefaultCooldown": 300,
+             "AvailabilityZones": ["eu-central-1a"], "HealthCheckType": "ELB", "CreatedTime": NOW - timedelta(days=30)}
+    for refreshes in polls:
+        stub.add_response("describe_instance_refreshes", {"InstanceRefreshes": refreshes},
+                          expected_params={"AutoScalingGroupName": ASG, "MaxRecords": 20})
+        if not (fails and refreshes is polls[-1]):
+            stub.add_response("describe_auto_scaling_groups", {"AutoScalingGroups": [group]},
+                              expected_params={"AutoScalingGroupNames": [ASG]})
+    return client, stub
+
+
+def judge(version: Optional[str] = None) -> RefreshJudge:
+    return RefreshJudge(step_started=NOW, lookback=timedelta(minutes=30), launch_template_version=version)
+
+
+@pytest.fixture
+def two_hosts(aws_env: MotoServer) -> tuple[str, str]:
+    """(moto's endpoint, a target group with two healthy targets)."""
+    return aws_env.endpoint_url, _target_group(aws_env.endpoint_url, instances=2)
+
+
+def run_wait(hosts: tuple[str, str], autoscaling: Any, version: Optional[str] = None,
+             clock: Optional[Clock] = None) -> dict[str, Any]:
+    endpoint, target_group = hosts
+    clock = clock or Clock()
+    elbv2 = boto3.client("elbv2", endpoint_url=endpoint, region_name="eu-central-1")
+    return wait_healthy(elbv2, autoscaling, target_group_arn=target_group, asg_name=ASG, judge=judge(version),
+                        timeout_seconds=600, poll_seconds=15, clock=clock, sleep=clock.sleep)
+
+
+def test_a_refresh_cancelled_long_before_the_release_does_not_fail_it(two_hosts: tuple[str, str]) -> None:
+    """An operator cancelled a refresh three days ago; this release did not change the launch
+    template, so no refresh is its own: the healthy targets decide."""
+    old = refresh("old-cancelled", "Cancelled", NOW - timedelta(days=3), "Cancelled by an operator")
+    client, stub = scripted_autoscaling([old])
+    with stub:
+        doc = run_wait(two_hosts, client)
+        stub.assert_no_pending_responses()
+    assert doc["ok"] is True and doc["healthy"] == 2 and doc["wanted"] == 2
+    assert doc["ignored_refreshes"] == ["old-cancelled"]
+
+
+def test_this_releases_failed_refresh_fails_the_step(two_hosts: tuple[str, str]) -> None:
+    """Started by `pulumi up` minutes before this step (the provider gives no desired
+    configuration): the release's own refresh, and it failed."""
+    ours = refresh("ours", "Failed", NOW - timedelta(minutes=4), "Instance failed to become healthy")
+    old = refresh("old", "Successful", NOW - timedelta(days=20))
+    client, stub = scripted_autoscaling([ours, old], fails=True)
+    with stub, pytest.raises(ScriptError) as err:
+        run_wait(two_hosts, client)
+    assert str(err.value) == (f"this release's instance refresh ours (started {ours['StartTime']:%Y-%m-%d %H:%M:%S} UTC) "
+                              f"of {ASG} ended Failed: Instance failed to become healthy")
+
+
+def test_the_desired_configuration_decides_when_it_names_a_version(two_hosts: tuple[str, str]) -> None:
+    # Old, but rolling out the version this release runs: this release's verdict.
+    same = refresh("same-version", "Cancelled", NOW - timedelta(days=2), "Cancelled", desired_version="7")
+    client, stub = scripted_autoscaling([same], fails=True)
+    with stub, pytest.raises(ScriptError, match="this release's instance refresh same-version .* ended Cancelled"):
+        run_wait(two_hosts, client, version="7")
+    # Recent, but for another version: not this release's.
+    other = refresh("other-version", "RollbackSuccessful", NOW - timedelta(minutes=2), "Rolled back", desired_version="6")
+    client, stub = scripted_autoscaling([other])
+    with stub:
+        assert run_wait(two_hosts, client, version="7")["ignored_refreshes"] == ["other-version"]
+
+
+def test_a_running_refresh_is_waited_for(two_hosts: tuple[str, str]) -> None:
+    started = NOW - timedelta(minutes=1)
+    clock = Clock()
+    client, stub = scripted_autoscaling([refresh("ours", "InProgress", started)], [refresh("ours", "Successful", started)])
+    with stub:
+        doc = run_wait(two_hosts, client, clock=clock)
+        stub.assert_no_pending_responses()
+    assert doc["ok"] is True and clock.sleeps == [15]

@@ -85,7 +85,8 @@ def test_four_functions_in_the_private_subnets_with_the_dbops_group(plan: Plan) 
         # The role can create the function's network interfaces before the function exists.
         assert {f"{name}-role", f"{name}-vpc-access", f"{name}-access", f"{name}-logs"} <= set(fn.depends_on)
     assert functions["dbops-migrate"].inputs["timeout"] == 900
-    # Two token changes on the replication group, each waited for, fit in the Redis rotation's time.
+    # A token change on the replication group, waited for, fits in each step of the Redis
+    # rotation (one change per step; the waits end at a deadline derived from this timeout).
     assert functions["dbops-rotate-redis"].inputs["timeout"] == 900
 
 
@@ -274,6 +275,37 @@ def test_bootstrap_runs_the_migrate_function_once_per_database(plan: Plan) -> No
     assert secret_arn(plan, "dbops-app-credentials") in bootstrap.inputs["triggers"]
     assert db_host(plan) in bootstrap.inputs["triggers"]
     assert "dbops-migrate" in bootstrap.depends_on
+
+
+def network_path(plan: Plan) -> set[str]:
+    """What a function needs to reach the database, Redis and the Secrets Manager API, beyond
+    the subnets and the group it names: the rules of the groups involved, the NAT routes of the
+    private subnets, the interface endpoints."""
+    groups = {plan.named(f"sg-{role}").id for role in ("dbops", "database", "redis")}
+    rules = {r.name for token in ("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+                                  "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+             for r in plan.of_type(token) if r.inputs["securityGroupId"] in groups}
+    nat_routes = {r.name for r in plan.of_type("aws:ec2/route:Route") if r.inputs.get("natGatewayId")}
+    endpoints = {r.name for r in plan.of_type("aws:ec2/vpcEndpoint:VpcEndpoint") if r.inputs["vpcEndpointType"] == "Interface"}
+    assert {"sg-dbops-out-5432-database", "sg-database-in-5432-dbops", "sg-redis-in-6379-dbops"} <= rules
+    assert nat_routes and (endpoints if plan.stack == "prod" else not endpoints)
+    return rules | nat_routes | endpoints
+
+
+def test_nothing_runs_a_function_before_its_network_path_exists(plan: Plan) -> None:
+    """On the first `up` the bootstrap invoke (and Secrets Manager's test of the Redis rotation
+    function when rotation is switched on) must wait for the rules, routes and endpoints; the
+    database rotations wait for the bootstrap."""
+    needed = network_path(plan)
+    bootstrap = set(plan.named("dbops-bootstrap").depends_on)
+    assert needed <= bootstrap, sorted(needed - bootstrap)
+    assert needed <= set(plan.named("dbops-redis-rotation").depends_on)
+    for rotation in ("dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation"):
+        assert "dbops-bootstrap" in plan.named(rotation).depends_on
+    # Whole components: everything of the network and the security groups, children included.
+    for component in ("network", "sg"):
+        children = {r.name for r in plan.children_of(component) if r.custom}
+        assert children and children <= bootstrap, component
 
 
 def test_stack_outputs(plan: Plan) -> None:

@@ -14,7 +14,12 @@ import pytest
 from botocore.exceptions import ParamValidationError
 from botocore.stub import Stubber
 
-from scripts.dbops.elasticache import ElastiCacheAuthTokens
+from scripts.dbops.elasticache import (
+    DEFAULT_INVOCATION_SECONDS,
+    LAMBDA_SAFETY_MARGIN_SECONDS,
+    Deadline,
+    ElastiCacheAuthTokens,
+)
 from scripts.lib.cli import ScriptError
 
 GROUP = "psychology-api-prod-redis"
@@ -101,3 +106,63 @@ def test_a_deleted_group_fails_at_once(client: Any) -> None:
 def test_a_group_id_is_required(client: Any) -> None:
     with pytest.raises(ScriptError, match="no replication group id"):
         ElastiCacheAuthTokens(client, "")
+
+
+# --- the invocation's deadline ----------------------------------------------------------------
+
+def test_the_deadline_ends_the_wait_before_the_per_change_limit(client: Any) -> None:
+    """With 50 s left (the function's remaining time less the margin), a change that takes
+    longer is waited for until exactly then, not for the 420 s a change may take."""
+    clock = Clock()
+    deadline = Deadline(50.0, what="45 s before the function's timeout", clock=clock)
+    with Stubber(client) as stub:
+        for _ in range(5):  # at 0, 15, 30, 45 and 50 s
+            stub.add_response("describe_replication_groups", group_state("modifying", "ROTATING"),
+                              expected_params={"ReplicationGroupId": GROUP})
+        with pytest.raises(ScriptError) as err:
+            tokens(client, clock, poll_seconds=15, deadline=deadline).wait_available()
+        stub.assert_no_pending_responses()
+    assert str(err.value) == (f"replication group {GROUP} is still modifying, token change ROTATING; this step's time "
+                              "is up (45 s before the function's timeout): retry this step, it continues from where "
+                              "the group is")
+    assert clock.sleeps == [15, 15, 15, 5] and clock.now == 50.0  # never past the deadline
+
+
+def test_a_change_that_finishes_in_time_is_waited_for(client: Any) -> None:
+    clock = Clock()
+    with Stubber(client) as stub:
+        for state in (group_state("modifying", "ROTATING"), group_state("modifying"), group_state("available")):
+            stub.add_response("describe_replication_groups", state, expected_params={"ReplicationGroupId": GROUP})
+        tokens(client, clock, poll_seconds=15, deadline=Deadline(40.0, what="the test's deadline", clock=clock)).wait_available()
+        stub.assert_no_pending_responses()
+    assert clock.now == 30.0
+
+
+@pytest.mark.parametrize(("method", "strategy"), [("rotate_in", "ROTATE"), ("set_only", "SET")])
+def test_no_change_starts_after_the_deadline(client: Any, method: str, strategy: str) -> None:
+    clock = Clock()
+    clock.now = 60.0
+    with Stubber(client) as stub:  # nothing queued: any request would fail the test
+        with pytest.raises(ScriptError, match=rf"gets no {strategy} of its token; this step's time is up .*retry this step"):
+            getattr(tokens(client, clock, deadline=Deadline(60.0, what="the deadline", clock=clock)), method)(TOKEN)
+        stub.assert_no_pending_responses()
+
+
+class LambdaContext:
+    def __init__(self, remaining_ms: int) -> None:
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+def test_deadline_from_the_lambda_context() -> None:
+    clock = Clock()
+    clock.now = 1000.0
+    deadline = Deadline.from_lambda_context(LambdaContext(900_000), clock=clock)
+    assert deadline.at == 1000.0 + 900 - LAMBDA_SAFETY_MARGIN_SECONDS and not deadline.passed()
+    assert "before the function's timeout" in deadline.what
+    # Less left than the margin: already passed, so no change starts.
+    assert Deadline.from_lambda_context(LambdaContext(10_000), clock=clock).passed()
+    # Called directly (no context): the function's configured timeout stands in.
+    assert Deadline.from_lambda_context(None, clock=clock).remaining() == DEFAULT_INVOCATION_SECONDS - LAMBDA_SAFETY_MARGIN_SECONDS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from components.lambda_package import (
     dependency_closure,
     requirement_pins,
 )
+from infra.mock_engine import Plan, run_program
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,9 +60,12 @@ def test_fixed_timestamps_and_modes() -> None:
 def test_cached_build_is_stable_and_follows_the_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = build_lambda_package()
     assert build_lambda_package() == first
-    # Same sources, rebuilt from scratch (the dependencies stay cached): the same bytes.
+    # Same sources, rebuilt from scratch on the same machine (the dependencies stay cached):
+    # the same bytes, so the same code hash for Lambda.
     first.path.unlink()
-    assert build_lambda_package().sha256 == first.sha256
+    rebuilt = build_lambda_package()
+    assert rebuilt.zip_sha256 == first.zip_sha256 and rebuilt.code_sha256 == first.code_sha256
+    assert rebuilt.content_sha256 == first.content_sha256
     # A changed migration makes a different package (and so re-runs the migrations step).
     import components.lambda_package as lp
 
@@ -78,7 +83,7 @@ def test_cached_build_is_stable_and_follows_the_sources(tmp_path: Path, monkeypa
     (scratch / "migrations" / "0100_new.sql").write_text("SELECT 1;\n")
     monkeypatch.setattr(lp, "ROOT", scratch)
     changed = lp.build_lambda_package()
-    assert changed.sha256 != first.sha256
+    assert changed.content_sha256 != first.content_sha256 and changed.zip_sha256 != first.zip_sha256
     with zipfile.ZipFile(changed.path) as archive:
         assert "migrations/0100_new.sql" in archive.namelist()
 
@@ -97,3 +102,33 @@ def test_handlers_import_from_the_package_alone(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[1:] == ["migrate_handler", "health_handler", "rotation_handler"]
     assert int(result.stdout.split()[0]) >= 3
+
+
+def test_the_release_trigger_follows_the_contents_not_the_compression(monkeypatch: pytest.MonkeyPatch, staging: Plan) -> None:
+    """Another machine's deflate (zlib-ng) writes other bytes for the same files, as another
+    compression level does here: the release steps must not run again for that, while Lambda's
+    code hash must still be the digest of the bytes uploaded."""
+    import components.lambda_package as lp
+
+    default = build_lambda_package()
+    monkeypatch.setattr(lp, "ZIP_COMPRESSLEVEL", 1)
+    fast = lp.build_lambda_package()
+    try:
+        assert fast.path != default.path and fast.size != default.size
+        assert fast.zip_sha256 != default.zip_sha256 and fast.code_sha256 != default.code_sha256
+        assert fast.zip_sha256 == hashlib.sha256(fast.path.read_bytes()).hexdigest()
+        assert fast.content_sha256 == default.content_sha256
+        with zipfile.ZipFile(default.path) as a, zipfile.ZipFile(fast.path) as b:  # the same files, byte for byte
+            assert [(i.filename, i.CRC, i.file_size) for i in a.infolist()] == [
+                (i.filename, i.CRC, i.file_size) for i in b.infolist()]
+
+        # The whole program built on this machine's other bytes: the same release triggers.
+        plan = run_program("staging")
+        for step in ("release-migrations", "release-smoke-wait-healthy", "release-smoke-smoke"):
+            assert plan.named(step).inputs["triggers"] == staging.named(step).inputs["triggers"]
+        assert plan.named("release-migrations").inputs["triggers"] == [default.content_sha256]
+        for function in ("dbops-migrate", "dbops-rotate-redis"):
+            assert plan.named(function).inputs["codeSha256"] == fast.code_sha256
+            assert staging.named(function).inputs["codeSha256"] == default.code_sha256
+    finally:
+        fast.path.unlink(missing_ok=True)

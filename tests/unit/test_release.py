@@ -46,12 +46,12 @@ def test_triggers(prod: Plan) -> None:
     package = build_lambda_package()
     steps = commands(prod)
     # Migrations re-run when the migration files or the package change, and only then.
-    assert steps["release-migrations"]["inputs"]["triggers"] == [package.sha256]
+    assert steps["release-migrations"]["inputs"]["triggers"] == [package.content_sha256]
     # A snapshot precedes every release (new migrations or a new app version).
-    assert steps["release-snapshot"]["inputs"]["triggers"] == [package.sha256, "0.1.0"]
+    assert steps["release-snapshot"]["inputs"]["triggers"] == [package.content_sha256, "0.1.0"]
     for name in ("release-smoke-wait-healthy", "release-smoke-smoke"):
         triggers = steps[name]["inputs"]["triggers"]
-        assert triggers[:3] == ["0.1.0", package.sha256, "maintenance=false"]
+        assert triggers[:3] == ["0.1.0", package.content_sha256, "maintenance=false"]
         # ... and a new launch template version (the hosts' configuration) is a release too.
         assert triggers[3:] == [prod.named("api-lt").outputs["latestVersion"]]
 
@@ -74,6 +74,9 @@ def test_what_each_step_runs(prod: Plan) -> None:
         f"{PYTHON} -m scripts.release wait-healthy --target-group-arn arn:aws:elasticloadbalancing:")
     assert f"--target-group-arn {prod.outputs['target_group_arn']} " in steps["release-smoke-wait-healthy"]["create"]
     assert "--asg-name psychology-api-prod-api" in steps["release-smoke-wait-healthy"]["create"]
+    # Only an instance refresh of the version this release runs can fail the step.
+    version = prod.named("api-lt").outputs["latestVersion"]
+    assert f"--launch-template-version {version} " in steps["release-smoke-wait-healthy"]["create"]
     assert steps["release-smoke-smoke"]["create"] == (
         f"{PYTHON} -m scripts.smoke --url https://api.psychology.example.com --via-function psychology-api-prod-db-health "
         "--static-path /static/admin/css/base.css --region eu-central-1 --json --summary-only")
