@@ -18,14 +18,16 @@ from typing import Optional
 
 import jinja2
 
+from components.releases import pinned_releases
 from components.security import APP_METRICS_PORT
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "api"
 
 # node_exporter is not in the Amazon Linux 2023 repositories: fetched over HTTPS from the
 # project's GitHub release and checked against the published SHA-256 before it is installed.
-NODE_EXPORTER_VERSION = "1.8.2"
-NODE_EXPORTER_SHA256 = "6809dd0b3ec45fd6e992c19071d6b5253aed3ead7bf0686885a51d85c6643c66"
+# The same pinned node_exporter as the monitoring host (components/templates/releases.yaml).
+NODE_EXPORTER_VERSION = str(pinned_releases()["node_exporter"]["version"])
+NODE_EXPORTER_SHA256 = str(pinned_releases()["node_exporter"]["sha256"])
 
 # Packages from the Amazon Linux 2023 repositories (served over HTTPS, which the hosts'
 # egress rules allow). The AWS CLI v2 ships with the image.

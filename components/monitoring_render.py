@@ -34,6 +34,7 @@ import jinja2
 import yaml
 
 from components.loadbalancer import MAINTENANCE_MARKER
+from components.releases import pinned_releases
 from components.security import APP_METRICS_PORT
 from components.storage import BACKUP_PREFIX
 from components.userdata import encode_user_data
@@ -150,13 +151,7 @@ def template_text(name: str) -> str:
 @cache
 def releases() -> dict[str, dict[str, Any]]:
     """Pinned versions, URLs and SHA-256 sums of the software downloaded at boot."""
-    data: dict[str, dict[str, Any]] = yaml.safe_load(template_text("host/releases.yaml"))
-    for name, release in data.items():
-        if not str(release["url"]).startswith("https://"):
-            raise ValueError(f"{name}: downloads must use HTTPS")
-        if not re.fullmatch(r"[0-9a-f]{64}", str(release["sha256"])):
-            raise ValueError(f"{name}: sha256 must be 64 hex digits")
-    return data
+    return pinned_releases()
 
 
 def _common(s: MonitoringSettings) -> dict[str, Any]:
