@@ -17,6 +17,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -125,6 +127,29 @@ def stop_postgres(server: PgServer) -> None:
     subprocess.run(_as_postgres([str(server.bin_dir / "pg_ctl"), "-D", str(server.data_dir), "-m", "immediate",
                                  "-w", "stop"]), capture_output=True)
     shutil.rmtree(server.data_dir.parent, ignore_errors=True)
+
+
+@contextmanager
+def tls_redis_server(cert: Path, key: Path, password: str, directory: Path) -> Iterator[int]:
+    """A redis-server that speaks only TLS and wants AUTH, like ElastiCache with in-transit
+    encryption; yields its port and stops it afterwards."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--requirepass", password,
+         "--save", "", "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 @dataclass

@@ -6,9 +6,6 @@ Imported with `pytest_plugins`."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.redis_rotation_support import ADMIN_PASSWORD, ADMIN_USER, FIRST_TOKEN, LocalRedis, RedisAclTokens
-from tests.services import free_port, self_signed_certificate
+from tests.services import self_signed_certificate, tls_redis_server
 
 
 @pytest.fixture(scope="module")
@@ -30,27 +27,12 @@ def local_redis(redis_certificate: tuple[Path, Path], tmp_path: Path) -> Iterato
     """A fresh TLS-only Redis whose default user has the first token (what Pulumi created the
     replication group with), plus an administrator user for RedisAclTokens."""
     cert, key = redis_certificate
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--requirepass", FIRST_TOKEN,
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = LocalRedis("127.0.0.1", port, str(cert), process)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+    with tls_redis_server(cert, key, FIRST_TOKEN, tmp_path) as port:
+        server = LocalRedis("127.0.0.1", port, str(cert))
         with server.client(FIRST_TOKEN) as setup:
             setup.acl_setuser(ADMIN_USER, enabled=True, passwords=[f"+{ADMIN_PASSWORD}"], keys=["*"], channels=["*"],
                               commands=["+@all"])
         yield server
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ administrator (its own ACL user), as ElastiCache's API is separate from the data
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -31,7 +30,6 @@ class LocalRedis:
     host: str
     port: int
     ca_bundle: str
-    process: subprocess.Popen[bytes]
 
     def client(self, token: Optional[str], *, username: Optional[str] = None) -> redis.Redis:
         return redis.Redis(host=self.host, port=self.port, username=username, password=token, ssl=True,

@@ -19,6 +19,7 @@ from botocore.stub import Stubber
 from scripts.dbops import handlers
 from scripts.lib.cli import ScriptError
 from scripts.release import REFRESH_RUNNING, RefreshJudge, snapshot_identifier, wait_healthy
+from tests.clock import Clock
 from tests.integration.dbops_support import DbSecrets, create_function, queue_lambda_result
 from tests.services import MotoServer, PgServer
 
@@ -187,18 +188,6 @@ def refresh(ident: str, status: str, started: datetime, reason: str = "", desire
                                                           "Version": desired_version}}
     return doc
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def scripted_autoscaling(*polls: list[dict[str, Any]], desired: int = 2, fails: bool = False) -> tuple[Any, Stubber]:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import http.server
 import json
-import socket
 import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from scripts.dbops.checks import RedisTarget, redis_check
 from scripts.lib.db import target_from_document
 from tests.integration.conftest import REDIS_PASSWORD
 from tests.integration.dbops_support import DbSecrets, create_function, queue_lambda_result, read_json
-from tests.services import MotoServer, PgServer, free_port, self_signed_certificate
+from tests.services import MotoServer, PgServer, free_port, self_signed_certificate, tls_redis_server
 
 pytest_plugins = ["tests.integration.dbops_fixtures"]
 pytestmark = pytest.mark.integration
@@ -274,23 +272,8 @@ def test_via_function_merges_the_in_vpc_verdicts(
 def tls_redis(certificate: tuple[Path, Path], tmp_path: Path) -> Iterator[str]:
     """A Redis that speaks only TLS and wants AUTH, like ElastiCache with in-transit encryption."""
     cert, key = certificate
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--requirepass", REDIS_PASSWORD,
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+    with tls_redis_server(cert, key, REDIS_PASSWORD, tmp_path) as port:
         yield f"rediss://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_redis_over_tls(tls_redis: str, certificate: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

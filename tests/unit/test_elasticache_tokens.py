@@ -21,6 +21,7 @@ from scripts.dbops.elasticache import (
     ElastiCacheAuthTokens,
 )
 from scripts.lib.cli import ScriptError
+from tests.clock import Clock
 
 GROUP = "psychology-api-prod-redis"
 TOKEN = "A1b2C3d4" * 8
@@ -36,18 +37,6 @@ def group_state(status: str, auth_token_status: str | None = None) -> dict[str, 
     return {"ReplicationGroups": [{"ReplicationGroupId": GROUP, "Status": status, "PendingModifiedValues": pending,
                                    "AuthTokenEnabled": True, "TransitEncryptionEnabled": True}]}
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def tokens(client: Any, clock: Clock, **kwargs: Any) -> ElastiCacheAuthTokens:
