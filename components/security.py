@@ -15,7 +15,7 @@ from typing import Optional
 import pulumi
 import pulumi_aws as aws
 
-from components.common import name_tag, type_token
+from components.common import name_tag, physical_prefix, type_token
 
 POSTGRES_PORT = 5432
 REDIS_PORT = 6379
@@ -58,6 +58,9 @@ class SecurityGroups(pulumi.ComponentResource):
         self._child = pulumi.ResourceOptions(parent=self)
         groups = {
             role: aws.ec2.SecurityGroup(f"{name}-{role}", aws.ec2.SecurityGroupArgs(
+                # EC2 refuses group names that begin with "sg-", which the auto-name of the
+                # logical name would; the prefix also reads well in the console.
+                name_prefix=f"{physical_prefix()}-{role}-",
                 vpc_id=args.vpc_id, description=DESCRIPTIONS[role],
                 # Rules live in their own resources; the provider strips AWS's default
                 # allow-all egress rule because none is declared here.

@@ -63,6 +63,9 @@ class PlannedResource:
     # Resource options the engine receives: ignoreChanges, additionalSecretOutputs, protect,
     # deleteBeforeReplace, replaceOnChanges (only those that are set).
     options: dict[str, Any] = field(default_factory=dict)
+    # The inputs with secrets unmasked (mock values only: generated passwords, config
+    # placeholders); for the provider check, never printed by the plan.
+    revealed_inputs: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def ignore_changes(self) -> list[str]:
@@ -403,6 +406,7 @@ _COMPUTED: dict[str, Callable[[PlanMocks, Any, str, dict], dict]] = {
     "aws:lb/targetGroup:TargetGroup": _computed_tg,
     "aws:rds/instance:Instance": _computed_rds,
     "aws:rds/parameterGroup:ParameterGroup": _computed_name_prefix,
+    "aws:ec2/securityGroup:SecurityGroup": _computed_name_prefix,
     "aws:elasticache/replicationGroup:ReplicationGroup": _computed_redis,
     "aws:ec2/instance:Instance": _computed_instance,
     "aws:iam/role:Role": _computed_role,
@@ -421,25 +425,30 @@ _COMPUTED: dict[str, Callable[[PlanMocks, Any, str, dict], dict]] = {
 
 # --- recording monitor ---------------------------------------------------------------
 
-def _plain(value: Any, urn_to_id: dict[str, str]) -> Any:
-    """Turn a deserialised protobuf value into plain JSON, masking secrets and unknowns."""
+def _plain(value: Any, urn_to_id: dict[str, str], reveal: bool = False) -> Any:
+    """Turn a deserialised protobuf value into plain JSON, masking secrets and unknowns.
+
+    With `reveal`, secrets keep their (mock) values and assets keep their text: the provider
+    check hands the real inputs to the provider's validators, which judge values, not masks."""
     if isinstance(value, dict):
         sig = value.get(_SIG_KEY)
         if sig == _SECRET_SIG:
-            return SECRET_MASK
+            return _plain(value.get("value"), urn_to_id, reveal) if reveal else SECRET_MASK
         if sig == _RESOURCE_SIG:
             return value.get("id") or urn_to_id.get(value.get("urn", ""), value.get("urn"))
         if sig == _ASSET_SIG:
+            if reveal and value.get("text") is not None:
+                return {"asset": "<text>", "text": value["text"]}
             return {"asset": value.get("path") or value.get("uri") or "<text>"}
         if sig == _ARCHIVE_SIG:
             return {"archive": value.get("path") or value.get("uri") or sorted((value.get("assets") or {}).keys())}
         if sig == _OUTPUT_SIG:
-            if value.get("secret"):
+            if value.get("secret") and not reveal:
                 return SECRET_MASK
-            return _plain(value.get("value"), urn_to_id) if "value" in value else UNKNOWN_MASK
-        return {k: _plain(v, urn_to_id) for k, v in value.items()}
+            return _plain(value.get("value"), urn_to_id, reveal) if "value" in value else UNKNOWN_MASK
+        return {k: _plain(v, urn_to_id, reveal) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v, urn_to_id) for v in value]
+        return [_plain(v, urn_to_id, reveal) for v in value]
     if value == _UNKNOWN:
         return UNKNOWN_MASK
     if isinstance(value, float) and value.is_integer():
@@ -483,7 +492,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         response = super().RegisterResource(request)
         if request.type == "pulumi:pulumi:Stack":
             return response
-        inputs = _plain(json_format.MessageToDict(request.object), self._urn_to_id)
+        wire_inputs = json_format.MessageToDict(request.object)
+        inputs = _plain(wire_inputs, self._urn_to_id)
         registered = self.resources.get(response.urn)
         resource_id = registered.id if registered is not None else ""
         if not request.custom:
@@ -505,6 +515,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             inputs=inputs, depends_on=sorted({_name_of(u) for u in request.dependencies}),
             custom=bool(request.custom), provider=request.provider or None,
             outputs=_plain_state(state) if isinstance(state, dict) else {},
+            revealed_inputs=_plain(wire_inputs, self._urn_to_id, reveal=True),
             options={k: v for k, v in options.items() if v}))
         return response
 

@@ -4,8 +4,14 @@ Runs the real program (infra.program) under Pulumi's mock engine with a stack's 
 and prints every resource (type, logical name, parent, the inputs that matter), the stack
 outputs and a count per type. With --policy it also runs the security baseline (policy/rules.py,
 the rules of the `policy` pack) over the planned resources and lists every violation.
-Exit codes: 0 planned (and no policy violation), 1 a mandatory policy violation or another
-error, 2 invalid configuration.
+
+With --provider-check the plan is translated into a Terraform configuration and judged by the
+real hashicorp/aws provider from the local plugin mirror (`terraform validate` and an offline
+`terraform plan`); each diagnostic is mapped back to the Pulumi resource and property. With
+--checkov, checkov also judges that plan, gated by policy/checkov-skips.yaml.
+
+Exit codes: 0 planned (and nothing refused), 1 a mandatory policy violation, a check that
+cannot run or another error, 2 invalid configuration or inputs the provider or checkov refuse.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +29,9 @@ from policy.model import Violation
 from policy.plan import check_plan
 from policy.rules import RULES
 from scripts.lib import cli
+from scripts.provider_check import checkov
+from scripts.provider_check.check import EXIT_CANNOT_RUN, Report, run_check
+from scripts.provider_check.terraform import CheckUnavailable, find_toolchain
 
 _SKIPPED_INPUTS = {"tags", "tagsAll", "__defaults"}
 
@@ -80,6 +90,35 @@ def _policy_document(violations: list[Violation]) -> dict[str, Any]:
             "mandatory_violations": sum(1 for v in violations if v.enforcement == "mandatory")}
 
 
+def provider_check(plan: Plan, with_checkov: bool, workdir: Optional[Path]) -> Report:
+    """Run the provider check (and checkov) in `workdir`, or in a scratch folder removed after."""
+    toolchain = find_toolchain()
+    skips = checkov.load_skips() if with_checkov else []
+    executable = checkov.find_checkov() if with_checkov else ""
+    with tempfile.TemporaryDirectory(prefix="provider-check-") as scratch:
+        folder = workdir or Path(scratch)
+        cli.info(f"provider check: translating {len(plan.resources)} resources for hashicorp/aws "
+                 f"{toolchain.provider_version} in {folder}")
+        report, translation, workspace = run_check(plan, toolchain, folder)
+        if with_checkov and report.planned:
+            cli.info("checkov: judging the offline plan")
+            findings, summary = checkov.judge(checkov.run_checkov(executable, workspace.show_plan()),
+                                              skips, translation, plan.stack)
+            report.findings.extend(findings)
+            report.checkov = summary
+        if workdir is None:
+            report.workdir = None
+    return report
+
+
+def _print_report(report: Report) -> None:
+    for finding in report.findings:
+        cli.console.print(f"  {finding.severity}: {finding.line()}", markup=False,
+                          style="red" if finding.severity == "error" else "yellow")
+    for note in report.not_judged:
+        cli.console.print(f"  not judged: {note}", markup=False)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,8 +127,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="plan this stack file instead of Pulumi.<stack>.yaml")
     parser.add_argument("--policy", action="store_true",
                         help="also run the security-baseline policy rules over the plan; exit 1 on any violation")
+    parser.add_argument("--provider-check", action="store_true",
+                        help="judge the plan with the real hashicorp/aws provider (terraform validate + offline plan); "
+                             "prints the findings instead of the resource list; exit 2 when the provider refuses an input")
+    parser.add_argument("--checkov", action="store_true",
+                        help="with --provider-check: also run checkov over the offline plan, gated by policy/checkov-skips.yaml")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="with --provider-check: keep main.tf.json, the plan and its JSON in this folder")
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
+    if (args.checkov or args.workdir) and not args.provider_check:
+        parser.error("--checkov and --workdir need --provider-check")
 
     config_file = args.config_file
     if config_file is not None and not config_file.is_file():
@@ -104,6 +152,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             cli.console.print(line, markup=False, style="red")
         return cli.EXIT_USAGE
 
+    if args.provider_check:
+        return _provider_check_main(plan, args)
     violations = check_plan(plan) if args.policy else []
     if args.json:
         document = plan.to_json()
@@ -121,6 +171,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     mandatory = sum(1 for v in violations if v.enforcement == "mandatory")
     cli.verdict(mandatory == 0, f"{summary}; {len(RULES)} policy rules, {mandatory} mandatory violation(s)")
     return cli.EXIT_OK if mandatory == 0 else cli.EXIT_FAILURE
+
+
+def _provider_check_main(plan: Plan, args: argparse.Namespace) -> int:
+    try:
+        report = provider_check(plan, args.checkov, args.workdir)
+    except CheckUnavailable as err:
+        cli.fail(f"provider check cannot run: {err}", EXIT_CANNOT_RUN)
+    except ValueError as err:  # the skip list
+        cli.fail(str(err), cli.EXIT_USAGE)
+    violations = check_plan(plan) if args.policy else []
+    mandatory = sum(1 for v in violations if v.enforcement == "mandatory")
+    if args.json:
+        document: dict[str, Any] = {"stack": plan.stack, "resources": len(plan.resources),
+                                    "provider_check": report.to_json()}
+        if args.policy:
+            document["policy"] = _policy_document(violations)
+        cli.emit_json(document)
+    else:
+        _print_report(report)
+        if args.policy:
+            _print_violations(violations)
+    summary = report.summary() + (f"; {len(RULES)} policy rules, {mandatory} mandatory violation(s)" if args.policy else "")
+    code = report.exit_code or (cli.EXIT_FAILURE if mandatory else cli.EXIT_OK)
+    cli.verdict(code == cli.EXIT_OK, summary)
+    return code
 
 
 if __name__ == "__main__":

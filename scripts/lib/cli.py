@@ -95,10 +95,7 @@ def fail(message: str, exit_code: int = EXIT_FAILURE) -> NoReturn:
 def one_line(err: BaseException) -> str:
     """An unexpected exception as one masked line: its type and the first line of its message.
     AWS errors keep their operation and error code, which is what an operator acts on."""
-    try:
-        from botocore.exceptions import ClientError
-    except ImportError:  # pragma: no cover - botocore is a dependency
-        ClientError = ()  # type: ignore[assignment,misc]  # noqa: N806
+    from botocore.exceptions import ClientError
     if isinstance(err, ClientError):
         error = err.response.get("Error", {})
         operation = getattr(err, "operation_name", "") or "AWS call"
