@@ -8,9 +8,11 @@ key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -233,8 +235,11 @@ class Problem:
     key: str
     value: Any
     allowed: str
+    show_value: bool = True
 
     def __str__(self) -> str:
+        if not self.show_value:
+            return f"{self.key}: {self.allowed}"
         shown = json.dumps(value_for_display(self.value))
         return f"{self.key} = {shown} is not allowed: {self.allowed}"
 
@@ -274,14 +279,14 @@ def _alias_to_field() -> dict[str, str]:
 
 def parse_stack_config(raw: dict[str, Any]) -> StackConfig:
     """Build the config from raw values keyed by Pulumi.yaml key, and check every rule."""
-    problems: list[Problem] = []
     by_alias = _alias_to_field()
-    for key in raw:
-        if key not in by_alias:
-            problems.append(Problem(full_key(key), raw[key], "a key declared in Pulumi.yaml"))
+    problems = unknown_key_problems(raw)
     for alias in by_alias:
         if raw.get(alias) is None:
             problems.append(Problem(full_key(alias), None, "a value (the key is required)"))
+    if problems:
+        raise ConfigError(problems)
+    problems = _boolean_problems(raw)
     if problems:
         raise ConfigError(problems)
     try:
@@ -297,6 +302,39 @@ def parse_stack_config(raw: dict[str, Any]) -> StackConfig:
     if problems:
         raise ConfigError(_dedupe(problems))
     return cfg
+
+
+def _declared_keys() -> list[str]:
+    return [*_alias_to_field(), *SECRET_KEYS]
+
+
+def unknown_key_problems(keys: Iterable[str]) -> list[Problem]:
+    """Keys of the project namespace that Pulumi.yaml does not declare, with the likely intended key.
+
+    A misspelt key would otherwise be ignored and its default used in silence."""
+    declared = _declared_keys()
+    by_lower = {k.lower(): k for k in declared}
+    problems = []
+    for key in keys:
+        short = key.removeprefix(f"{PROJECT}:")
+        if ":" in short or short in declared:
+            continue
+        guess = by_lower.get(short.lower()) or next(iter(difflib.get_close_matches(short, declared, n=1, cutoff=0.6)), None)
+        hint = f" (did you mean {guess}?)" if guess else ""
+        problems.append(Problem(full_key(short), "[not shown]" if guess in SECRET_KEYS else None,
+                                f"unknown key, not declared in Pulumi.yaml{hint}", show_value=False))
+    return problems
+
+
+_BOOLEAN_ALIASES = {alias for alias, name in _alias_to_field().items()
+                    if StackConfig.model_fields[name].annotation is bool}
+
+
+def _boolean_problems(raw: dict[str, Any]) -> list[Problem]:
+    """Booleans are YAML's true/false only: "yes", "on" or "1" are refused, not guessed at."""
+    return [Problem(full_key(alias), raw[alias], "true or false (a YAML boolean, unquoted)")
+            for alias in sorted(_BOOLEAN_ALIASES & raw.keys())
+            if not isinstance(raw[alias], bool) and raw[alias] not in ("true", "false")]
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
@@ -435,6 +473,42 @@ def check_rules(cfg: StackConfig) -> list[Problem]:
     return problems
 
 
+# --- documented placeholder values ----------------------------------------------------
+
+# Names RFC 2606/6761 reserve for documentation and tests, the hosted zone id the README and
+# the prod stack file show, documentation networks (RFC 5737, RFC 3849) and the example account.
+PLACEHOLDER_DOMAIN = re.compile(r"(^|\.)(example\.(com|net|org)|[^.]+\.(example|test|invalid|localhost))$")
+PLACEHOLDER_ZONE = re.compile(r"EXAMPLE")
+PLACEHOLDER_NETWORKS = tuple(ipaddress.ip_network(n) for n in
+                             ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"))
+PLACEHOLDER_ACCOUNT = "123456789012"
+
+
+def _placeholder_network(text: str) -> bool:
+    net = _network(text, version=None)
+    return net is not None and any(net.version == p.version and net.subnet_of(p)  # type: ignore[arg-type]
+                                   for p in PLACEHOLDER_NETWORKS)
+
+
+def placeholder_problems(cfg: StackConfig) -> list[Problem]:
+    """Values that stand in for the operator's own: refused for prod, warned about for staging."""
+    problems: list[Problem] = []
+    what = "your own value, not a documented placeholder"
+    if cfg.domain_name and PLACEHOLDER_DOMAIN.search(cfg.domain_name):
+        problems.append(Problem(full_key("domainName"), cfg.domain_name, f"{what} (reserved example/test names)"))
+    if cfg.hosted_zone_id and PLACEHOLDER_ZONE.search(cfg.hosted_zone_id):
+        problems.append(Problem(full_key("hostedZoneId"), cfg.hosted_zone_id, f"{what} (the Route 53 zone of domainName)"))
+    if PLACEHOLDER_ACCOUNT in cfg.certificate_arn:
+        problems.append(Problem(full_key("certificateArn"), cfg.certificate_arn, f"{what} (the example account)"))
+    for alias, address in (("alarmEmail", cfg.alarm_email), ("emailFrom", cfg.email_from)):
+        if address and PLACEHOLDER_DOMAIN.search(address.rsplit("@", 1)[-1]):
+            problems.append(Problem(full_key(alias), address, f"{what} (reserved example/test domains)"))
+    for alias, cidrs in (("adminCidrs", cfg.admin_cidrs), ("sshCidrs", cfg.ssh_cidrs)):
+        if any(_placeholder_network(c) for c in cidrs):
+            problems.append(Problem(full_key(alias), cidrs, f"{what} (documentation networks)"))
+    return problems
+
+
 # --- reading from pulumi.Config ------------------------------------------------------
 
 _ARRAY_KEYS = {alias for alias, name in _alias_to_field().items()
@@ -471,15 +545,37 @@ def _read_raw(config: pulumi.Config, aws_config: pulumi.Config) -> dict[str, Any
     return raw
 
 
-def load_stack_config() -> tuple[StackConfig, SecretSettings]:
-    """Read and validate the stack's configuration. Raises ConfigError; registers nothing."""
+def _all_config_keys() -> set[str]:
+    """Every key the engine passed to the program, declared or not."""
+    return set(pulumi.runtime.config.CONFIG.get()) | set(pulumi.runtime.config.get_config_env())
+
+
+def load_stack_config(placeholders: Literal["refuse", "warn"] = "refuse") -> tuple[StackConfig, SecretSettings]:
+    """Read and validate the stack's configuration. Raises ConfigError; registers nothing.
+
+    Documented placeholder values (README, Pulumi.yaml) are refused for prod and reported as
+    warnings for staging; the offline plan asks for warnings only (placeholders="warn"),
+    because it reviews the program, not the operator's settings."""
     config = pulumi.Config(PROJECT)
+    unknown = unknown_key_problems(k for k in _all_config_keys() if k.startswith(f"{PROJECT}:"))
+    if unknown:
+        # The root cause alone: a misspelt key's default would otherwise add indirect errors.
+        raise ConfigError(unknown)
     cfg_or_error: Optional[StackConfig] = None
     problems: list[Problem] = []
     try:
         cfg_or_error = parse_stack_config(_read_raw(config, pulumi.Config("aws")))
     except ConfigError as err:
         problems.extend(err.problems)
+    if cfg_or_error is not None:
+        found = placeholder_problems(cfg_or_error)
+        if cfg_or_error.is_prod and placeholders == "refuse":
+            problems.extend(found)
+        consequence = ("`pulumi preview/up` refuses it for prod" if cfg_or_error.is_prod
+                       else "fine for a trial stack, replace it before real use")
+        for problem in found:
+            pulumi.log.warn(f"placeholder value {problem.key} = {json.dumps(value_for_display(problem.value))}: "
+                            f"{consequence}")
 
     secrets: dict[str, Optional[pulumi.Output[str]]] = {}
     for key in SECRET_KEYS:

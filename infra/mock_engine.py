@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hashlib
 import json
+import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.config import PROJECT
+from infra.config import PROJECT, ConfigError
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 MOCK_ACCOUNT_ID = "123456789012"
@@ -83,6 +86,8 @@ class Plan:
     resources: list[PlannedResource]
     outputs: dict[str, Any]
     secret_outputs: set[str]
+    # What the program logged as warnings (pulumi.log.warn), e.g. placeholder values.
+    warnings: list[str] = field(default_factory=list)
 
     def of_type(self, type_token: str) -> list[PlannedResource]:
         return [r for r in self.resources if r.type == type_token]
@@ -130,7 +135,7 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"stack": self.stack, "resources": [r.to_json() for r in self.ordered()],
-                "outputs": self.outputs, "counts": self.counts()}
+                "outputs": self.outputs, "counts": self.counts(), "warnings": self.warnings}
 
 
 # --- stack configuration, loaded as the CLI would ---------------------------------------
@@ -141,14 +146,59 @@ def _config_string(value: Any) -> str:
     return json.dumps(value)
 
 
+class StackFileError(ConfigError):
+    """A project or stack file that is not YAML, or not the shape Pulumi reads."""
+
+    def __init__(self, message: str):
+        self.problems = []
+        Exception.__init__(self, message)
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML as the Pulumi CLI reads it (YAML 1.2 core schema): only true/false are booleans;
+    yes/no/on/off stay strings, so the program judges them as the CLI would hand them over."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+
+
+def read_yaml_mapping(path: Path, section: Optional[str] = None) -> dict[str, Any]:
+    """A YAML file's top-level mapping (or its `section` mapping), or StackFileError naming
+    the file and, for a syntax error, the line and column."""
+    try:
+        document = yaml.load(path.read_text(), Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"{path.name}:{mark.line + 1}:{mark.column + 1}" if mark else path.name
+        raise StackFileError(f"{where}: not valid YAML: {err.problem or err}") from None
+    except yaml.YAMLError as err:
+        raise StackFileError(f"{path.name}: not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise StackFileError(f"{path}: cannot be read: {err}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise StackFileError(f"{path.name}: expected a YAML mapping at the top, found {type(document).__name__}")
+    if section is None:
+        return document
+    part = document.get(section) or {}
+    if not isinstance(part, dict):
+        raise StackFileError(f"{path.name}: expected '{section}:' to be a mapping of keys to values, "
+                             f"found {type(part).__name__}")
+    return part
+
+
 def load_stack_config_file(stack: str, config_file: Optional[Path] = None) -> tuple[dict[str, str], list[str]]:
     """Pulumi.yaml defaults overlaid with the stack file, as flat `namespace:key` strings.
 
     Values stored encrypted (`secure: ...`) cannot be decrypted without the CLI; they are
     kept as a placeholder and marked secret, which is all the program needs to plan."""
-    project = yaml.safe_load((ROOT_DIR / "Pulumi.yaml").read_text())
     values: dict[str, str] = {}
-    for key, decl in (project.get("config") or {}).items():
+    for key, decl in read_yaml_mapping(ROOT_DIR / "Pulumi.yaml", "config").items():
         full = key if ":" in key else f"{PROJECT}:{key}"
         if isinstance(decl, dict):
             if "value" in decl:
@@ -157,10 +207,9 @@ def load_stack_config_file(stack: str, config_file: Optional[Path] = None) -> tu
                 values[full] = _config_string(decl["default"])
         else:
             values[full] = _config_string(decl)
-    path = config_file or ROOT_DIR / f"Pulumi.{stack}.yaml"
-    stack_doc = yaml.safe_load(Path(path).read_text()) or {}
+    path = Path(config_file or ROOT_DIR / f"Pulumi.{stack}.yaml")
     secret_keys: list[str] = []
-    for key, value in (stack_doc.get("config") or {}).items():
+    for key, value in read_yaml_mapping(path, "config").items():
         full = key if ":" in key else f"{PROJECT}:{key}"
         if isinstance(value, dict) and set(value) == {"secure"}:
             values[full] = "encrypted-secret-placeholder"
@@ -548,6 +597,20 @@ async def _resolve_exports(value: Any) -> tuple[Any, bool]:
     return value, False
 
 
+class _WarningRecorder(logging.Handler):
+    """Keeps the program's warnings (the mock engine logs them through a logger)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        self.logger = logging.getLogger(f"{__name__}.plan.{id(self)}")
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def run_program(stack: str, config_file: Optional[Path] = None,
                 overrides: Optional[dict[str, Any]] = None,
                 secret_overrides: Optional[dict[str, str]] = None,
@@ -565,13 +628,18 @@ def run_program(stack: str, config_file: Optional[Path] = None,
         secret_keys.append(full)
     region = values.get("aws:region", "eu-central-1")
     if program is None:
-        from infra.program import main as program
+        from infra.program import main
+        # The offline plan reviews the program: placeholder values are warnings here, while
+        # `pulumi preview/up` of prod refuses them.
+        program = functools.partial(main, placeholders="warn")
 
     def run() -> Plan:
         mocks = PlanMocks(region=region, stack=stack)
         monitor = RecordingMonitor(mocks)
+        warnings = _WarningRecorder()
         pulumi.runtime.set_all_config(values, secret_keys)
-        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor,
+                                 logger=warnings.logger)
         from pulumi.runtime.settings import get_root_resource
         from pulumi.runtime.stack import run_pulumi_func
 
@@ -589,7 +657,8 @@ def run_program(stack: str, config_file: Optional[Path] = None,
                     secret_names.add(name)
 
         _sync_await(run_pulumi_func(resolve_all))
-        return Plan(stack=stack, resources=monitor.planned, outputs=outputs, secret_outputs=secret_names)
+        return Plan(stack=stack, resources=monitor.planned, outputs=outputs, secret_outputs=secret_names,
+                    warnings=warnings.messages)
 
     # A fresh context per run: Pulumi keeps its settings, config and root stack in context
     # variables, so plans of several stacks in one process never see each other.

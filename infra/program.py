@@ -3,6 +3,8 @@ contract that CI reads exported. No resource is declared here except the AWS pro
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pulumi
 import pulumi_aws as aws
 
@@ -33,9 +35,9 @@ def default_tags(environment: str) -> dict[str, str]:
     return {"project": PROJECT, "stack": pulumi.get_stack(), "managed-by": "pulumi", "environment": environment}
 
 
-def main() -> None:
+def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
     # Validation comes first: on bad input nothing at all is registered.
-    cfg, secrets = load_stack_config()
+    cfg, secrets = load_stack_config(placeholders)
 
     provider = aws.Provider("aws", aws.ProviderArgs(
         region=cfg.region,

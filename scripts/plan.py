@@ -152,6 +152,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             cli.console.print(line, markup=False, style="red")
         return cli.EXIT_USAGE
 
+    for warning in plan.warnings:
+        cli.console.print(f"warning: {warning}", markup=False, style="yellow")
     if args.provider_check:
         return _provider_check_main(plan, args)
     violations = check_plan(plan) if args.policy else []
