@@ -165,7 +165,10 @@ def spool_directory(spool_dir: Optional[str]) -> Iterator[str]:
     any spool file there is a killed run's leftover and goes. The kernel drops the locks of a
     process that dies, however it dies."""
     directory = spool_dir or tempfile.gettempdir()
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise cli.ScriptError(f"spool directory {directory}: {err.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

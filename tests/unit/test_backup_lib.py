@@ -142,3 +142,11 @@ def test_stale_spools_go_only_when_no_other_restore_uses_the_directory(tmp_path:
     with spool_directory(str(tmp_path)):
         assert {p.name for p in tmp_path.iterdir()} == keep
     assert "removed 1 spool file(s) a killed restore left" in capsys.readouterr().err
+
+
+def test_a_missing_spool_directory_is_one_line(tmp_path: Path) -> None:
+    from scripts.restore import spool_directory
+
+    with pytest.raises(cli.ScriptError, match=r"^spool directory .*/absent: No such file or directory$"):
+        with spool_directory(str(tmp_path / "absent")):
+            pass
