@@ -99,6 +99,11 @@ class DbOpsArgs:
     redis_host: Optional[pulumi.Input[str]] = None   # the primary endpoint
     redis_port: Optional[pulumi.Input[int]] = None
     log_retention_days: int = 90
+    # Each migration file's lock_timeout, attempts at it and statement_timeout (the migrate
+    # function's environment; scripts/dbops/migrations.py).
+    migration_lock_timeout_seconds: int = 5
+    migration_lock_attempts: int = 5
+    migration_statement_timeout_seconds: int = 600
     package: Optional[LambdaPackage] = None  # built on demand when not given
     # What must exist before a function runs: its way to the database, Redis and the Secrets
     # Manager API (security-group rules, NAT routes, interface endpoints). The functions only
@@ -236,7 +241,10 @@ class DbOps(pulumi.ComponentResource):
             ]
         environments: dict[str, dict[str, pulumi.Input[str]]] = {
             "migrate": {"MASTER_SECRET_ARN": args.master_secret_arn, "APP_DB_SECRET_ARN": app_secret.arn,
-                        "MONITOR_DB_SECRET_ARN": monitor_secret.arn, **endpoint},
+                        "MONITOR_DB_SECRET_ARN": monitor_secret.arn, **endpoint,
+                        "MIGRATION_LOCK_TIMEOUT_SECONDS": str(args.migration_lock_timeout_seconds),
+                        "MIGRATION_LOCK_ATTEMPTS": str(args.migration_lock_attempts),
+                        "MIGRATION_STATEMENT_TIMEOUT_SECONDS": str(args.migration_statement_timeout_seconds)},
             "health": {"APP_DB_SECRET_ARN": app_secret.arn, **endpoint,
                        **({"REDIS_SECRET_ARN": args.redis_secret_arn} if args.redis_secret_arn is not None else {})},
             "rotate": {"MASTER_SECRET_ARN": args.master_secret_arn, **endpoint},

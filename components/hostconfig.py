@@ -20,6 +20,7 @@ import jinja2
 
 from components.releases import pinned_releases
 from components.security import APP_METRICS_PORT
+from scripts.lib import rds_ca
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "api"
 
@@ -40,6 +41,9 @@ GUNICORN_BIND = "127.0.0.1:8000"
 DJANGO_SETTINGS_MODULE = "config.settings.production"
 WSGI_APPLICATION = "config.wsgi:application"
 CLIENT_MAX_BODY_SIZE = "20m"
+# The RDS certificate authorities the app verifies the database against (DB_SSLMODE=verify-full):
+# downloaded at boot, accepted only with the SHA-256 of the copy in scripts/lib/certs/.
+RDS_CA_BUNDLE_PATH = "/etc/psychology-api/rds-ca-bundle.pem"
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,10 @@ def _context(settings: ApiHostSettings) -> dict[str, object]:
         "node_exporter_version": NODE_EXPORTER_VERSION,
         "node_exporter_sha256": NODE_EXPORTER_SHA256,
         "packages": PACKAGES,
+        "rds_ca_bundle_url": rds_ca.RDS_CA_BUNDLE_URL,
+        # Empty while the repository holds no bundle: the bootstrap then stops (never unverified TLS).
+        "rds_ca_bundle_sha256": rds_ca.bundle_sha256() or "",
+        "rds_ca_bundle_path": RDS_CA_BUNDLE_PATH,
     }
 
 

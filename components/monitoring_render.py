@@ -38,6 +38,7 @@ from components.releases import pinned_releases
 from components.security import APP_METRICS_PORT
 from components.storage import BACKUP_PREFIX
 from components.userdata import encode_user_data
+from scripts.lib import rds_ca
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates" / "monitoring"
@@ -53,6 +54,8 @@ ALERTMANAGER_TEMPLATES_DIR = "/etc/alertmanager/templates"
 DASHBOARDS_DIR = f"{OPS_DIR}/current/monitoring/dashboards"
 BOOTSTRAP_PATH = "/usr/local/sbin/psychology-monitoring-bootstrap"
 EXPORTER_SECRETS_PATH = "/usr/local/sbin/psychology-exporter-secrets"
+# The RDS certificate authorities, from the operations bundle (the scripts use the same file).
+DB_CA_BUNDLE = f"{OPS_DIR}/current/{rds_ca.PACKAGE_PATH}"
 
 CLOUDWATCH_NAMESPACE = "PsychologyApi/MonitoringHost"
 RETENTION_DAYS = 31                                    # a month: the SLO window
@@ -272,7 +275,7 @@ def exporter_secrets_script(s: MonitoringSettings, *, secrets_dir: str = SECRETS
     return render_template(
         "host/exporter-secrets.sh.j2", **{**_common(s), "secrets_dir": secrets_dir},
         db_monitor_secret_arn=s.db_monitor_secret_arn or "", redis_secret_arn=s.redis_secret_arn or "",
-        db_host=s.db_host, db_port=s.db_port, db_name=s.db_name,
+        db_host=s.db_host, db_port=s.db_port, db_name=s.db_name, db_ca_bundle=DB_CA_BUNDLE,
         postgres_exporter_group=postgres_exporter_group, redis_exporter_group=redis_exporter_group)
 
 
@@ -373,6 +376,8 @@ def bundle_files() -> dict[str, str]:
     for path in sorted(scripts.rglob("*.py")):
         if is_ops_script(path.relative_to(scripts).as_posix()):
             files[path.relative_to(ROOT_DIR).as_posix()] = path.read_text()
+    if rds_ca.RDS_CA_BUNDLE.is_file():  # what the scripts verify the database against
+        files[rds_ca.PACKAGE_PATH] = rds_ca.RDS_CA_BUNDLE.read_text()
     files["requirements-ops.txt"] = ops_requirements()
     for name, content in rule_files().items():
         files[f"monitoring/rules/{name}"] = content

@@ -184,6 +184,13 @@ class StackConfig(BaseModel):
     release_steps: bool = Field(alias="releaseSteps", json_schema_extra=_allowed("true or false"))
     pre_migration_snapshot: bool = Field(alias="preMigrationSnapshot",
                                          json_schema_extra=_allowed("true or false"))
+    migration_lock_timeout_seconds: int = Field(alias="migrationLockTimeoutSeconds", ge=1, le=60,
+                                                json_schema_extra=_allowed("an integer from 1 to 60"))
+    migration_lock_attempts: int = Field(alias="migrationLockAttempts", ge=1, le=10,
+                                         json_schema_extra=_allowed("an integer from 1 to 10"))
+    # Below the migrate function's 900 s, which must also cover the lock attempts and the rest.
+    migration_statement_timeout_seconds: int = Field(alias="migrationStatementTimeoutSeconds", ge=10, le=600,
+                                                     json_schema_extra=_allowed("an integer from 10 to 600"))
 
     monitoring_instance_type: str = Field(alias="monitoringInstanceType", pattern=_INSTANCE_TYPE,
                                           json_schema_extra=_allowed("an EC2 instance type such as t3.large"))
@@ -470,6 +477,12 @@ def check_rules(cfg: StackConfig) -> list[Problem]:
         bad("redisEngineVersion", cfg.redis_engine_version, _allowed_text("redis_engine_version"))
     if cfg.is_prod and cfg.redis_num_nodes < 2:
         bad("redisNumNodes", cfg.redis_num_nodes, "at least 2 when environment is prod (automatic failover)")
+
+    lock_waits = cfg.migration_lock_timeout_seconds * cfg.migration_lock_attempts
+    if lock_waits + cfg.migration_statement_timeout_seconds > 840:
+        bad("migrationStatementTimeoutSeconds", cfg.migration_statement_timeout_seconds,
+            f"at most {max(0, 840 - lock_waits)} with {lock_waits} s of lock waits (migrationLockTimeoutSeconds x "
+            "migrationLockAttempts): a migration file must fit in the migrate function's 900 s")
     return problems
 
 

@@ -163,6 +163,9 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
         rotation_days=cfg.secret_rotation_days,
         recovery_window_days=cfg.secret_recovery_window_days,
         log_retention_days=cfg.data_log_retention_days,
+        migration_lock_timeout_seconds=cfg.migration_lock_timeout_seconds,
+        migration_lock_attempts=cfg.migration_lock_attempts,
+        migration_statement_timeout_seconds=cfg.migration_statement_timeout_seconds,
         network_ready=[network, security],
     ), opts)
 

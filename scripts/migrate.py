@@ -5,8 +5,10 @@
     python -m scripts.migrate --secret-id MASTER_ARN --db-host H --db-name D [--ensure-credentials SECRET_ID ...]
 
 Concurrent runs are safe (an advisory lock serialises them); each file runs in its own
-transaction unless its first line is `-- migrate: no-transaction`; an applied file whose
-checksum changed is refused. `--ensure-credentials` then makes the role named in each given
+transaction unless its first line is `-- migrate: no-transaction`, with a short lock_timeout
+(tried again --lock-attempts times, so the application never waits long behind its DDL) and a
+statement_timeout; an applied file whose checksum changed is refused, and so is a file older
+than the latest applied one unless --allow-out-of-order. `--ensure-credentials` then makes the role named in each given
 secret accept that secret's password (what the migrate function does in AWS for the
 application's current user and the monitoring role). Exit codes: 0 done, 1 failure, 2 usage.
 """
@@ -18,7 +20,16 @@ from pathlib import Path
 from typing import Optional
 
 from scripts.dbops.credentials import ensure_role_matches_secret
-from scripts.dbops.migrations import DEFAULT_LOCK_WAIT_SECONDS, MigrationFailed, default_directory, migrate
+from scripts.dbops.migrations import (
+    DEFAULT_LOCK_ATTEMPTS,
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
+    DEFAULT_LOCK_WAIT_SECONDS,
+    DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+    MigrationFailed,
+    Timeouts,
+    default_directory,
+    migrate,
+)
 from scripts.lib import aws, cli
 from scripts.lib.db import add_target_arguments, target_from_args, target_from_document
 from scripts.lib.secrets import read_secret_json
@@ -33,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="list what would be applied; change nothing")
     parser.add_argument("--lock-wait", type=int, default=DEFAULT_LOCK_WAIT_SECONDS, metavar="SECONDS",
                         help="how long to wait for another run's migration lock (default %(default)s)")
+    parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT_SECONDS, metavar="SECONDS",
+                        help="lock_timeout of each file: how long its DDL may wait for a table lock, and so how long "
+                             "the application may queue behind it (default %(default)s)")
+    parser.add_argument("--lock-attempts", type=int, default=DEFAULT_LOCK_ATTEMPTS, metavar="N",
+                        help="attempts per file when the lock_timeout is reached, with growing waits (default %(default)s)")
+    parser.add_argument("--statement-timeout", type=float, default=DEFAULT_STATEMENT_TIMEOUT_SECONDS, metavar="SECONDS",
+                        help="statement_timeout of each file (default %(default)s)")
+    parser.add_argument("--allow-out-of-order", action="store_true",
+                        help="apply files older than the latest applied version (refused by default)")
     parser.add_argument("--ensure-credentials", action="append", default=[], metavar="SECRET_ID",
                         help="after migrating, set the password of the role named in this secret to the secret's "
                              "(only when logging in with it fails); repeatable")
@@ -47,11 +67,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Checked before anything connects: a bad value is a usage error (exit 2).
+    timeouts = Timeouts(lock_timeout_seconds=args.lock_timeout, lock_attempts=args.lock_attempts,
+                        statement_timeout_seconds=args.statement_timeout)
     target = target_from_args(args)
     assert target is not None
     cli.info(f"migrating {target.describe()}" + (" (dry run)" if args.dry_run else ""))
     try:
-        result = migrate(target, args.dir, dry_run=args.dry_run, lock_wait_seconds=args.lock_wait, log=cli.info)
+        result = migrate(target, args.dir, dry_run=args.dry_run, lock_wait_seconds=args.lock_wait, timeouts=timeouts,
+                         allow_out_of_order=args.allow_out_of_order, log=cli.info)
     except MigrationFailed as err:
         if args.json:
             cli.emit_json({"ok": False, "error": str(err), "file": err.migration.filename, "applied": err.applied})

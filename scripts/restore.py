@@ -6,14 +6,19 @@
 Order of a run, so that nothing touches the target before the backup is proven intact:
 
 1. Find the backup: `--key`, or `--latest` (the newest manifest under --prefix, narrowed by
-   --source-db). A dump without a manifest never completed and is refused.
+   --source-db). A dump without a manifest never completed and is refused, and so is a
+   manifest that describes another bucket or key. --latest skips (and reports) manifests it
+   cannot read or that do not describe the dump next to them.
 2. Check the target is empty (no user tables, views or sequences); if not, refuse unless
    --force, which restores with `--clean --if-exists` (objects of the backup are replaced,
    others are left alone).
 3. Download the exact S3 version the manifest pins into a spool file (the compressed,
    custom-format archive, mode 0600, on the host's encrypted volume; deleted afterwards),
-   hashing it on the way; size and SHA-256 must equal the manifest's.
-4. `pg_restore --no-owner --no-privileges --exit-on-error` (roles of the source such as RDS's
+   hashing it on the way; size and SHA-256 must equal the manifest's. Spool files a killed
+   restore left behind are removed first, when no other restore is using the directory (each
+   run holds a shared lock on it; the clean-up needs the exclusive one).
+4. `pg_restore --no-owner --no-privileges --exit-on-error` (dies with this process, even one
+   killed with SIGKILL: the kernel sends it SIGKILL; roles of the source such as RDS's
    rdsadmin or the app user need not exist in the target; everything is owned by the
    restoring user; --keep-roles keeps the dumped owners and grants instead). With --jobs 1
    (default) the restore is one transaction: it applies completely or not at all, --clean
@@ -25,12 +30,19 @@ Order of a run, so that nothing touches the target before the backup is proven i
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import fcntl
 import hashlib
 import os
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -40,6 +52,7 @@ from scripts.lib.db import DbTarget, add_target_arguments, connect, target_from_
 from scripts.lib.pgbackup import (
     DEFAULT_PREFIX,
     Manifest,
+    SkippedManifest,
     TableComparison,
     checksum_methods,
     compare_tables,
@@ -57,6 +70,9 @@ from scripts.lib.signals import EXIT_TERMINATED, Terminated, sigterm_raises
 MIB = 1024 * 1024
 DOWNLOAD_CHUNK = 8 * MIB
 PROGRESS_EVERY_SECONDS = 10.0
+SPOOL_PREFIX = "psychology-restore-"
+SPOOL_SUFFIX = ".dump"
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -80,6 +96,7 @@ class RestoreResult:
     target: str
     comparisons: list[TableComparison]
     timings: dict[str, float] = field(default_factory=dict)
+    skipped_manifests: list[SkippedManifest] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -96,20 +113,25 @@ class RestoreResult:
                         "checksum_match": (c.expected_checksum == c.actual_checksum) if c.expected_checksum else None,
                         "ok": c.ok if c.expected_rows is not None else None} for c in self.comparisons],
             "mismatches": [c.table for c in mismatches(self.comparisons)],
+            "skipped_manifests": [m.to_json() for m in self.skipped_manifests],
         }
 
 
-def resolve_backup(s3: Any, options: RestoreOptions) -> Manifest:
+def resolve_backup(s3: Any, options: RestoreOptions) -> tuple[Manifest, list[SkippedManifest]]:
+    """The backup to restore, and the manifests --latest skipped on the way (reported)."""
     if options.key:
         manifest = read_manifest(s3, options.bucket, options.key)
         if manifest is None:
             raise cli.ScriptError(f"s3://{options.bucket}/{options.key} has no manifest: the backup never completed "
                                   "(or is not a backup); refusing to restore it")
-        return manifest
+        return manifest, []
     prefix = normalize_prefix(options.prefix)
     if options.source_db:
         prefix = f"{prefix}{options.source_db}/"
-    return latest_complete(s3, options.bucket, prefix)
+    manifest, skipped = latest_complete(s3, options.bucket, prefix)
+    for bad in skipped:
+        cli.info(f"restore: skipped s3://{options.bucket}/{bad.key}: {bad.reason}")
+    return manifest, skipped
 
 
 def check_target_empty(target: DbTarget, force: bool) -> list[str]:
@@ -120,6 +142,47 @@ def check_target_empty(target: DbTarget, force: bool) -> list[str]:
         raise cli.ScriptError(f"target database {target.dbname} is not empty ({len(relations)} relations: {shown}); "
                               "pass --force to replace the backup's objects in it")
     return relations
+
+
+def remove_stale_spools(directory: str) -> list[str]:
+    """Spool files of restores that were killed (SIGKILL, a crash): only regular files of this
+    user with the spool's name. Call it only while holding the directory exclusively."""
+    removed = []
+    for entry in os.scandir(directory):
+        if not (entry.name.startswith(SPOOL_PREFIX) and entry.name.endswith(SPOOL_SUFFIX)):
+            continue
+        info = entry.stat(follow_symlinks=False)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+            os.unlink(entry.path)
+            removed.append(entry.name)
+    return sorted(removed)
+
+
+@contextmanager
+def spool_directory(spool_dir: Optional[str]) -> Iterator[str]:
+    """The directory for this run's spool file, held with a shared lock for the whole run. A
+    run that gets the exclusive lock first knows no other restore is using the directory, so
+    any spool file there is a killed run's leftover and goes. The kernel drops the locks of a
+    process that dies, however it dies."""
+    directory = spool_dir or tempfile.gettempdir()
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise cli.ScriptError(f"spool directory {directory}: {err.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            cli.info(f"restore: another restore is using {directory}; any leftover spool files there stay for now")
+        else:
+            removed = remove_stale_spools(directory)
+            if removed:
+                cli.info(f"restore: removed {len(removed)} spool file(s) a killed restore left in {directory}: "
+                         + ", ".join(removed))
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield directory
+    finally:
+        os.close(fd)
 
 
 def download_verified(s3: Any, manifest: Manifest, spool_dir: Optional[str]) -> Path:
@@ -149,7 +212,7 @@ def download_verified(s3: Any, manifest: Manifest, spool_dir: Optional[str]) -> 
     if free < manifest.size_bytes * 1.05:
         raise cli.ScriptError(f"{directory} has {free / 1e9:.1f} GB free, the archive needs {manifest.size_bytes / 1e9:.1f} GB; "
                               "use --spool-dir")
-    fd, name = tempfile.mkstemp(prefix="psychology-restore-", suffix=".dump", dir=directory)
+    fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=SPOOL_SUFFIX, dir=directory)
     path = Path(name)
     digest = hashlib.sha256()
     size = 0
@@ -176,6 +239,23 @@ def download_verified(s3: Any, manifest: Manifest, spool_dir: Optional[str]) -> 
         raise
 
 
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A preexec function: the child gets SIGKILL when this process ends, however it ends, so
+    no pg_restore keeps writing into a database after its restore was killed. Set up before
+    the fork: between fork and exec the child may only make the system call."""
+    prctl = _LIBC.prctl
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before the call: nobody would signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
 def pg_restore_argv(options: RestoreOptions, dbname: str, archive: Path) -> list[str]:
     argv = [pg_tool("pg_restore", options.pg_bin), "--exit-on-error", "--no-publications", "--no-subscriptions",
             "--no-security-labels", "--no-tablespaces", "--no-password", f"--dbname={dbname}"]
@@ -190,24 +270,26 @@ def pg_restore_argv(options: RestoreOptions, dbname: str, archive: Path) -> list
 def restore_backup(target: DbTarget, s3: Any, options: RestoreOptions) -> RestoreResult:
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    manifest = resolve_backup(s3, options)
+    manifest, skipped = resolve_backup(s3, options)
     cli.info(f"restore: s3://{manifest.bucket}/{manifest.key} ({manifest.size_bytes / 1e6:.1f} MB, "
              f"finished {manifest.finished_at}) -> {target.describe()}")
     existing = check_target_empty(target, options.force)
     if existing:
         cli.info(f"restore: --force: replacing the backup's objects in {target.dbname} ({len(existing)} relations present)")
 
-    t = time.monotonic()
-    archive = download_verified(s3, manifest, options.spool_dir)
-    timings["download_verify_seconds"] = time.monotonic() - t
-    try:
-        cli.info(f"restore: SHA-256 verified ({manifest.sha256[:16]}...); running pg_restore")
+    with spool_directory(options.spool_dir) as directory:
         t = time.monotonic()
-        completed = subprocess.run(pg_restore_argv(options, target.dbname, archive), env=target.libpq_env(),
-                                   stdin=subprocess.DEVNULL, capture_output=True, check=False)
-        timings["pg_restore_seconds"] = time.monotonic() - t
-    finally:
-        archive.unlink(missing_ok=True)
+        archive = download_verified(s3, manifest, directory)
+        timings["download_verify_seconds"] = time.monotonic() - t
+        try:
+            cli.info(f"restore: SHA-256 verified ({manifest.sha256[:16]}...); running pg_restore")
+            t = time.monotonic()
+            completed = subprocess.run(pg_restore_argv(options, target.dbname, archive), env=target.libpq_env(),
+                                       stdin=subprocess.DEVNULL, capture_output=True, check=False,
+                                       preexec_fn=die_with_parent(os.getpid()))
+            timings["pg_restore_seconds"] = time.monotonic() - t
+        finally:
+            archive.unlink(missing_ok=True)
     if completed.returncode != 0:
         lines = [line for line in completed.stderr.decode(errors="replace").splitlines() if line.strip()]
         detail = cli.masker(" | ".join(lines[-3:]))
@@ -225,7 +307,7 @@ def restore_backup(target: DbTarget, s3: Any, options: RestoreOptions) -> Restor
         timings["verify_tables_seconds"] = time.monotonic() - t
     timings["total_seconds"] = time.monotonic() - t0
     return RestoreResult(manifest=manifest, target=target.describe(), comparisons=compare_tables(manifest.tables, actual),
-                         timings=timings)
+                         timings=timings, skipped_manifests=skipped)
 
 
 def print_tables(result: RestoreResult) -> None:
@@ -243,6 +325,11 @@ def print_tables(result: RestoreResult) -> None:
             state = "CHECKSUM MISMATCH"
         rows = "-" if c.actual_rows is None else f"{c.actual_rows:,}"
         cli.info(f"  {c.table:<{width}}  {rows:>14} rows  {state}")
+
+
+def skipped_note(result: RestoreResult) -> str:
+    count = len(result.skipped_manifests)
+    return f" ({count} manifest(s) skipped as unreadable or misplaced, see above)" if count else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,7 +381,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = sum(c.actual_rows or 0 for c in result.comparisons)
     bad = mismatches(result.comparisons)
     summary = (f"restored s3://{result.manifest.bucket}/{result.manifest.key} into {target.dbname}: "
-               f"{len(result.comparisons)} tables, {rows:,} rows, {result.timings['total_seconds']:.1f} s")
+               f"{len(result.comparisons)} tables, {rows:,} rows, {result.timings['total_seconds']:.1f} s"
+               + skipped_note(result))
     if bad:
         cli.verdict(False, summary + f"; {len(bad)} tables differ from the backup: {', '.join(c.table for c in bad[:5])}")
         return cli.EXIT_FAILURE

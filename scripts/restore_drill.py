@@ -4,7 +4,8 @@
         [--scratch-db psychology_restore_drill] \\
         [--textfile /var/lib/node_exporter/textfile/psychology_restore_drill.prom] [--json]
 
-1. Finds the newest complete backup of the source database (`<prefix><dbname>/`).
+1. Finds the newest complete backup of the source database (`<prefix><dbname>/`); manifests
+   that cannot be read, or do not describe the dump next to them, are skipped and reported.
 2. (Re)creates the scratch database from template0, restores the backup into it with the
    restore command's checks (SHA-256 before anything is restored, one transaction, per-table
    comparison with the snapshot counts and checksums recorded by the backup).
@@ -42,7 +43,7 @@ from scripts.lib.pgbackup import (
 )
 from scripts.lib.signals import EXIT_TERMINATED, Terminated, sigterm_ignored, sigterm_raises
 from scripts.lib.textfile import update_metrics
-from scripts.restore import RestoreOptions, RestoreResult, print_tables, restore_backup
+from scripts.restore import RestoreOptions, RestoreResult, print_tables, restore_backup, skipped_note
 
 DEFAULT_SCRATCH_DB = "psychology_restore_drill"
 _SCRATCH_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -72,7 +73,9 @@ def run_drill(source: DbTarget, s3: Any, *, bucket: str, prefix: str, scratch: s
               spool_dir: Optional[str] = None, pg_bin: Optional[str] = None, source_counts: bool = True,
               keep_scratch: bool = False) -> tuple[RestoreResult, dict[str, int]]:
     _validate_scratch(scratch, source)
-    manifest = latest_complete(s3, bucket, f"{normalize_prefix(prefix)}{source.dbname}/")
+    manifest, skipped = latest_complete(s3, bucket, f"{normalize_prefix(prefix)}{source.dbname}/")
+    for bad in skipped:
+        cli.info(f"drill: skipped s3://{bucket}/{bad.key}: {bad.reason}")
     cli.info(f"drill: restoring s3://{bucket}/{manifest.key} (finished {manifest.finished_at}) into scratch database {scratch}")
     _recreate(source, scratch)
     try:
@@ -82,6 +85,7 @@ def run_drill(source: DbTarget, s3: Any, *, bucket: str, prefix: str, scratch: s
         if not keep_scratch:
             with sigterm_ignored():
                 _drop(source, scratch)
+    result.skipped_manifests = skipped
     live: dict[str, int] = {}
     if source_counts:
         with connect(source, application_name="psychology-api-restore-drill") as conn:
@@ -149,7 +153,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     bad = mismatches(result.comparisons)
     age_hours = (time.time() - _epoch(result.manifest.finished_at)) / 3600
     summary = (f"restore drill of s3://{result.manifest.bucket}/{result.manifest.key} (backup {age_hours:.1f} h old): "
-               f"{len(result.comparisons)} tables, {result.timings['total_seconds']:.1f} s")
+               f"{len(result.comparisons)} tables, {result.timings['total_seconds']:.1f} s" + skipped_note(result))
     if bad:
         cli.verdict(False, summary + f"; {len(bad)} tables differ from the backup: {', '.join(c.table for c in bad[:5])}")
         return cli.EXIT_FAILURE

@@ -2,7 +2,8 @@
 
 * PostgreSQL 15: a throw-away cluster in a temporary directory on a free port, with TLS and
   scram-sha-256 password authentication over TCP (plain TCP is rejected), started as the
-  `postgres` user when we run as root (PostgreSQL refuses to run as root).
+  `postgres` user when we run as root (PostgreSQL refuses to run as root). Its certificate
+  (self-signed, or signed by a test CA) names 127.0.0.1; `ca_file` is what clients trust.
 * Redis: started by pytest-redis in the tests (see tests/integration/conftest.py).
 * AWS: moto's ThreadedMotoServer on a free port.
 """
@@ -51,17 +52,18 @@ class PgServer:
     password: str
     data_dir: Path
     bin_dir: Path
+    ca_file: Path  # the certificate authority the server's certificate chains to (clients' sslrootcert)
 
     def dsn(self, dbname: str = "postgres", user: Optional[str] = None, password: Optional[str] = None,
             sslmode: str = "require") -> str:
         user = user or self.superuser
         password = self.password if password is None else password
         return (f"postgresql://{quote(user)}:{quote(password, safe='')}@{self.host}:{self.port}/{dbname}"
-                f"?sslmode={sslmode}")
+                f"?sslmode={sslmode}&sslrootcert={quote(str(self.ca_file), safe='/')}")
 
     def conninfo(self, dbname: str = "postgres") -> dict[str, object]:
         return {"host": self.host, "port": self.port, "user": self.superuser, "password": self.password,
-                "dbname": dbname, "sslmode": "require"}
+                "dbname": dbname, "sslmode": "require", "sslrootcert": str(self.ca_file)}
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -80,8 +82,26 @@ def self_signed_certificate(directory: Path, cert_name: str = "cert.pem", key_na
     return cert, key
 
 
-def start_postgres(extra_settings: Optional[dict[str, str]] = None) -> PgServer:
-    """initdb + pg_ctl start of a TLS-only, password-authenticated cluster."""
+def signed_certificate(ca: tuple[Path, Path], directory: Path, subject_alt_name: str = "IP:127.0.0.1",
+                       name: str = "server") -> tuple[Path, Path]:
+    """A server certificate for `subject_alt_name`, signed by `ca` (a self_signed_certificate)."""
+    cert, key, request = directory / f"{name}.crt", directory / f"{name}.key", directory / f"{name}.csr"
+    extensions = directory / f"{name}.ext"
+    extensions.write_text(f"subjectAltName={subject_alt_name}\nbasicConstraints=CA:FALSE\n")
+    subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=psychology-test-db",
+                    "-keyout", str(key), "-out", str(request)], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+                    "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(cert)],
+                   check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+def start_postgres(extra_settings: Optional[dict[str, str]] = None,
+                   certificate: Optional[tuple[Path, Path, Path]] = None) -> PgServer:
+    """initdb + pg_ctl start of a TLS-only, password-authenticated cluster. `certificate`
+    (server certificate, key, CA file): what the server presents; default a self-signed one
+    for 127.0.0.1/localhost, which is then its own CA."""
     bin_dir = pg_bin_dir()
     base = Path(tempfile.mkdtemp(prefix="pgtest-"))
     data_dir = base / "data"
@@ -96,7 +116,14 @@ def start_postgres(extra_settings: Optional[dict[str, str]] = None) -> PgServer:
                                  "--pwfile", str(pwfile), "-A", "scram-sha-256", "--encoding", "UTF8",
                                  "--locale", "C.UTF-8"]),
                    check=True, capture_output=True)
-    self_signed_certificate(data_dir, "server.crt", "server.key")
+    if certificate is None:
+        self_signed_certificate(data_dir, "server.crt", "server.key")
+        shutil.copy(data_dir / "server.crt", base / "ca.crt")
+    else:
+        shutil.copy(certificate[0], data_dir / "server.crt")
+        shutil.copy(certificate[1], data_dir / "server.key")
+        os.chmod(data_dir / "server.key", 0o600)
+        shutil.copy(certificate[2], base / "ca.crt")
     if os.geteuid() == 0:
         pg = pwd.getpwnam("postgres")
         for name in ("server.key", "server.crt"):
@@ -120,7 +147,7 @@ def start_postgres(extra_settings: Optional[dict[str, str]] = None) -> PgServer:
     subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(base / "server.log"),
                                  "-w", "-t", "60", "start"]), check=True, capture_output=True)
     return PgServer(host="127.0.0.1", port=port, superuser="postgres", password=password,
-                    data_dir=data_dir, bin_dir=bin_dir)
+                    data_dir=data_dir, bin_dir=bin_dir, ca_file=base / "ca.crt")
 
 
 def stop_postgres(server: PgServer) -> None:

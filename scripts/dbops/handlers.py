@@ -5,7 +5,7 @@ from Secrets Manager at run time:
 
 | handler | environment | does |
 |---|---|---|
-| `migrate_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, APP_DB_SECRET_ARN, MONITOR_DB_SECRET_ARN | applies `migrations/` as the RDS master, then makes the application's current user and the monitoring role accept the passwords in their secrets |
+| `migrate_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, APP_DB_SECRET_ARN, MONITOR_DB_SECRET_ARN, MIGRATION_LOCK_TIMEOUT_SECONDS, MIGRATION_LOCK_ATTEMPTS, MIGRATION_STATEMENT_TIMEOUT_SECONDS | applies `migrations/` as the RDS master, then makes the application's current user and the monitoring role accept the passwords in their secrets |
 | `health_handler` | APP_DB_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, REDIS_SECRET_ARN | the in-VPC smoke checks: database (with the application's credentials: SELECT 1, latest migration) and Redis round trip |
 | `rotation_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME | Secrets Manager's four rotation steps for the application's and the monitoring role's database credentials (alternating users) |
 | `redis_rotation_handler` | REDIS_REPLICATION_GROUP_ID, REDIS_HOST, REDIS_PORT | the four rotation steps for the Redis AUTH token (two valid tokens during the change) |
@@ -27,7 +27,13 @@ import psycopg
 from scripts.dbops import checks as smoke
 from scripts.dbops.credentials import ensure_role_matches_secret
 from scripts.dbops.elasticache import AuthTokens, Deadline, ElastiCacheAuthTokens
-from scripts.dbops.migrations import migrate
+from scripts.dbops.migrations import (
+    DEFAULT_LOCK_ATTEMPTS,
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
+    DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+    Timeouts,
+    migrate,
+)
 from scripts.dbops.redis_rotation import RedisRotation, redis_endpoint_from_environment
 from scripts.dbops.rotation import Rotation, endpoint_from_environment
 from scripts.lib import aws
@@ -71,13 +77,33 @@ def _failure(err: BaseException, started: float) -> dict[str, Any]:
     return {"ok": False, "error": message, "duration_ms": int((time.monotonic() - started) * 1000)}
 
 
+def migration_timeouts(event: dict[str, Any]) -> Timeouts:
+    """The event's settings, else the function's environment (the stack's configuration), else
+    the defaults."""
+    def setting(key: str, variable: str, default: float) -> float:
+        value = event.get(key, os.environ.get(variable) or default)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ScriptError(f"{key} must be a number, not {value!r}") from None
+
+    return Timeouts(
+        lock_timeout_seconds=setting("lock_timeout_seconds", "MIGRATION_LOCK_TIMEOUT_SECONDS", DEFAULT_LOCK_TIMEOUT_SECONDS),
+        lock_attempts=int(setting("lock_attempts", "MIGRATION_LOCK_ATTEMPTS", DEFAULT_LOCK_ATTEMPTS)),
+        statement_timeout_seconds=setting("statement_timeout_seconds", "MIGRATION_STATEMENT_TIMEOUT_SECONDS",
+                                          DEFAULT_STATEMENT_TIMEOUT_SECONDS))
+
+
 def migrate_handler(event: Optional[dict[str, Any]], context: Any = None) -> dict[str, Any]:
-    """Event: {} or {"dry_run": true}."""
+    """Event: {} or any of {"dry_run": true, "allow_out_of_order": true, "lock_timeout_seconds": s,
+    "lock_attempts": n, "statement_timeout_seconds": s}."""
     started = time.monotonic()
-    dry_run = bool((event or {}).get("dry_run"))
+    event = event or {}
+    dry_run = bool(event.get("dry_run"))
     try:
         admin = master_target()
-        result = migrate(admin, dry_run=dry_run, log=_log)
+        result = migrate(admin, dry_run=dry_run, timeouts=migration_timeouts(event),
+                         allow_out_of_order=bool(event.get("allow_out_of_order")), log=_log)
         credentials = []
         if not dry_run:
             for label, variable in (("application", "APP_DB_SECRET_ARN"), ("monitoring", "MONITOR_DB_SECRET_ARN")):

@@ -9,11 +9,18 @@
   statement in autocommit instead (for `CREATE INDEX CONCURRENTLY`); such files should be
   written to be re-runnable (`IF NOT EXISTS`), since statements before a failure stay applied.
 * An applied file whose checksum changed is refused before anything runs: history is fixed,
-  changes go into a new file.
+  changes go into a new file. So is a pending file older than the latest applied version
+  (unless out-of-order is allowed), an applied file renamed to another version (it would run
+  twice), a file that is not UTF-8, and an empty directory against a database with a record.
+  An applied file renamed under the same version is reported; the record keeps its old name.
+* DDL never queues the application behind a long transaction: each file runs with a short
+  `lock_timeout` (5 s by default) and a `statement_timeout`; a file that cannot get its locks
+  in time is rolled back and tried again a few times (`Timeouts`), then the run fails saying so.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -37,6 +44,9 @@ QUALIFIED_TABLE = f"{SCHEMA}.{TABLE}"
 # "psyc-migr" in hex-ish and is only ever taken by this module.
 ADVISORY_LOCK_KEY = 0x7073_7963_6D69_6772
 DEFAULT_LOCK_WAIT_SECONDS = 300
+DEFAULT_LOCK_TIMEOUT_SECONDS = 5
+DEFAULT_LOCK_ATTEMPTS = 5
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 600
 
 FILE_NAME = re.compile(r"^(?P<version>\d{4,})_(?P<name>[a-z0-9][a-z0-9_]*)\.sql$")
 NO_TRANSACTION = re.compile(r"^--\s*migrate:\s*no-transaction\s*$", re.IGNORECASE)
@@ -61,6 +71,31 @@ def default_directory() -> Path:
     if override:
         return Path(override)
     return Path(__file__).resolve().parents[2] / "migrations"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long one file may wait for a lock (each attempt) and run (each statement), and how
+    often a file that timed out on a lock is tried again; waits between attempts double from
+    `retry_wait_seconds`, up to 30 s."""
+
+    lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS
+    lock_attempts: int = DEFAULT_LOCK_ATTEMPTS
+    statement_timeout_seconds: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS
+    retry_wait_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lock_timeout_seconds <= 0 or self.statement_timeout_seconds <= 0 or self.retry_wait_seconds < 0:
+            raise ScriptError("lock and statement timeouts must be positive", 2)
+        if self.lock_attempts < 1:
+            raise ScriptError("lock attempts must be at least 1", 2)
+
+    def settings(self) -> tuple[str, str]:
+        """lock_timeout and statement_timeout as PostgreSQL settings."""
+        return f"{int(self.lock_timeout_seconds * 1000)}ms", f"{int(self.statement_timeout_seconds * 1000)}ms"
+
+    def wait_before(self, attempt: int) -> float:
+        return min(self.retry_wait_seconds * 2 ** (attempt - 2), 30.0)
 
 
 @dataclass(frozen=True)
@@ -96,7 +131,7 @@ def load_migrations(directory: Optional[Path] = None) -> list[Migration]:
         if not match:
             raise ScriptError(f"{path.name}: not a migration file name; expected NNNN_lower_case_name.sql")
         raw = path.read_bytes()
-        text = raw.decode("utf-8-sig")
+        text = _decode(path, raw)
         version = int(match["version"])
         if version in found:
             raise ScriptError(f"{path.name}: version {version} is also used by {found[version].filename}")
@@ -105,6 +140,14 @@ def load_migrations(directory: Optional[Path] = None) -> list[Migration]:
                                    checksum=hashlib.sha256(raw).hexdigest(),
                                    transactional=not NO_TRANSACTION.match(first_line.strip()))
     return [found[v] for v in sorted(found)]
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ScriptError(f"{path.name}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+                          "save the file as UTF-8") from None
 
 
 def directory_checksum(directory: Optional[Path] = None) -> str:
@@ -131,6 +174,8 @@ class MigrationPlan:
     applied: list[Migration]
     # Versions recorded in the database without a file here: the database is ahead of this code.
     unknown: list[AppliedMigration]
+    # Applied files whose name changed (same version, same contents): (record, file).
+    renamed: list[tuple[AppliedMigration, Migration]] = field(default_factory=list)
 
 
 def plan_migrations(files: list[Migration], applied: dict[int, AppliedMigration]) -> MigrationPlan:
@@ -143,7 +188,35 @@ def plan_migrations(files: list[Migration], applied: dict[int, AppliedMigration]
     known = {m.version for m in files}
     return MigrationPlan(pending=[m for m in files if m.version not in applied],
                          applied=[m for m in files if m.version in applied],
-                         unknown=[r for v, r in sorted(applied.items()) if v not in known])
+                         unknown=[r for v, r in sorted(applied.items()) if v not in known],
+                         renamed=[(applied[m.version], m) for m in files
+                                  if m.version in applied and applied[m.version].name != m.name])
+
+
+def check_history(files: list[Migration], applied: dict[int, AppliedMigration], plan: MigrationPlan, *,
+                  directory: Path, allow_out_of_order: bool = False) -> None:
+    """What would make a run wrong, refused before anything runs: no files at all against a
+    database with a record (the wrong directory, a broken package), an applied file renamed to
+    another version (it would run a second time), a pending file older than the latest applied
+    one (it would run out of order, unless allowed)."""
+    if not files and applied:
+        latest = applied[max(applied)]
+        raise ScriptError(f"no migration files in {directory}, but the database records {len(applied)} applied "
+                          f"(latest {latest.version:04d}_{latest.name}); is the migrations directory right?")
+    gone = {r.checksum: r for r in plan.unknown}
+    for migration in plan.pending:
+        record = gone.get(migration.checksum)
+        if record is not None:
+            raise ScriptError(f"{migration.filename} has the contents of the applied {record.version:04d}_{record.name}.sql, "
+                              f"whose file is gone (renamed?); it would run a second time: give it back its name")
+    if applied and not allow_out_of_order:
+        latest = applied[max(applied)]
+        older = [m.filename for m in plan.pending if m.version < latest.version]
+        if older:
+            raise ScriptError(f"{', '.join(older)} {'is' if len(older) == 1 else 'are'} older than the latest applied "
+                              f"version {latest.version:04d}_{latest.name} and would run out of order; allow that "
+                              'explicitly (--allow-out-of-order, or "allow_out_of_order": true for the function) '
+                              "if it is intended")
 
 
 class MigrationFailed(ScriptError):
@@ -161,6 +234,7 @@ class MigrationResult:
     pending: list[str] = field(default_factory=list)
     already_applied: int = 0
     unknown: list[int] = field(default_factory=list)
+    renamed: list[dict[str, Any]] = field(default_factory=list)
     latest: Optional[str] = None
 
     def summary(self) -> str:
@@ -177,7 +251,7 @@ class MigrationResult:
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, "database": self.database, "dry_run": self.dry_run, "applied": self.applied,
                 "pending": self.pending, "already_applied": self.already_applied, "unknown_versions": self.unknown,
-                "latest": self.latest, "summary": self.summary()}
+                "renamed": self.renamed, "latest": self.latest, "summary": self.summary()}
 
 
 Log = Callable[[str], None]
@@ -188,24 +262,24 @@ def _no_log(_: str) -> None:
 
 
 def migrate(target: DbTarget, directory: Optional[Path] = None, *, dry_run: bool = False,
-            lock_wait_seconds: int = DEFAULT_LOCK_WAIT_SECONDS, log: Log = _no_log) -> MigrationResult:
+            lock_wait_seconds: int = DEFAULT_LOCK_WAIT_SECONDS, timeouts: Timeouts = Timeouts(),
+            allow_out_of_order: bool = False, log: Log = _no_log) -> MigrationResult:
+    directory = Path(directory or default_directory())
     files = load_migrations(directory)
     result = MigrationResult(database=f"{target.dbname}@{target.host}", dry_run=dry_run)
     with connect(target, autocommit=True, application_name="psychology-api-migrate") as conn:
         if dry_run:
             # A dry run changes nothing: no lock, no record table.
-            plan = plan_migrations(files, read_applied(conn) or {})
+            plan = _checked_plan(files, read_applied(conn) or {}, directory, allow_out_of_order, log)
             return _finish(result, plan, [])
         _acquire_lock(conn, lock_wait_seconds, log)
         try:
             conn.execute(_CREATE_TABLE)
-            plan = plan_migrations(files, read_applied(conn) or {})
-            if plan.unknown:
-                log(f"the database records versions this code does not have: {[r.version for r in plan.unknown]}")
+            plan = _checked_plan(files, read_applied(conn) or {}, directory, allow_out_of_order, log)
             applied: list[dict[str, Any]] = []
             for migration in plan.pending:
                 log(f"applying {migration.filename}" + ("" if migration.transactional else " (no transaction)"))
-                applied.append(_apply(conn, migration, applied))
+                applied.append(_apply(conn, migration, applied, timeouts, log))
                 log(f"applied {migration.filename} in {applied[-1]['duration_ms']} ms")
             plan.applied.extend(plan.pending)
             plan.pending = []
@@ -215,11 +289,25 @@ def migrate(target: DbTarget, directory: Optional[Path] = None, *, dry_run: bool
                 conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
 
 
+def _checked_plan(files: list[Migration], applied: dict[int, AppliedMigration], directory: Path,
+                  allow_out_of_order: bool, log: Log) -> MigrationPlan:
+    plan = plan_migrations(files, applied)
+    check_history(files, applied, plan, directory=directory, allow_out_of_order=allow_out_of_order)
+    if plan.unknown:
+        log(f"the database records versions this code does not have: {[r.version for r in plan.unknown]}")
+    for record, migration in plan.renamed:
+        log(f"{migration.filename} was applied as {record.version:04d}_{record.name}.sql (renamed since; "
+            "the record keeps the old name)")
+    return plan
+
+
 def _finish(result: MigrationResult, plan: MigrationPlan, applied: list[dict[str, Any]]) -> MigrationResult:
     result.applied = applied
     result.pending = [m.filename for m in plan.pending]
     result.already_applied = len(plan.applied) - len(applied)
     result.unknown = [r.version for r in plan.unknown]
+    result.renamed = [{"version": r.version, "recorded_name": f"{r.version:04d}_{r.name}.sql", "file": m.filename}
+                      for r, m in plan.renamed]
     done = plan.applied
     result.latest = done[-1].filename if done else None
     return result
@@ -245,34 +333,86 @@ def _db_error(err: psycopg.Error) -> str:
     return masker(f"SQLSTATE {err.sqlstate or '?'}: {primary}")
 
 
-def _apply(conn: psycopg.Connection, migration: Migration, applied_so_far: list[dict[str, Any]]) -> dict[str, Any]:
-    insert = sql.SQL("INSERT INTO {} (version, name, checksum, duration_ms, transactional) VALUES (%s, %s, %s, %s, %s)").format(
-        sql.Identifier(SCHEMA, TABLE))
+def _apply(conn: psycopg.Connection, migration: Migration, applied_so_far: list[dict[str, Any]],
+           timeouts: Timeouts, log: Log) -> dict[str, Any]:
     started = time.monotonic()
     if migration.transactional:
-        try:
-            with conn.transaction():
-                # No parameters: psycopg sends the file as one simple query, so it may hold
-                # many statements and DO blocks.
-                conn.execute(migration.sql)  # type: ignore[call-overload]
-                duration_ms = int((time.monotonic() - started) * 1000)
-                conn.execute(insert, (migration.version, migration.name, migration.checksum, duration_ms, True))
-        except psycopg.Error as err:
-            raise MigrationFailed(migration, f"migration {migration.filename} failed and was rolled back "
-                                             f"(nothing of it applied): {_db_error(err)}", applied_so_far) from None
+        _with_lock_retries(lambda: _apply_in_transaction(conn, migration, timeouts, started, applied_so_far),
+                           migration, timeouts, log, "nothing of it was applied", applied_so_far)
     else:
-        statements = split_statements(migration.sql)
-        for index, statement in enumerate(statements, start=1):
-            try:
-                conn.execute(statement)  # type: ignore[call-overload]
-            except psycopg.Error as err:
-                raise MigrationFailed(migration, f"migration {migration.filename} (no transaction) failed at statement "
-                                                 f"{index} of {len(statements)}; statements before it stay applied: "
-                                                 f"{_db_error(err)}", applied_so_far) from None
-        duration_ms = int((time.monotonic() - started) * 1000)
-        conn.execute(insert, (migration.version, migration.name, migration.checksum, duration_ms, False))
+        _apply_statements(conn, migration, timeouts, log, applied_so_far)
+        conn.execute(_insert_record(), (migration.version, migration.name, migration.checksum,
+                                        int((time.monotonic() - started) * 1000), False))
+    duration_ms = int((time.monotonic() - started) * 1000)
     return {"version": migration.version, "name": migration.name, "file": migration.filename,
             "checksum": migration.checksum, "duration_ms": duration_ms, "transactional": migration.transactional}
+
+
+def _insert_record() -> sql.Composed:
+    return sql.SQL("INSERT INTO {} (version, name, checksum, duration_ms, transactional) VALUES (%s, %s, %s, %s, %s)").format(
+        sql.Identifier(SCHEMA, TABLE))
+
+
+def _set_timeouts(conn: psycopg.Connection, timeouts: Timeouts, *, local: bool) -> None:
+    lock_timeout, statement_timeout = timeouts.settings()
+    conn.execute("SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
+                 (lock_timeout, local, statement_timeout, local))
+
+
+def _apply_in_transaction(conn: psycopg.Connection, migration: Migration, timeouts: Timeouts, started: float,
+                          applied_so_far: list[dict[str, Any]]) -> None:
+    try:
+        with conn.transaction():
+            _set_timeouts(conn, timeouts, local=True)
+            # No parameters: psycopg sends the file as one simple query, so it may hold many
+            # statements and DO blocks.
+            conn.execute(migration.sql)  # type: ignore[call-overload]
+            conn.execute(_insert_record(), (migration.version, migration.name, migration.checksum,
+                                            int((time.monotonic() - started) * 1000), True))
+    except psycopg.errors.LockNotAvailable:
+        raise
+    except psycopg.Error as err:
+        raise MigrationFailed(migration, f"migration {migration.filename} failed and was rolled back "
+                                         f"(nothing of it applied): {_db_error(err)}", applied_so_far) from None
+
+
+def _apply_statements(conn: psycopg.Connection, migration: Migration, timeouts: Timeouts, log: Log,
+                      applied_so_far: list[dict[str, Any]]) -> None:
+    statements = split_statements(migration.sql)
+    _set_timeouts(conn, timeouts, local=False)
+    try:
+        for index, statement in enumerate(statements, start=1):
+            where = f"statement {index} of {len(statements)}; statements before it stay applied"
+            try:
+                _with_lock_retries(functools.partial(conn.execute, statement), migration, timeouts, log, where,
+                                   applied_so_far)
+            except psycopg.Error as err:
+                raise MigrationFailed(migration, f"migration {migration.filename} (no transaction) failed at {where}: "
+                                                 f"{_db_error(err)}", applied_so_far) from None
+    finally:
+        conn.execute("RESET lock_timeout; RESET statement_timeout")
+
+
+def _with_lock_retries(attempt_once: Callable[[], Any], migration: Migration, timeouts: Timeouts, log: Log,
+                       what_stays: str, applied_so_far: list[dict[str, Any]]) -> None:
+    """Runs `attempt_once`; a lock timeout is tried again after a wait, at most
+    `timeouts.lock_attempts` times in all, so the application never queues behind the DDL for
+    longer than one lock_timeout."""
+    for attempt in range(1, timeouts.lock_attempts + 1):
+        if attempt > 1:
+            wait = timeouts.wait_before(attempt)
+            log(f"{migration.filename}: lock_timeout ({timeouts.lock_timeout_seconds:g} s) reached, attempt "
+                f"{attempt - 1} of {timeouts.lock_attempts}; trying again in {wait:g} s")
+            time.sleep(wait)
+        try:
+            attempt_once()
+            return
+        except psycopg.errors.LockNotAvailable:
+            continue
+    raise MigrationFailed(migration, f"migration {migration.filename} could not get its locks: lock_timeout "
+                                     f"({timeouts.lock_timeout_seconds:g} s) reached in all {timeouts.lock_attempts} attempts, "
+                                     f"another transaction holds a conflicting lock ({what_stays}); run it again when "
+                                     "that transaction has ended", applied_so_far)
 
 
 @dataclass

@@ -10,7 +10,8 @@ what makes the rotation free of downtime:
    stops working, a whole rotation period after it stopped being current. Then a new token,
    64 letters and digits (ElastiCache allows 16-128 printable characters; the token also goes
    into REDIS_URL, where punctuation would need escaping), staged AWSPENDING; host and port
-   from the function's environment when it states them.
+   from the function's environment when it states them. A value already staged under the
+   token that holds the current or the previous token (a stale copy) is made again.
 2. setSecret: the group must end up accepting exactly the current token and the new one:
    `ROTATE` the new token in and wait until the group is available again. A group that does
    not accept the current token at all (it was replaced, or someone changed the token by hand)
@@ -145,12 +146,21 @@ class RedisRotation(SecretRotation):
                 return token
         raise RotationError("GetRandomPassword kept returning a token already in use")
 
+    def stale_pending(self, pending: dict[str, Any], current: dict[str, Any]) -> Optional[str]:
+        token = pending.get("auth_token")
+        if not token or not pending.get("host"):
+            return "no host/auth_token"
+        if token == current.get("auth_token"):
+            return "the current token"
+        if token == (self._previous() or {}).get("auth_token"):
+            return "the previous token"
+        return None
+
     # --- the steps ----------------------------------------------------------------------
     def create_secret(self) -> StepResult:
         _, current = self._current()
         self._target(current, "AWSCURRENT")  # refuses a secret of another kind
-        if self._pending_exists():
-            self.log(f"createSecret: version {self.token} already has a value")
+        if self._reuse_pending(current):
             return StepResult("createSecret", self.token, "already-done")
         previous = self._previous() or {}
         self._retire_previous_token(current, previous)

@@ -22,6 +22,13 @@ rotation is enabled and the version is staged AWSPENDING, returns at once when t
 already AWSCURRENT, and can run again without harm. Nothing here changes the current user's
 password, so a failure at any step leaves AWSCURRENT working.
 
+createSecret trusts a value already staged under its token only when it is one this rotation
+could have made: a copy of the current version (what Secrets Manager's test of the function
+leaves on moto with RotateImmediately=false, and what a test left behind elsewhere) would wedge
+every later setSecret, so it is made again. Secrets Manager lets a version's value be replaced
+while it is staged AWSPENDING on moto; should AWS refuse (ResourceExistsException), the stale
+version loses AWSPENDING and the step fails once, so that the next rotation starts afresh.
+
 The same functions serve `python -m scripts.rotate` for operators: `manual=True` lets
 createSecret stage a version that Secrets Manager did not announce (there is no RotateSecret
 call behind a hand-run rotation).
@@ -222,16 +229,46 @@ class SecretRotation:
     def _pending(self) -> dict[str, Any]:
         return read_secret_json(self.secret_id, version_id=self.token, client=self.sm)
 
-    def _pending_exists(self) -> bool:
+    def _staged_pending(self) -> Optional[dict[str, Any]]:
+        """The value already staged under this token, or None when the version has none yet."""
         try:
-            self.sm.get_secret_value(SecretId=self.secret_id, VersionId=self.token, VersionStage="AWSPENDING")
+            response = self.sm.get_secret_value(SecretId=self.secret_id, VersionId=self.token, VersionStage="AWSPENDING")
         except self.sm.exceptions.ResourceNotFoundException:
+            return None
+        if response.get("SecretString") is None:
+            return None
+        try:
+            return _parse(response["SecretString"], f"pending {self.token}")
+        except RotationError:
+            return {}  # not even JSON: certainly not this rotation's value
+
+    def _reuse_pending(self, current: dict[str, Any]) -> bool:
+        """True when a value this rotation can continue with is already staged (createSecret ran
+        before); False when there is none, or a stale one that createSecret must make again."""
+        staged = self._staged_pending()
+        if staged is None:
             return False
-        return True
+        stale = self.stale_pending(staged, current)
+        if stale is None:
+            self.log(f"createSecret: version {self.token} already has a value")
+            return True
+        self.log(f"createSecret: version {self.token} holds {stale}; making it again")
+        return False
+
+    def stale_pending(self, pending: dict[str, Any], current: dict[str, Any]) -> Optional[str]:
+        """Why a staged value cannot be this rotation's new version (None when it can)."""
+        raise NotImplementedError
 
     def _put_pending(self, document: dict[str, Any]) -> None:
-        self.sm.put_secret_value(SecretId=self.secret_id, ClientRequestToken=self.token,
-                                 SecretString=json.dumps(document), VersionStages=["AWSPENDING"])
+        try:
+            self.sm.put_secret_value(SecretId=self.secret_id, ClientRequestToken=self.token,
+                                     SecretString=json.dumps(document), VersionStages=["AWSPENDING"])
+        except self.sm.exceptions.ResourceExistsException:
+            # A version's value cannot be replaced here: set the stale version aside so that the
+            # next rotation (a new token) does not find a rotation "in progress" again.
+            self._remove_pending_stage()
+            raise RotationError(f"version {self.token} holds a stale value that Secrets Manager does not let "
+                                "createSecret replace; its AWSPENDING stage was removed: rotate again") from None
 
     # --- the steps ----------------------------------------------------------------------
     def create_secret(self) -> StepResult:
@@ -272,10 +309,20 @@ class Rotation(SecretRotation):
         self.endpoint = dict(endpoint or {})
         self.master_secret_id = master_secret_id
 
+    def stale_pending(self, pending: dict[str, Any], current: dict[str, Any]) -> Optional[str]:
+        current_user = str(current.get("username", ""))
+        user, password = pending.get("username"), pending.get("password")
+        if not user or not password:
+            return "no username/password"
+        if user == current_user or password == current.get("password"):
+            return "a copy of the current credentials"
+        if user != pair_for(current_user).other(current_user):
+            return f"user {user}, not the one that alternates with {current_user}"
+        return None
+
     def create_secret(self) -> StepResult:
         _, current = self._current()
-        if self._pending_exists():
-            self.log(f"createSecret: version {self.token} already has a value")
+        if self._reuse_pending(current):
             return StepResult("createSecret", self.token, "already-done")
         current_user = str(current.get("username", ""))
         pair = pair_for(current_user)

@@ -1,5 +1,12 @@
-"""The one way scripts reach PostgreSQL: TLS required, short connect timeouts, credentials from
-a DSN or from Secrets Manager (RDS secret format), password never on a command line or in logs.
+"""The one way scripts reach PostgreSQL: TLS with the server's certificate verified
+(`sslmode=verify-full` against the RDS certificate authorities), SCRAM authentication only,
+short connect timeouts, credentials from a DSN or from Secrets Manager (RDS secret format),
+password never on a command line or in logs.
+
+The certificate authorities come, in this order, from the DSN's `sslrootcert`, from
+PGSSLROOTCERT, else from the RDS bundle shipped with the scripts (`scripts/lib/certs/`, inside
+the functions' package and the monitoring host's operations bundle): nothing is fetched at run
+time, and a missing bundle stops the connection with a message saying what to do.
 """
 
 from __future__ import annotations
@@ -7,16 +14,22 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Optional
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from scripts.lib import rds_ca
 from scripts.lib.cli import ScriptError, masker
 from scripts.lib.secrets import read_secret_json
 
-# libpq modes that would allow a plain-text connection are upgraded to `require`.
-_WEAK_SSLMODES = {"disable", "allow", "prefer", None}
+# Every libpq mode short of verifying the certificate AND the host name is raised to this one:
+# `require` alone encrypts to whoever answers, a spoofed server included.
+REQUIRED_SSLMODE = "verify-full"
+# libpq (16+) refuses any other exchange, so a server cannot ask for the password in clear.
+REQUIRED_AUTH = "scram-sha-256"
+CA_BUNDLE_ENVIRONMENT_VARIABLE = "PGSSLROOTCERT"
 CONNECT_TIMEOUT_SECONDS = 5
 # Where --dsn comes from when the option is not given: an argument is visible to every user of
 # the machine (`ps`), the environment only to the process owner. Without a password in the DSN
@@ -31,11 +44,15 @@ class DbTarget:
     dbname: str
     user: str
     password: str = ""
-    sslmode: str = "require"
     sslrootcert: Optional[str] = None
 
     def __post_init__(self) -> None:
         masker.add(self.password)
+
+    @property
+    def sslmode(self) -> str:
+        """Not a choice: the certificate and the host name are always verified."""
+        return REQUIRED_SSLMODE
 
     def with_dbname(self, dbname: str) -> DbTarget:
         return replace(self, dbname=dbname)
@@ -43,36 +60,44 @@ class DbTarget:
     def with_credentials(self, user: str, password: str) -> DbTarget:
         return replace(self, user=user, password=password)
 
+    def ca_bundle(self) -> str:
+        """The certificate authorities the server's certificate must chain to; raises when the
+        file is missing (libpq's own message would not say where the bundle comes from)."""
+        bundled = str(rds_ca.RDS_CA_BUNDLE)
+        chosen = self.sslrootcert or os.environ.get(CA_BUNDLE_ENVIRONMENT_VARIABLE) or bundled
+        if chosen != "system" and not Path(chosen).is_file():
+            if chosen == bundled:
+                raise DbConnectError(
+                    f"cannot connect to {self.describe()}: the RDS certificate bundle {bundled} is missing; "
+                    f"put AWS's {rds_ca.RDS_CA_BUNDLE_URL} there (README: TLS to the database), or name a CA file "
+                    f"with sslrootcert in the DSN or ${CA_BUNDLE_ENVIRONMENT_VARIABLE}")
+            raise DbConnectError(f"cannot connect to {self.describe()}: the CA file {chosen} does not exist")
+        return chosen
+
     def conninfo(self, application_name: str = "psychology-api-ops") -> str:
         params: dict[str, Any] = {
             "host": self.host, "port": self.port, "dbname": self.dbname, "user": self.user,
-            "password": self.password or None, "sslmode": self.sslmode,
+            "password": self.password or None, "sslmode": self.sslmode, "sslrootcert": self.ca_bundle(),
+            "require_auth": REQUIRED_AUTH,
             "connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": application_name,
         }
-        if self.sslrootcert:
-            params["sslrootcert"] = self.sslrootcert
         return make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
     def libpq_env(self) -> dict[str, str]:
         """Environment for pg_dump / pg_restore / psql: the password travels in the child's
-        environment, never in its argv (visible in `ps`)."""
+        environment, never in its argv (visible in `ps`). PGREQUIREAUTH needs a libpq 16+
+        client; older ones ignore it (and still verify the certificate)."""
         env = dict(os.environ)
         env.update({"PGHOST": self.host, "PGPORT": str(self.port), "PGDATABASE": self.dbname,
-                    "PGUSER": self.user, "PGSSLMODE": self.sslmode,
-                    "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_SECONDS)})
+                    "PGUSER": self.user, "PGSSLMODE": self.sslmode, "PGSSLROOTCERT": self.ca_bundle(),
+                    "PGREQUIREAUTH": REQUIRED_AUTH, "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_SECONDS)})
         if self.password:
             env["PGPASSWORD"] = self.password
-        if self.sslrootcert:
-            env["PGSSLROOTCERT"] = self.sslrootcert
         return env
 
     def describe(self) -> str:
         """Safe to print: no password."""
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}?sslmode={self.sslmode}"
-
-
-def _strong_sslmode(mode: Optional[str]) -> str:
-    return "require" if mode in _WEAK_SSLMODES else str(mode)
 
 
 def target_from_dsn(dsn: str, *, source: str = "--dsn") -> DbTarget:
@@ -87,7 +112,7 @@ def target_from_dsn(dsn: str, *, source: str = "--dsn") -> DbTarget:
         raise ScriptError(f"{source} lacks {', '.join(missing)}")
     return DbTarget(host=str(params["host"]), port=int(params.get("port") or 5432), dbname=str(params["dbname"]),
                     user=str(params["user"]), password=str(params.get("password") or ""),
-                    sslmode=_strong_sslmode(params.get("sslmode")),  # type: ignore[arg-type]
+                    # The DSN's sslmode is ignored: whatever it asks for, verify-full applies.
                     sslrootcert=params.get("sslrootcert"))  # type: ignore[arg-type]
 
 
@@ -140,7 +165,8 @@ def connect(target: DbTarget, *, autocommit: bool = False, application_name: str
 def add_target_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     group = parser.add_argument_group("database")
     group.add_argument("--dsn", default=None,
-                       help="PostgreSQL connection string (TLS is enforced: sslmode below 'require' is raised to it); "
+                       help="PostgreSQL connection string (TLS is verified: any sslmode is raised to verify-full, against "
+                            "the DSN's sslrootcert, else $PGSSLROOTCERT, else the RDS bundle in scripts/lib/certs/); "
                             f"default: the environment variable {DSN_ENVIRONMENT_VARIABLE}. Leave the password out of it "
                             "(an argument is visible in `ps`): libpq then reads PGPASSWORD or ~/.pgpass")
     group.add_argument("--secret-id", default=None,

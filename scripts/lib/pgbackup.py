@@ -9,7 +9,10 @@ A backup is two objects under `<prefix><database>/`:
 * `<same>.dump.manifest.json`: written only after the upload was verified. Its presence is
   what makes a backup complete; restores refuse dumps without one. It pins the dump's S3
   version, its size and SHA-256, and the row count (and checksum) of every table in the
-  snapshot that was dumped.
+  snapshot that was dumped. A manifest counts only for the bucket and dump key it names: one
+  that describes another object is refused (a restore downloads what the manifest names).
+  When looking for the newest backup, a manifest that cannot be read or does not match its
+  location is skipped and reported, so one bad object never stops restores and drills.
 """
 
 from __future__ import annotations
@@ -288,9 +291,33 @@ class Manifest:
                 raise ScriptError(f"{source}: not a complete backup manifest (version {doc.get('manifest_version')}, status {doc.get('status')})")
             doc["tables"] = [TableStat(**t) for t in doc["tables"]]
             known = set(cls.__dataclass_fields__)
-            return cls(**{k: v for k, v in doc.items() if k in known})
+            manifest = cls(**{k: v for k, v in doc.items() if k in known})
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise ScriptError(f"{source}: unreadable backup manifest ({err})") from None
+        wrong = [name for name, kind in _FIELD_TYPES.items() if not isinstance(getattr(manifest, name), kind)]
+        if wrong or not re.fullmatch(r"[0-9a-f]{64}", manifest.sha256):
+            raise ScriptError(f"{source}: unreadable backup manifest (bad {', '.join(wrong) or 'sha256'})")
+        return manifest
+
+    def check_location(self, bucket: str, key: str, source: str) -> None:
+        """A manifest is evidence only for the dump it sits next to."""
+        if (self.bucket, self.key) != (bucket, key):
+            raise ScriptError(f"{source} describes s3://{self.bucket}/{self.key}, not s3://{bucket}/{key}: "
+                              "refusing it (a manifest counts only for the dump it was written for)")
+
+
+# What restores rely on; a manifest with anything else there is not one a backup wrote.
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "bucket": str, "key": str, "database": str, "size_bytes": int, "sha256": str, "finished_at": str, "tables": list}
+
+
+@dataclass
+class SkippedManifest:
+    key: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"key": self.key, "reason": self.reason}
 
 
 def read_manifest(s3: Any, bucket: str, key: str) -> Optional[Manifest]:
@@ -304,7 +331,10 @@ def read_manifest(s3: Any, bucket: str, key: str) -> Optional[Manifest]:
         body = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
     except s3.exceptions.NoSuchKey:
         return None
-    return Manifest.from_json(body, f"s3://{bucket}/{manifest_key(key)}")
+    source = f"s3://{bucket}/{name}"
+    manifest = Manifest.from_json(body, source)
+    manifest.check_location(bucket, key, source)
+    return manifest
 
 
 def list_manifest_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
@@ -314,19 +344,39 @@ def list_manifest_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
-def complete_backups(s3: Any, bucket: str, prefix: str) -> list[Manifest]:
-    """Every backup under the prefix that has a manifest, newest first (by the time the
-    backup finished, which the manifest records to the microsecond)."""
-    manifests = []
-    for key in list_manifest_keys(s3, bucket, prefix):
+def _listed_manifest(s3: Any, bucket: str, key: str) -> Manifest:
+    source = f"s3://{bucket}/{key}"
+    try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        manifests.append(Manifest.from_json(body, f"s3://{bucket}/{key}"))
+    except s3.exceptions.ClientError as err:
+        error = err.response.get("Error", {})
+        raise ScriptError(f"{source}: cannot be read ({error.get('Code', 'error')}: {error.get('Message', '')})") from None
+    manifest = Manifest.from_json(body, source)
+    manifest.check_location(bucket, key.removesuffix(MANIFEST_SUFFIX), source)
+    return manifest
+
+
+def complete_backups(s3: Any, bucket: str, prefix: str) -> tuple[list[Manifest], list[SkippedManifest]]:
+    """Every backup under the prefix whose manifest can be read and names it, newest first (by
+    the time the backup finished, which the manifest records to the microsecond); and the
+    manifests skipped, with the reason."""
+    manifests: list[Manifest] = []
+    skipped: list[SkippedManifest] = []
+    for key in list_manifest_keys(s3, bucket, prefix):
+        try:
+            manifests.append(_listed_manifest(s3, bucket, key))
+        except ScriptError as err:
+            skipped.append(SkippedManifest(key, str(err).removeprefix(f"s3://{bucket}/{key}").lstrip(": ")))
     manifests.sort(key=lambda m: (m.finished_at, m.key), reverse=True)
-    return manifests
+    return manifests, skipped
 
 
-def latest_complete(s3: Any, bucket: str, prefix: str) -> Manifest:
-    backups = complete_backups(s3, bucket, prefix)
+def latest_complete(s3: Any, bucket: str, prefix: str) -> tuple[Manifest, list[SkippedManifest]]:
+    """The newest complete backup, and the manifests skipped on the way (unreadable, or not
+    describing the dump next to them)."""
+    backups, skipped = complete_backups(s3, bucket, prefix)
     if not backups:
-        raise ScriptError(f"no complete backup (dump with a manifest) under s3://{bucket}/{normalize_prefix(prefix)}")
-    return backups[0]
+        also = f"; {len(skipped)} manifest(s) skipped: " + "; ".join(f"{s.key}: {s.reason}" for s in skipped[:3]) \
+            if skipped else ""
+        raise ScriptError(f"no complete backup (dump with a manifest) under s3://{bucket}/{normalize_prefix(prefix)}{also}")
+    return backups[0], skipped

@@ -24,9 +24,14 @@ redisdb = redis_factories.redisdb("redis_proc")
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
+    """The session's server. Its CA is in PGSSLROOTCERT, as an operator's shell or a function's
+    environment would name it: code that builds its connection from a secret (no DSN to carry
+    sslrootcert) verifies the server against it instead of the RDS bundle."""
     server = start_postgres()
     try:
-        yield server
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("PGSSLROOTCERT", str(server.ca_file))
+            yield server
     finally:
         stop_postgres(server)
 

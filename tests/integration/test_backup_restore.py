@@ -600,3 +600,114 @@ def test_sigterm_stops_a_drill_cleanly(pg_server: PgServer, env: Env, large_db: 
     assert list(spool.iterdir()) == []
     values = metrics(textfile)
     assert values["psychology_restore_drill_last_status"] == 0 and values["psychology_restore_drill_last_success_timestamp_seconds"] == 0
+
+
+# --- bad manifests, killed restores (issue 9, item 9) --------------------------------------------
+
+def put_object(env: Env, key: str, body: bytes) -> None:
+    env.s3.put_object(Bucket=env.bucket, Key=key, Body=body, ServerSideEncryption="aws:kms", SSEKMSKeyId=env.kms_key_arn)
+
+
+def test_an_unreadable_manifest_is_skipped_and_reported(pg_server: PgServer, env: Env, make_db: Callable[..., str],
+                                                        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    source = make_db(DATASET_SQL)
+    _, good = run_json(backup.main, backup_args(pg_server, source, env), capsys)
+    # Newer than the good one, so --latest looks at it first.
+    corrupt = f"postgres/{source}/29991231T235959Z.dump"
+    put_object(env, corrupt, b"PGDMP whatever")
+    put_object(env, corrupt + MANIFEST_SUFFIX, b'{"manifest_version": 1, "status": "comp')
+    wrong_types = f"postgres/{source}/29991231T235958Z.dump"
+    rewrite = json.loads(env.s3.get_object(Bucket=env.bucket, Key=good["key"] + MANIFEST_SUFFIX)["Body"].read())
+    put_object(env, wrong_types + MANIFEST_SUFFIX, json.dumps({**rewrite, "key": wrong_types, "size_bytes": "big"}).encode())
+
+    code, restored = run_json(restore.main, restore_args(pg_server, make_db(), env, "--latest"), capsys)
+    assert code == 0 and restored["ok"] and restored["key"] == good["key"]
+    skipped = {s["key"]: s["reason"] for s in restored["skipped_manifests"]}
+    assert set(skipped) == {corrupt + MANIFEST_SUFFIX, wrong_types + MANIFEST_SUFFIX}
+    assert skipped[corrupt + MANIFEST_SUFFIX].startswith("unreadable backup manifest")
+    assert skipped[wrong_types + MANIFEST_SUFFIX] == "unreadable backup manifest (bad size_bytes)"
+
+    scratch = f"drill_{uuid.uuid4().hex[:8]}"
+    drill_args = ["--dsn", pg_server.dsn(source), "--bucket", env.bucket, "--endpoint-url", env.endpoint, "--scratch-db", scratch]
+    code, drilled = run_json(restore_drill.main, drill_args, capsys)
+    assert code == 0 and drilled["ok"] and drilled["key"] == good["key"]
+    assert {s["key"]: s["reason"] for s in drilled["skipped_manifests"]} == skipped
+    capsys.readouterr()
+    assert restore_drill.main(drill_args) == 0
+    err = capsys.readouterr().err
+    assert f"drill: skipped s3://{env.bucket}/{corrupt}{MANIFEST_SUFFIX}: unreadable backup manifest" in err
+    assert "(2 manifest(s) skipped as unreadable or misplaced, see above)" in err.strip().splitlines()[-1]
+
+
+def test_a_manifest_counts_only_for_the_dump_it_names(pg_server: PgServer, env: Env, make_db: Callable[..., str],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_db(DATASET_SQL)
+    _, good = run_json(backup.main, backup_args(pg_server, source, env), capsys)
+    # The good manifest copied next to another (newer) dump: it would restore the good dump under that name.
+    elsewhere = f"postgres/{source}/29991231T235959Z-copied.dump"
+    put_object(env, elsewhere, b"PGDMP not this one")
+    env.s3.copy_object(Bucket=env.bucket, Key=elsewhere + MANIFEST_SUFFIX,
+                       CopySource={"Bucket": env.bucket, "Key": good["key"] + MANIFEST_SUFFIX},
+                       ServerSideEncryption="aws:kms", SSEKMSKeyId=env.kms_key_arn)
+
+    target = make_db()
+    with pytest.raises(cli.ScriptError, match=rf"describes s3://{env.bucket}/{good['key']}, not s3://{env.bucket}/{elsewhere}"):
+        restore.main(restore_args(pg_server, target, env, "--key", elsewhere))
+    assert relations(pg_server.dsn(target)) == []
+    code, restored = run_json(restore.main, restore_args(pg_server, target, env, "--latest"), capsys)
+    assert code == 0 and restored["key"] == good["key"]
+    assert [s["key"] for s in restored["skipped_manifests"]] == [elsewhere + MANIFEST_SUFFIX]
+
+    # A manifest naming another bucket is refused for its own key too: the download would go there.
+    rewrite_manifest(env, good["key"], lambda doc: doc.update(bucket="someone-elses-bucket"))
+    with pytest.raises(cli.ScriptError, match="describes s3://someone-elses-bucket/"):
+        restore.main(restore_args(pg_server, make_db(), env, "--key", good["key"]))
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie nobody has reaped yet (it was re-parented when its parent died)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_kill_9_of_a_restore_takes_pg_restore_along_and_the_next_run_removes_its_spool(
+        pg_server: PgServer, env: Env, large_db: str, make_db: Callable[..., str], tmp_path: Path) -> None:
+    assert backup.main(backup_args(pg_server, large_db, env, "--no-checksums")) == 0
+    target = make_db()
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "unrelated.dump").write_text("not ours")  # other files in the directory stay
+    command = [sys.executable, "-m", "scripts.restore", *restore_args(pg_server, target, env, "--latest"),
+               "--spool-dir", str(spool)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
+        running = "select count(*) from pg_stat_activity where datname = %s and application_name = 'pg_restore'"
+        deadline = time.time() + 60
+        while time.time() < deadline and process.poll() is None and conn.execute(running, (target,)).fetchone() == (0,):
+            time.sleep(0.02)
+        children = _children(process.pid)
+        assert process.poll() is None and len(children) == 1, "pg_restore did not start"
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (_dead(children[0]) and conn.execute(running, (target,)).fetchone() == (0,)):
+            time.sleep(0.05)
+        assert _dead(children[0])
+    # pg_restore died mid-restore: its one transaction never committed.
+    assert relations(pg_server.dsn(target)) == []
+    leftovers = sorted(p.name for p in spool.iterdir())
+    assert len(leftovers) == 2 and [n for n in leftovers if n.startswith("psychology-restore-")]
+
+    again = subprocess.run(command, cwd=REPO, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                           timeout=300, check=False)
+    assert again.returncode == 0, again.stderr.decode()
+    assert b"removed 1 spool file(s) a killed restore left" in again.stderr
+    assert [p.name for p in spool.iterdir()] == ["unrelated.dump"]

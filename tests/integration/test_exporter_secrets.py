@@ -90,7 +90,7 @@ def test_boot_writes_what_the_exporters_read_and_restarts_nothing(host: Host) ->
     assert result.stdout.splitlines() == ["postgres_exporter changed", "redis_exporter changed"]
     assert host.file("pg_monitor_user") == "psychology_monitor_a" and host.file("pg_monitor_password") == "monitor-Pass-1"
     assert host.file("postgres_exporter.env").splitlines() == [
-        "DATA_SOURCE_URI=db.internal:5432/psychology?sslmode=require",
+        "DATA_SOURCE_URI=db.internal:5432/psychology?sslmode=verify-full&sslrootcert=/opt/psychology-ops/current/scripts/lib/certs/rds-global-bundle.pem",
         f"DATA_SOURCE_USER_FILE={host.secrets_dir}/pg_monitor_user",
         f"DATA_SOURCE_PASS_FILE={host.secrets_dir}/pg_monitor_password"]
     assert host.file("redis_exporter.env") == "REDIS_ADDR=rediss://master.redis.internal:6379\n"

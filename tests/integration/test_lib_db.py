@@ -26,7 +26,7 @@ from tests.services import MotoServer, PgServer
 
 def test_dsn_is_forced_to_tls(pg_server: PgServer, database: str) -> None:
     target = target_from_dsn(pg_server.dsn(database, sslmode="disable"))
-    assert target.sslmode == "require"
+    assert target.sslmode == "verify-full"
     with connect(target) as conn:
         assert conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone() == (True,)
     assert pg_server.password not in target.describe()
@@ -59,7 +59,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def passwordless_dsn(pg_server: PgServer, database: str) -> str:
-    return f"postgresql://{pg_server.superuser}@{pg_server.host}:{pg_server.port}/{database}?sslmode=require"
+    return (f"postgresql://{pg_server.superuser}@{pg_server.host}:{pg_server.port}/{database}?sslmode=require"
+            f"&sslrootcert={pg_server.ca_file}")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -8,7 +8,9 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,6 +19,7 @@ from scripts.dbops.migrations import (
     ADVISORY_LOCK_KEY,
     QUALIFIED_TABLE,
     MigrationFailed,
+    Timeouts,
     load_migrations,
     migrate,
     migration_status,
@@ -223,3 +226,163 @@ def test_cli_by_hand(pg_server: PgServer, database: str, migrations_copy: Path) 
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: migration 0100_broken.sql failed") and "SQLSTATE 22012" in last
     assert pg_server.password not in failed.stderr + failed.stdout
+
+
+# --- locks, timeouts and history checks (issue 9, item 6) ---------------------------------------
+
+FAST = Timeouts(lock_timeout_seconds=0.2, lock_attempts=3, statement_timeout_seconds=30, retry_wait_seconds=0.05)
+
+
+@pytest.fixture
+def busy_table(admin_target: DbTarget, migrations_copy: Path) -> Iterator[psycopg.Connection]:
+    """A migrated database with a table that a long application transaction is reading: the
+    connection yielded holds its ACCESS SHARE lock until it commits."""
+    (migrations_copy / "0100_busy.sql").write_text("CREATE TABLE busy (id int);\n")
+    migrate(admin_target, migrations_copy)
+    holder = psycopg.connect(admin_target.conninfo())
+    holder.execute("SELECT count(*) FROM busy").fetchone()
+    try:
+        yield holder
+    finally:
+        holder.close()
+
+
+def test_ddl_behind_a_long_transaction_gives_up_after_bounded_retries(admin_target: DbTarget, migrations_copy: Path,
+                                                                      busy_table: psycopg.Connection) -> None:
+    (migrations_copy / "0101_alter_busy.sql").write_text("ALTER TABLE busy ADD COLUMN note text;\n")
+    lines: list[str] = []
+    with pytest.raises(MigrationFailed) as failed:
+        migrate(admin_target, migrations_copy, timeouts=FAST, log=lines.append)
+    message = str(failed.value)
+    assert message.startswith("migration 0101_alter_busy.sql could not get its locks: lock_timeout (0.2 s) reached in all "
+                              "3 attempts") and "nothing of it was applied" in message and "\n" not in message
+    assert [line for line in lines if "lock_timeout (0.2 s) reached" in line] == [
+        "0101_alter_busy.sql: lock_timeout (0.2 s) reached, attempt 1 of 3; trying again in 0.05 s",
+        "0101_alter_busy.sql: lock_timeout (0.2 s) reached, attempt 2 of 3; trying again in 0.1 s"]
+    assert 101 not in [r[0] for r in records(admin_target)]
+    with connect(admin_target) as conn:  # nothing is left waiting in the lock queue
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'busy'").fetchone() == (1,)
+
+
+def test_ddl_succeeds_when_the_lock_is_released_between_retries(admin_target: DbTarget, migrations_copy: Path,
+                                                                busy_table: psycopg.Connection) -> None:
+    (migrations_copy / "0101_alter_busy.sql").write_text("ALTER TABLE busy ADD COLUMN note text;\n")
+
+    def log(line: str) -> None:
+        if "attempt 1 of 3" in line:
+            busy_table.commit()  # the application's transaction ends while the migration waits to retry
+
+    result = migrate(admin_target, migrations_copy, timeouts=FAST, log=log)
+    assert [a["file"] for a in result.applied] == ["0101_alter_busy.sql"]
+    assert records(admin_target)[-1][0] == 101
+
+
+def test_no_transaction_files_retry_the_statement_that_timed_out(admin_target: DbTarget, migrations_copy: Path,
+                                                                 busy_table: psycopg.Connection) -> None:
+    (migrations_copy / "0101_index.sql").write_text(
+        "-- migrate: no-transaction\nCREATE TABLE other (id int);\nALTER TABLE busy ADD COLUMN note text;\n")
+    with pytest.raises(MigrationFailed, match=r"could not get its locks.*statement 2 of 2; statements before it stay applied"):
+        migrate(admin_target, migrations_copy, timeouts=FAST)
+    assert table_exists(admin_target, "other")
+    busy_table.commit()
+    (migrations_copy / "0101_index.sql").write_text(
+        "-- migrate: no-transaction\nCREATE TABLE IF NOT EXISTS other (id int);\nALTER TABLE busy ADD COLUMN note text;\n")
+    assert [a["file"] for a in migrate(admin_target, migrations_copy, timeouts=FAST).applied] == ["0101_index.sql"]
+
+
+def test_a_statement_running_too_long_is_cancelled(admin_target: DbTarget, migrations_copy: Path) -> None:
+    (migrations_copy / "0100_slow.sql").write_text("CREATE TABLE never_kept (id int);\nSELECT pg_sleep(5);\n")
+    short = Timeouts(lock_timeout_seconds=1, lock_attempts=1, statement_timeout_seconds=0.3)
+    with pytest.raises(MigrationFailed, match="SQLSTATE 57014: canceling statement due to statement timeout"):
+        migrate(admin_target, migrations_copy, timeouts=short)
+    assert not table_exists(admin_target, "never_kept")
+
+
+def test_the_cli_and_the_function_take_the_lock_settings(pg_server: PgServer, database: str, migrations_copy: Path,
+                                                         busy_table: psycopg.Connection, function_env: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from scripts.dbops import handlers
+
+    (migrations_copy / "0101_alter_busy.sql").write_text("ALTER TABLE busy ADD COLUMN note text;\n")
+    base = [sys.executable, "-m", "scripts.migrate", "--dsn", pg_server.dsn(database), "--dir", str(migrations_copy)]
+    run = subprocess.run([*base, "--lock-timeout", "0.2", "--lock-attempts", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        "error: migration 0101_alter_busy.sql could not get its locks: lock_timeout (0.2 s) reached in all 2 attempts")
+    usage = subprocess.run([*base, "--lock-attempts", "0"], cwd=ROOT, capture_output=True, text=True)
+    assert usage.returncode == 2 and "lock attempts must be at least 1" in usage.stderr
+
+    monkeypatch.setenv("MIGRATIONS_DIR", str(migrations_copy))
+    monkeypatch.setenv("MIGRATION_LOCK_TIMEOUT_SECONDS", "0.2")
+    monkeypatch.setenv("MIGRATION_LOCK_ATTEMPTS", "2")
+    answer = handlers.migrate_handler({})
+    assert answer["ok"] is False and "reached in all 2 attempts" in answer["error"]
+    answer = handlers.migrate_handler({"lock_attempts": 1})  # the event wins over the environment
+    assert answer["ok"] is False and "reached in all 1 attempts" in answer["error"]
+
+
+def test_a_file_that_is_not_utf8_is_refused_by_name(pg_server: PgServer, database: str, admin_target: DbTarget,
+                                                    migrations_copy: Path, function_env: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from scripts.dbops import handlers
+
+    (migrations_copy / "0100_latin1.sql").write_bytes("INSERT INTO t VALUES ('Gr\u00fc\u00dfe');\n".encode("latin-1"))
+    with pytest.raises(cli.ScriptError, match=r"^0100_latin1\.sql: not UTF-8 text \(byte 0xfc at offset 25\)"):
+        migrate(admin_target, migrations_copy)
+    run = subprocess.run([sys.executable, "-m", "scripts.migrate", "--dsn", pg_server.dsn(database), "--dir",
+                          str(migrations_copy)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith("error: 0100_latin1.sql: not UTF-8 text")
+    monkeypatch.setenv("MIGRATIONS_DIR", str(migrations_copy))
+    answer = handlers.migrate_handler({})
+    assert answer["ok"] is False and answer["error"].startswith("0100_latin1.sql: not UTF-8 text")
+
+
+def test_an_empty_directory_against_applied_versions_fails(pg_server: PgServer, database: str, migrated: DbTarget,
+                                                           tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for dry_run in (True, False):
+        with pytest.raises(cli.ScriptError, match=rf"^no migration files in {empty}, but the database records 4 applied"):
+            migrate(migrated, empty, dry_run=dry_run)
+    run = subprocess.run([sys.executable, "-m", "scripts.migrate", "--dsn", pg_server.dsn(database), "--dir", str(empty)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 1 and "error: no migration files in" in run.stderr
+
+
+def test_a_file_older_than_the_latest_applied_needs_permission(pg_server: PgServer, database: str, admin_target: DbTarget,
+                                                              migrations_copy: Path) -> None:
+    (migrations_copy / "0102_later.sql").write_text("CREATE TABLE later (id int);\n")
+    migrate(admin_target, migrations_copy)
+    (migrations_copy / "0101_forgotten.sql").write_text("CREATE TABLE forgotten (id int);\n")
+    with pytest.raises(cli.ScriptError, match=r"^0101_forgotten\.sql is older than the latest applied version "
+                                              r"0102_later and would run out of order"):
+        migrate(admin_target, migrations_copy)
+    assert not table_exists(admin_target, "forgotten")
+    base = [sys.executable, "-m", "scripts.migrate", "--dsn", pg_server.dsn(database), "--dir", str(migrations_copy), "--json"]
+    refused = subprocess.run(base, cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 1 and "--allow-out-of-order" in refused.stderr.strip().splitlines()[-1]
+    allowed = subprocess.run([*base, "--allow-out-of-order"], cwd=ROOT, capture_output=True, text=True)
+    assert allowed.returncode == 0, allowed.stderr
+    assert [a["file"] for a in json.loads(allowed.stdout)["applied"]] == ["0101_forgotten.sql"]
+
+
+def test_a_renamed_applied_file_is_reported(pg_server: PgServer, database: str, admin_target: DbTarget,
+                                            migrations_copy: Path) -> None:
+    (migrations_copy / "0100_first_name.sql").write_text("CREATE TABLE named (id int);\n")
+    migrate(admin_target, migrations_copy)
+    (migrations_copy / "0100_first_name.sql").rename(migrations_copy / "0100_second_name.sql")
+    lines: list[str] = []
+    result = migrate(admin_target, migrations_copy, log=lines.append)
+    assert result.applied == [] and result.renamed == [
+        {"version": 100, "recorded_name": "0100_first_name.sql", "file": "0100_second_name.sql"}]
+    assert "0100_second_name.sql was applied as 0100_first_name.sql (renamed since; the record keeps the old name)" in lines
+    run = subprocess.run([sys.executable, "-m", "scripts.migrate", "--dsn", pg_server.dsn(database), "--dir",
+                          str(migrations_copy), "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and json.loads(run.stdout)["renamed"] == result.renamed
+    assert "was applied as 0100_first_name.sql" in run.stderr
+
+    # Renamed to another version, it would run a second time.
+    (migrations_copy / "0100_second_name.sql").rename(migrations_copy / "0105_first_name.sql")
+    with pytest.raises(cli.ScriptError, match=r"^0105_first_name\.sql has the contents of the applied 0100_first_name\.sql"):
+        migrate(admin_target, migrations_copy)

@@ -391,3 +391,20 @@ def test_rotate_cli_on_the_redis_secret(sm: Any, redis_secret: str, aws_env: Mot
     everything = created.stdout + created.stderr + tested.stdout + tested.stderr + no_group.stdout + no_group.stderr
     assert pending not in everything and FIRST_TOKEN not in everything
     assert local_redis.accepts(FIRST_TOKEN) and not local_redis.accepts(pending)
+
+
+def test_a_stale_pending_copy_of_the_current_token_is_made_again(
+        sm: Any, moto_lambda: MotoServer, redis_secret: str, acl_tokens: RedisAclTokens, local_redis: LocalRedis) -> None:
+    """RotateImmediately=false on moto leaves AWSPENDING on a copy of the current version; a
+    rotation with that token makes a new token instead of wedging at setSecret."""
+    function_arn = create_function(moto_lambda.endpoint_url, ROTATION_FUNCTION)
+    sm.rotate_secret(SecretId=redis_secret, RotationLambdaARN=function_arn, RotationRules={"AutomaticallyAfterDays": 90},
+                     RotateImmediately=False)
+    stale = next(v for v, s in stages(sm, redis_secret).items() if "AWSPENDING" in s and "AWSCURRENT" not in s)
+    assert read_json(sm, redis_secret, VersionId=stale)["auth_token"] == FIRST_TOKEN
+    for step in STEPS:
+        rotation(sm, redis_secret, stale, acl_tokens, local_redis).run(step)
+    new = token_of(sm, redis_secret)
+    assert version_with(sm, redis_secret, "AWSCURRENT") == stale and new != FIRST_TOKEN
+    assert local_redis.accepts(new) and local_redis.accepts(FIRST_TOKEN)
+    assert acl_tokens.changes() == [("rotate_in", new)]

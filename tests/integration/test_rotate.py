@@ -228,3 +228,43 @@ def test_rotate_all_in_process(sm: Any, app_ready: DbSecrets) -> None:
     stage_rotation(app_ready.app_arn)
     with pytest.raises(RotationError, match="already in progress"):
         rotate_all(sm, app_ready.app_arn, token="2" * 36)
+
+
+@pytest.fixture
+def stale_pending(sm: Any, moto_lambda: MotoServer, app_ready: DbSecrets) -> tuple[str, str]:
+    """Rotation switched on with RotateImmediately=false and the AWSPENDING version moto leaves
+    behind: a copy of AWSCURRENT (same user, same password). Yields (secret, that version)."""
+    from tests.integration.dbops_fixtures import ROTATION_FUNCTION
+    from tests.integration.dbops_support import create_function
+
+    secret = app_ready.app_arn
+    sm.rotate_secret(SecretId=secret, RotationLambdaARN=create_function(moto_lambda.endpoint_url, ROTATION_FUNCTION),
+                     RotationRules={"AutomaticallyAfterDays": 90}, RotateImmediately=False)
+    stale = next(v for v, s in stages(sm, secret).items() if "AWSPENDING" in s and "AWSCURRENT" not in s)
+    assert read_json(sm, secret, VersionId=stale) == read_json(sm, secret)  # the copy that used to wedge setSecret
+    return secret, stale
+
+
+def test_a_stale_pending_copy_of_the_current_user_is_made_again(
+        sm: Any, stale_pending: tuple[str, str], function_env: DbSecrets) -> None:
+    secret, stale = stale_pending
+    before = creds(sm, secret)
+    for step in STEPS:  # Secrets Manager retrying the rotation in progress, with its token
+        handlers.rotation_handler(event(secret, stale, step))
+    current = creds(sm, secret)
+    assert version_with(sm, secret, "AWSCURRENT") == stale
+    assert current.user == "psychology_app_b" and current.password != before.password
+    assert can_log_in(current) and can_log_in(creds(sm, secret, "AWSPREVIOUS")) and can_log_in(before)
+    assert not any("AWSPENDING" in s for s in stages(sm, secret).values())
+
+
+def test_a_rotation_by_hand_finishes_past_a_stale_pending_version(
+        sm: Any, stale_pending: tuple[str, str], function_env: DbSecrets) -> None:
+    """`scripts.rotate` picks up the version in progress, which is the stale copy."""
+    secret, stale = stale_pending
+    lines: list[str] = []
+    results = rotate_all(sm, secret, master_secret_id=function_env.master_arn, log=lines.append)
+    assert [r.outcome for r in results] == ["done"] * 4 and {r.token for r in results} == {stale}
+    assert any(line.startswith(f"createSecret: version {stale} holds a copy of the current credentials; making it again")
+               for line in lines)
+    assert creds(sm, secret).user == "psychology_app_b" and can_log_in(creds(sm, secret))

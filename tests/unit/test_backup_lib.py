@@ -110,3 +110,43 @@ def test_metric_names_are_the_contract() -> None:
     assert [g.name for g in DRILL_GAUGES] == [
         "psychology_restore_drill_last_run_timestamp_seconds", "psychology_restore_drill_last_success_timestamp_seconds",
         "psychology_restore_drill_last_status"]
+
+
+def test_stale_spools_go_only_when_no_other_restore_uses_the_directory(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A killed restore's spool file is removed at the next start; a running restore's (it holds
+    the directory's shared lock) is not, nor anything that is not a spool file of this user."""
+    import fcntl
+    import os
+
+    from scripts.restore import spool_directory
+
+    stale = tmp_path / "psychology-restore-abc123.dump"
+    stale.write_bytes(b"PGDMP left by a killed run")
+    (tmp_path / "psychology-restore-dir.dump").mkdir()
+    (tmp_path / "psychology-restore-link.dump").symlink_to(tmp_path / "target.txt")
+    (tmp_path / "target.txt").write_text("kept")
+    (tmp_path / "notes.dump").write_text("kept")
+    keep = {"psychology-restore-dir.dump", "psychology-restore-link.dump", "target.txt", "notes.dump"}
+
+    running = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # another restore, still running
+    fcntl.flock(running, fcntl.LOCK_SH)
+    try:
+        with spool_directory(str(tmp_path)) as directory:
+            assert directory == str(tmp_path)
+        assert stale.exists()
+        assert "another restore is using" in capsys.readouterr().err
+    finally:
+        os.close(running)
+
+    with spool_directory(str(tmp_path)):
+        assert {p.name for p in tmp_path.iterdir()} == keep
+    assert "removed 1 spool file(s) a killed restore left" in capsys.readouterr().err
+
+
+def test_a_missing_spool_directory_is_one_line(tmp_path: Path) -> None:
+    from scripts.restore import spool_directory
+
+    with pytest.raises(cli.ScriptError, match=r"^spool directory .*/absent: No such file or directory$"):
+        with spool_directory(str(tmp_path / "absent")):
+            pass

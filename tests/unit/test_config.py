@@ -128,6 +128,11 @@ BAD_VALUES = [
     ("staging", {"monitoringVolumeGb": "5"}, "monitoringVolumeGb", "20 to 16384"),
     ("staging", {"backupSchedule": "daily; rm -rf /"}, "backupSchedule", "OnCalendar"),
     ("staging", {"maintenance": "maybe"}, "maintenance", "true or false"),
+    ("staging", {"migrationLockTimeoutSeconds": "0"}, "migrationLockTimeoutSeconds", "1 to 60"),
+    ("staging", {"migrationLockAttempts": "11"}, "migrationLockAttempts", "1 to 10"),
+    ("staging", {"migrationStatementTimeoutSeconds": "5"}, "migrationStatementTimeoutSeconds", "10 to 600"),
+    ("staging", {"migrationLockTimeoutSeconds": "60", "migrationLockAttempts": "5"}, "migrationStatementTimeoutSeconds",
+     "at most 540 with 300 s of lock waits"),
 ]
 
 

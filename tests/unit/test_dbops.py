@@ -109,7 +109,10 @@ def test_environment_holds_arns_and_endpoint_only(plan: Plan) -> None:
     endpoint = {"DB_HOST": db_host(plan), "DB_PORT": "5432", "DB_NAME": "psychology"}
     redis_endpoint = {"REDIS_REPLICATION_GROUP_ID": f"psychology-api-{plan.stack}-redis",
                       "REDIS_HOST": plan.outputs["redis_endpoint"], "REDIS_PORT": "6379"}
-    assert env["dbops-migrate"] == {"MASTER_SECRET_ARN": master, "APP_DB_SECRET_ARN": app, "MONITOR_DB_SECRET_ARN": monitor, **endpoint}
+    migration = {"MIGRATION_LOCK_TIMEOUT_SECONDS": "5", "MIGRATION_LOCK_ATTEMPTS": "5",
+                 "MIGRATION_STATEMENT_TIMEOUT_SECONDS": "600"}
+    assert env["dbops-migrate"] == {"MASTER_SECRET_ARN": master, "APP_DB_SECRET_ARN": app, "MONITOR_DB_SECRET_ARN": monitor,
+                                    **endpoint, **migration}
     assert env["dbops-health"] == {"APP_DB_SECRET_ARN": app, "REDIS_SECRET_ARN": redis, **endpoint}
     assert env["dbops-rotate"] == {"MASTER_SECRET_ARN": master, **endpoint}
     # The group comes from the environment, never from a secret: the role may change only it.
@@ -117,7 +120,7 @@ def test_environment_holds_arns_and_endpoint_only(plan: Plan) -> None:
     for variables in env.values():
         for key, value in variables.items():
             assert "PASSWORD" not in key and "TOKEN" not in key and "[secret]" not in value
-            assert value.startswith("arn:aws:secretsmanager:") or key in endpoint or key in redis_endpoint
+            assert value.startswith("arn:aws:secretsmanager:") or key in endpoint or key in redis_endpoint or key in migration
 
 
 def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
@@ -247,6 +250,14 @@ def test_rotation_period_follows_the_config() -> None:
     rotations = plan.of_type(ROTATION)
     assert len(rotations) == 3
     assert all(r.inputs["rotationRules"] == {"automaticallyAfterDays": 30} for r in rotations)
+
+
+def test_migration_timeouts_follow_the_config() -> None:
+    plan = run_program("staging", overrides={"migrationLockTimeoutSeconds": 3, "migrationLockAttempts": 4,
+                                             "migrationStatementTimeoutSeconds": 300})
+    variables = plan.named("dbops-migrate").inputs["environment"]["variables"]
+    assert {k: v for k, v in variables.items() if k.startswith("MIGRATION_")} == {
+        "MIGRATION_LOCK_TIMEOUT_SECONDS": "3", "MIGRATION_LOCK_ATTEMPTS": "4", "MIGRATION_STATEMENT_TIMEOUT_SECONDS": "300"}
 
 
 def test_network_path_to_the_secrets_manager_api(plan: Plan) -> None:

@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import ast
 import base64
+import functools
 import gzip
+import hashlib
+import http.server
 import json
+import os
 import re
 import shutil
+import ssl
+import stat
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +29,14 @@ import yaml
 from components.hostconfig import (
     NODE_EXPORTER_SHA256,
     NODE_EXPORTER_VERSION,
+    RDS_CA_BUNDLE_PATH,
     ApiHostSettings,
     render_api_files,
 )
 from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data
 from infra.mock_engine import Plan, run_program
+from scripts.lib import rds_ca
+from tests.services import self_signed_certificate
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
 # Created on the host at boot (the release's virtualenv, the downloaded node_exporter, the
@@ -206,6 +218,90 @@ def test_bootstrap_uses_imdsv2_and_pinned_node_exporter(host: HostFiles) -> None
     assert "/var/lib/node_exporter/textfile" in bootstrap
 
 
+# --- TLS to the database: the RDS certificate authorities -------------------------------------
+
+def test_the_app_verifies_the_database_certificate(host: HostFiles) -> None:
+    """verify-full against the bundle the bootstrap installs, for the app's settings and for
+    libpq itself (PG* variables), SCRAM only."""
+    env = dict(line.split("=", 1) for line in host.text("/etc/psychology-api/settings.env").splitlines()
+               if line and not line.startswith("#"))
+    assert {k: env.get(k) for k in ("DB_SSLROOTCERT", "PGSSLROOTCERT", "PGSSLMODE", "PGREQUIREAUTH")} == {
+        "DB_SSLROOTCERT": RDS_CA_BUNDLE_PATH, "PGSSLROOTCERT": RDS_CA_BUNDLE_PATH, "PGSSLMODE": "verify-full",
+        "PGREQUIREAUTH": "scram-sha-256"}
+    bootstrap = host.text("/usr/local/sbin/psychology-api-bootstrap")
+    assert f'RDS_CA_BUNDLE_URL="{rds_ca.RDS_CA_BUNDLE_URL}"' in bootstrap
+    assert f'RDS_CA_BUNDLE_SHA256="{rds_ca.bundle_sha256() or ""}"' in bootstrap
+    main = bootstrap[bootstrap.index("main() {"):]
+    assert main.index("install_rds_ca_bundle") < main.index("psychology-api.service")
+
+
+@contextmanager
+def https_server(directory: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
+    """A local HTTPS server for `directory`, standing in for AWS's trust store."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(certificate[0]), str(certificate[1]))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def install_bundle(host: HostFiles, tmp_path: Path, url: str, sha256: str, cert: Path) -> subprocess.CompletedProcess[str]:
+    """The bootstrap's install_rds_ca_bundle, run by real bash, curl and sha256sum."""
+    require("curl")
+    bootstrap = host.text("/usr/local/sbin/psychology-api-bootstrap")
+    start = bootstrap.index("install_rds_ca_bundle() {")
+    function = bootstrap[start:bootstrap.index("\n}\n", start) + 3]
+    runner = tmp_path / "install.sh"
+    runner.write_text(f'set -euo pipefail\nlog() {{ echo "$*" >&2; }}\nRDS_CA_BUNDLE_URL="{url}"\n'
+                      f'RDS_CA_BUNDLE_SHA256="{sha256}"\nRDS_CA_BUNDLE_PATH="{tmp_path}/installed.pem"\n'
+                      f"{function}\ninstall_rds_ca_bundle\n")
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path / "tmp"), "CURL_CA_BUNDLE": str(cert)}
+    return subprocess.run(["bash", str(runner)], capture_output=True, text=True, env=env, check=False, timeout=60)
+
+
+def test_the_bootstrap_installs_only_the_pinned_bundle(host: HostFiles, tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    certificate = self_signed_certificate(tmp_path)
+    bundle = served / "global-bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\ninvented test content\n-----END CERTIFICATE-----\n")
+    pin = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    with https_server(served, certificate) as base:
+        url = f"{base}/global-bundle.pem"
+        installed = install_bundle(host, tmp_path, url, pin, certificate[0])
+        assert installed.returncode == 0, installed.stderr
+        assert (tmp_path / "installed.pem").read_bytes() == bundle.read_bytes()
+        assert stat.S_IMODE((tmp_path / "installed.pem").stat().st_mode) == 0o644
+        (tmp_path / "installed.pem").unlink()
+
+        bundle.write_text(bundle.read_text() + "-----BEGIN CERTIFICATE-----\nan added authority\n-----END CERTIFICATE-----\n")
+        tampered = install_bundle(host, tmp_path, url, pin, certificate[0])
+        assert tampered.returncode == 1 and "does not match the pinned SHA-256" in tampered.stderr
+        assert not (tmp_path / "installed.pem").exists()
+
+    unpinned = install_bundle(host, tmp_path, "https://127.0.0.1:9/never-fetched.pem", "", certificate[0])
+    assert unpinned.returncode == 1 and "no RDS CA bundle is pinned" in unpinned.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []  # no download left behind
+
+
+def test_the_pin_is_the_sha256_of_the_copy_in_the_repository(host: HostFiles, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "rds-global-bundle.pem"
+    copy.write_text("-----BEGIN CERTIFICATE-----\ninvented test content\n-----END CERTIFICATE-----\n")
+    monkeypatch.setattr(rds_ca, "RDS_CA_BUNDLE", copy)
+    rendered = {f.path: f.content for f in render_api_files(settings_from(host))}
+    bootstrap = rendered["/usr/local/sbin/psychology-api-bootstrap"]
+    assert f'RDS_CA_BUNDLE_SHA256="{hashlib.sha256(copy.read_bytes()).hexdigest()}"' in bootstrap
+
+
 def env_lines(host: HostFiles, secret: dict[str, Any], program: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """Run one of the script's jq programs (real jq) on a secret document."""
     require("jq")
@@ -242,7 +338,7 @@ def test_database_and_redis_secrets_map_to_the_contract(host: HostFiles, tmp_pat
     names = ["DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_SSLMODE"]
     assert sourced(result.stdout, tmp_path, names) == {
         "DB_HOST": "db.internal", "DB_PORT": "5432", "DB_NAME": "psychology", "DB_USER": "app_b",
-        "DB_PASSWORD": HARD, "DB_SSLMODE": "require"}
+        "DB_PASSWORD": HARD, "DB_SSLMODE": "verify-full"}
 
     redis = {"host": "master.redis.internal", "port": 6379, "auth_token": "to:k/en#?", "tls": True}
     result = env_lines(host, redis, "JQ_REDIS", tmp_path)

@@ -132,3 +132,36 @@ def test_the_release_trigger_follows_the_contents_not_the_compression(monkeypatc
             assert staging.named(function).inputs["codeSha256"] == default.code_sha256
     finally:
         fast.path.unlink(missing_ok=True)
+
+
+def test_the_rds_ca_bundle_travels_in_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The functions verify the database against the bundle in scripts/lib/certs/, inside their
+    package: nothing is downloaded at run time."""
+    import shutil
+
+    import components.lambda_package as lp
+
+    scratch = tmp_path / "root"
+    for entry in ("scripts/__init__.py", "scripts/lib", "scripts/dbops", "migrations"):
+        source, target = ROOT / entry, scratch / entry
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.write_bytes(source.read_bytes())
+    bundle = scratch / "scripts" / "lib" / "certs" / "rds-global-bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\ninvented test content\n-----END CERTIFICATE-----\n")
+    monkeypatch.setattr(lp, "ROOT", scratch)
+    package = lp.build_lambda_package()
+    try:
+        with zipfile.ZipFile(package.path) as archive:
+            archive.extractall(tmp_path / "unpacked")
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); from scripts.lib import rds_ca; "
+                "print(rds_ca.RDS_CA_BUNDLE.relative_to(sys.argv[1]), rds_ca.bundle_sha256())")
+        result = subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path / "unpacked")], capture_output=True,
+                                text=True, env={"PATH": os.environ.get("PATH", "")}, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["scripts/lib/certs/rds-global-bundle.pem",
+                                         hashlib.sha256(bundle.read_bytes()).hexdigest()]
+    finally:
+        package.path.unlink(missing_ok=True)

@@ -439,6 +439,23 @@ def test_ops_bundle_is_encrypted_and_carries_scripts_rules_and_dashboards(plan: 
     assert not [m for m in members if "__pycache__" in m]
 
 
+def test_backups_drills_and_the_exporter_verify_the_database(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RDS bundle travels in the operations bundle, where the scripts look for it; the
+    exporter names the same file with sslmode=verify-full."""
+    from components import monitoring_render
+    from scripts.lib import rds_ca
+
+    copy = tmp_path / "rds-global-bundle.pem"
+    copy.write_text("-----BEGIN CERTIFICATE-----\ninvented test content\n-----END CERTIFICATE-----\n")
+    monkeypatch.setattr(rds_ca, "RDS_CA_BUNDLE", copy)
+    files = monitoring_render.bundle_files()
+    assert files["scripts/lib/certs/rds-global-bundle.pem"] == copy.read_text()
+    assert "scripts/lib/rds_ca.py" in files
+    assert monitoring_render.DB_CA_BUNDLE == f"{monitoring_render.OPS_DIR}/current/scripts/lib/certs/rds-global-bundle.pem"
+    monkeypatch.setattr(rds_ca, "RDS_CA_BUNDLE", tmp_path / "absent.pem")
+    assert "scripts/lib/certs/rds-global-bundle.pem" not in monitoring_render.bundle_files()
+
+
 # --- alerts topic ---------------------------------------------------------------------------------
 
 def test_alerts_topic_is_encrypted_with_the_data_key(plan: Plan) -> None:
