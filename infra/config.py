@@ -558,6 +558,33 @@ def _read_raw(config: pulumi.Config, aws_config: pulumi.Config) -> dict[str, Any
     return raw
 
 
+def missing_material_problems() -> list[Problem]:
+    """Files an operator adds before the first real `up` (README: TLS to the database)."""
+    from scripts.lib import rds_ca
+
+    if rds_ca.bundle_sha256() is not None:
+        return []
+    return [Problem(rds_ca.PACKAGE_PATH, None, "missing: add AWS's RDS CA bundle (README: TLS to the database); "
+                    "every database client verifies the server against it and refuses to connect without it",
+                    show_value=False)]
+
+
+def _readiness(cfg: StackConfig, refuse: bool) -> list[Problem]:
+    """Problems that stop `pulumi preview/up` (refuse) and are warnings otherwise: placeholders
+    for prod (a warning for staging), a missing RDS CA bundle for every stack."""
+    placeholders = placeholder_problems(cfg)
+    material = missing_material_problems()
+    consequence = ("`pulumi preview/up` refuses it for prod" if cfg.is_prod
+                   else "fine for a trial stack, replace it before real use")
+    for problem in placeholders:
+        pulumi.log.warn(f"placeholder value {problem.key} = {json.dumps(value_for_display(problem.value))}: {consequence}")
+    for problem in material:
+        pulumi.log.warn(f"{problem}: `pulumi preview/up` refuses to deploy without it")
+    if not refuse:
+        return []
+    return material + (placeholders if cfg.is_prod else [])
+
+
 def _all_config_keys() -> set[str]:
     """Every key the engine passed to the program, declared or not."""
     return set(pulumi.runtime.config.CONFIG.get()) | set(pulumi.runtime.config.get_config_env())
@@ -567,8 +594,9 @@ def load_stack_config(placeholders: Literal["refuse", "warn"] = "refuse") -> tup
     """Read and validate the stack's configuration. Raises ConfigError; registers nothing.
 
     Documented placeholder values (README, Pulumi.yaml) are refused for prod and reported as
-    warnings for staging; the offline plan asks for warnings only (placeholders="warn"),
-    because it reviews the program, not the operator's settings."""
+    warnings for staging, a missing RDS CA bundle is refused for every stack; the offline plan
+    asks for warnings only (placeholders="warn"), because it reviews the program, not the
+    operator's settings and files."""
     config = pulumi.Config(PROJECT)
     unknown = unknown_key_problems(k for k in _all_config_keys() if k.startswith(f"{PROJECT}:"))
     if unknown:
@@ -581,14 +609,7 @@ def load_stack_config(placeholders: Literal["refuse", "warn"] = "refuse") -> tup
     except ConfigError as err:
         problems.extend(err.problems)
     if cfg_or_error is not None:
-        found = placeholder_problems(cfg_or_error)
-        if cfg_or_error.is_prod and placeholders == "refuse":
-            problems.extend(found)
-        consequence = ("`pulumi preview/up` refuses it for prod" if cfg_or_error.is_prod
-                       else "fine for a trial stack, replace it before real use")
-        for problem in found:
-            pulumi.log.warn(f"placeholder value {problem.key} = {json.dumps(value_for_display(problem.value))}: "
-                            f"{consequence}")
+        problems.extend(_readiness(cfg_or_error, refuse=placeholders == "refuse"))
 
     secrets: dict[str, Optional[pulumi.Output[str]]] = {}
     for key in SECRET_KEYS:

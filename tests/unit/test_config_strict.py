@@ -13,6 +13,16 @@ from infra.config import ConfigError
 from infra.mock_engine import ROOT_DIR, StackFileError, run_program
 from infra.program import main
 from scripts import plan as plan_cli
+from scripts.lib import rds_ca
+
+
+@pytest.fixture
+def rds_ca_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The operator's copy of AWS's RDS CA bundle (any PEM will do for the program)."""
+    bundle = tmp_path / "rds-global-bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n")
+    monkeypatch.setattr(rds_ca, "RDS_CA_BUNDLE", bundle)
+    return bundle
 
 
 def stack_file(tmp_path: Path, stack: str, replace: tuple[str, str] = ("", ""), append: str = "") -> Path:
@@ -82,7 +92,7 @@ def test_a_file_that_is_not_a_yaml_mapping_exits_2_naming_file_and_line(
     assert len(err) == 1 and err[0].startswith(message), err
 
 
-def test_prod_refuses_the_documented_placeholders_under_the_real_entry_point() -> None:
+def test_prod_refuses_the_documented_placeholders_under_the_real_entry_point(rds_ca_bundle: Path) -> None:
     """`pulumi up` runs infra/__main__.py: the checked-in prod file still holds the example
     domain and zone, and that run stops before registering anything."""
     entry = str(ROOT_DIR / "infra" / "__main__.py")
@@ -96,7 +106,7 @@ def test_prod_refuses_the_documented_placeholders_under_the_real_entry_point() -
         "your own value, not a documented placeholder (the Route 53 zone of domainName)"]
 
 
-def test_prod_with_its_own_values_passes_the_placeholder_rule() -> None:
+def test_prod_with_its_own_values_passes_the_placeholder_rule(rds_ca_bundle: Path) -> None:
     plan = run_program("prod", overrides={"domainName": "api.psychology-platform.de", "hostedZoneId": "Z08154711ABCDEF"},
                        program=lambda: main(placeholders="refuse"))
     assert plan.warnings == []
@@ -105,7 +115,7 @@ def test_prod_with_its_own_values_passes_the_placeholder_rule() -> None:
 @pytest.mark.parametrize(("key", "value"), [
     ("alarmEmail", "ops@example.org"), ("adminCidrs", ["198.51.100.0/24"]), ("domainName", "staging.api.test"),
 ])
-def test_staging_warns_about_placeholders_and_plans(key: str, value: object) -> None:
+def test_staging_warns_about_placeholders_and_plans(key: str, value: object, rds_ca_bundle: Path) -> None:
     overrides: dict[str, object] = {key: value}
     if key == "domainName":
         overrides["hostedZoneId"] = "Z08154711ABCDEF"
@@ -120,3 +130,16 @@ def test_the_offline_plan_warns_instead_of_refusing(capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert 'warning: placeholder value psychology-api:hostedZoneId = "Z0123456789EXAMPLE0AB": ' \
            "`pulumi preview/up` refuses it for prod" in err
+
+
+def test_every_stack_refuses_to_deploy_without_the_rds_ca_bundle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(rds_ca, "RDS_CA_BUNDLE", tmp_path / "absent.pem")
+    entry = str(ROOT_DIR / "infra" / "__main__.py")
+    with pytest.raises(pulumi.RunError) as err:
+        run_program("staging", program=lambda: runpy.run_path(entry, run_name="__main__"))
+    assert str(err.value) == (
+        "invalid configuration: scripts/lib/certs/rds-global-bundle.pem: missing: add AWS's RDS CA bundle "
+        "(README: TLS to the database); every database client verifies the server against it and refuses "
+        "to connect without it")
+    plan = run_program("staging")  # the offline plan: a warning
+    assert any(w.startswith("scripts/lib/certs/rds-global-bundle.pem: missing") for w in plan.warnings)

@@ -7,7 +7,9 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
+import pytest
 import yaml
 
 from infra.mock_engine import ROOT_DIR, Plan
@@ -107,12 +109,18 @@ def test_stack_files_hold_no_plain_secrets() -> None:
                 "secretRotationDays", "secretRecoveryWindowDays") or isinstance(value, dict), key
 
 
-def test_the_cli_entry_point_runs_the_same_program(plans: dict[str, Plan]) -> None:
+def test_the_cli_entry_point_runs_the_same_program(plans: dict[str, Plan], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """infra/__main__.py is what `pulumi up` executes; under mocks it registers the same resources."""
     import runpy
 
     from infra.mock_engine import run_program
+    from scripts.lib import rds_ca
 
+    # The operator's copy of the RDS CA bundle, which `pulumi up` requires (any PEM here).
+    bundle = tmp_path / "rds-global-bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n")
+    monkeypatch.setattr(rds_ca, "RDS_CA_BUNDLE", bundle)
     entry = str(ROOT_DIR / "infra" / "__main__.py")
     plan = run_program("staging", program=lambda: runpy.run_path(entry, run_name="__main__"))
     assert plan.counts() == plans["staging"].counts()
