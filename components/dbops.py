@@ -43,6 +43,7 @@ import pulumi_random as random
 
 from components.commands import release_step, script_command
 from components.common import assume_role_policy, name_tag, physical_prefix, policy_json, type_token
+from components.connection_budget import FUNCTION_LIMITS
 from components.lambda_package import LambdaPackage, build_lambda_package
 
 VPC_ACCESS_POLICY_ARN = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
@@ -340,6 +341,8 @@ class DbOps(pulumi.ComponentResource):
             role=role.arn,
             timeout=spec.timeout,
             memory_size=spec.memory,
+            # A cap on the database connections it can hold (components/connection_budget.py).
+            reserved_concurrent_executions=FUNCTION_LIMITS[spec.role].reserved_concurrency,
             vpc_config=aws.lambda_.FunctionVpcConfigArgs(
                 subnet_ids=list(args.private_subnet_ids), security_group_ids=[args.security_group_id]),
             environment=aws.lambda_.FunctionEnvironmentArgs(variables=environment),

@@ -10,12 +10,14 @@ from components.alarms import AlertsTopic, AlertsTopicArgs, CloudWatchAlarms, Cl
 from components.ami import amazon_linux_2023_ami
 from components.api_hosts import ApiHosts, ApiHostsArgs
 from components.cache import Cache, CacheArgs
+from components.connection_budget import refresh_max_healthy_percent
 from components.database import Database, DatabaseArgs
 from components.dbops import DbOps, DbOpsArgs
 from components.encryption import DataKey, DataKeyArgs
 from components.loadbalancer import LoadBalancer, LoadBalancerArgs
 from components.monitoring import MonitoringHost, MonitoringHostArgs
 from components.network import Network, NetworkArgs
+from components.postgres_parameters import max_connections
 from components.release import ReleaseMigrations, ReleaseMigrationsArgs, ReleaseSmokeTests, ReleaseSmokeTestsArgs
 from components.secrets import AppSecrets, AppSecretsArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
@@ -211,6 +213,8 @@ def main() -> None:
         max_size=cfg.api_max_size,
         desired_capacity=cfg.api_desired_capacity,
         cpu_target_percent=cfg.api_cpu_target_percent,
+        refresh_max_healthy_percent=refresh_max_healthy_percent(cfg.api_max_size, cfg.api_instance_type,
+                                                                max_connections()),
         environment=cfg.environment,
         region=cfg.region,
         vpc_cidr=cfg.vpc_cidr,
