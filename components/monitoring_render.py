@@ -101,7 +101,8 @@ class MonitoringSettings:
     kms_key_arn: str
     db_host: str
     db_name: str
-    db_master_secret_arn: str
+    db_backup_secret_arn: str
+    db_drill_secret_arn: str
     grafana_secret_arn: str
     grafana_secret_name: str
     data_volume_id: str
@@ -242,7 +243,8 @@ def systemd_units(s: MonitoringSettings) -> dict[str, str]:
         "retention_days": RETENTION_DAYS,
         # Leave a fifth of the volume to Grafana, Alertmanager and compaction headroom.
         "retention_size_gb": max(1, int(s.volume_gb * 0.8)),
-        "db_master_secret_arn": s.db_master_secret_arn,
+        "db_backup_secret_arn": s.db_backup_secret_arn,
+        "db_drill_secret_arn": s.db_drill_secret_arn,
         "db_host": s.db_host,
         "db_name": s.db_name,
         "backup_bucket": s.backup_bucket,

@@ -266,7 +266,8 @@ def main() -> None:
         alerts_topic_arn=alerts.arn,
         db_address=database.endpoint,
         db_name=cfg.db_name,
-        db_master_secret_arn=database.master_secret_arn,
+        db_backup_secret_arn=dbops.backup_db_secret_arn,
+        db_drill_secret_arn=dbops.drill_db_secret_arn,
         public_url=alb.url,
         https=cfg.https_enabled,
         instance_type=cfg.monitoring_instance_type,
@@ -341,6 +342,8 @@ def main() -> None:
     pulumi.export("grafana_admin_secret_arn", monitoring.grafana_admin_secret_arn)
     pulumi.export("alerts_topic_arn", alerts.arn)
     pulumi.export("db_app_secret_arn", dbops.app_db_secret_arn)
+    pulumi.export("db_backup_secret_arn", dbops.backup_db_secret_arn)
+    pulumi.export("db_drill_secret_arn", dbops.drill_db_secret_arn)
     pulumi.export("db_monitor_secret_arn", dbops.monitor_db_secret_arn)
     pulumi.export("dbops_function_names", dbops.function_names)
     if migrations is not None:

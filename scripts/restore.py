@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -72,6 +73,9 @@ class RestoreOptions:
     pg_bin: Optional[str] = None
     analyze: bool = True
     keep_roles: bool = False
+    # Leave out the archive's extensions (CREATE and COMMENT ON EXTENSION): a restoring login
+    # without rds_superuser cannot create e.g. pg_stat_statements. The restore drill's login.
+    skip_extensions: bool = False
 
 
 @dataclass
@@ -176,15 +180,31 @@ def download_verified(s3: Any, manifest: Manifest, spool_dir: Optional[str]) -> 
         raise
 
 
-def pg_restore_argv(options: RestoreOptions, dbname: str, archive: Path) -> list[str]:
+def pg_restore_argv(options: RestoreOptions, dbname: str, archive: Path, use_list: Optional[Path] = None) -> list[str]:
     argv = [pg_tool("pg_restore", options.pg_bin), "--exit-on-error", "--no-publications", "--no-subscriptions",
             "--no-security-labels", "--no-tablespaces", "--no-password", f"--dbname={dbname}"]
+    if use_list is not None:
+        argv.append(f"--use-list={use_list}")
     if not options.keep_roles:
         argv += ["--no-owner", "--no-privileges"]
     if options.force:
         argv += ["--clean", "--if-exists"]
     argv += ["--single-transaction"] if options.jobs == 1 else [f"--jobs={options.jobs}"]
     return argv + [str(archive)]
+
+
+def toc_without_extensions(options: RestoreOptions, archive: Path) -> Path:
+    """The archive's table of contents minus its EXTENSION entries and their comments, next to
+    the archive (removed with it)."""
+    listed = subprocess.run([pg_tool("pg_restore", options.pg_bin), "--list", str(archive)], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, check=False)
+    if listed.returncode != 0:
+        raise cli.ScriptError(f"pg_restore --list failed (exit {listed.returncode}): {cli.masker(listed.stderr.strip())}")
+    kept = [line for line in listed.stdout.splitlines()
+            if not re.match(r"^\d+; \d+ \d+ (EXTENSION|COMMENT - EXTENSION) ", line)]
+    toc = archive.with_name(archive.name + ".toc")
+    toc.write_text("\n".join(kept) + "\n")
+    return toc
 
 
 def restore_backup(target: DbTarget, s3: Any, options: RestoreOptions) -> RestoreResult:
@@ -203,11 +223,13 @@ def restore_backup(target: DbTarget, s3: Any, options: RestoreOptions) -> Restor
     try:
         cli.info(f"restore: SHA-256 verified ({manifest.sha256[:16]}...); running pg_restore")
         t = time.monotonic()
-        completed = subprocess.run(pg_restore_argv(options, target.dbname, archive), env=target.libpq_env(),
+        use_list = toc_without_extensions(options, archive) if options.skip_extensions else None
+        completed = subprocess.run(pg_restore_argv(options, target.dbname, archive, use_list), env=target.libpq_env(),
                                    stdin=subprocess.DEVNULL, capture_output=True, check=False)
         timings["pg_restore_seconds"] = time.monotonic() - t
     finally:
         archive.unlink(missing_ok=True)
+        archive.with_name(archive.name + ".toc").unlink(missing_ok=True)
     if completed.returncode != 0:
         lines = [line for line in completed.stderr.decode(errors="replace").splitlines() if line.strip()]
         detail = cli.masker(" | ".join(lines[-3:]))

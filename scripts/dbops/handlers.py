@@ -5,9 +5,9 @@ from Secrets Manager at run time:
 
 | handler | environment | does |
 |---|---|---|
-| `migrate_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, APP_DB_SECRET_ARN, MONITOR_DB_SECRET_ARN | applies `migrations/` as the RDS master, then makes the application's current user and the monitoring role accept the passwords in their secrets |
+| `migrate_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, APP_DB_SECRET_ARN, MONITOR_DB_SECRET_ARN, BACKUP_DB_SECRET_ARN, DRILL_DB_SECRET_ARN | applies `migrations/` as the RDS master, then makes the current user of the application's, the monitoring, the backup and the drill secret accept its password |
 | `health_handler` | APP_DB_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, REDIS_SECRET_ARN | the in-VPC smoke checks: database (with the application's credentials: SELECT 1, latest migration) and Redis round trip |
-| `rotation_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME | Secrets Manager's four rotation steps for the application's and the monitoring role's database credentials (alternating users) |
+| `rotation_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME | Secrets Manager's four rotation steps for the application's, the monitoring, the backup and the drill database credentials (alternating users) |
 | `redis_rotation_handler` | REDIS_REPLICATION_GROUP_ID, REDIS_HOST, REDIS_PORT | the four rotation steps for the Redis AUTH token (two valid tokens during the change) |
 
 `migrate_handler` and `health_handler` answer `{"ok": bool, ...}`; a known failure is
@@ -65,6 +65,12 @@ def secret_target(secret_arn: str) -> DbTarget:
     return target_from_document(doc, source=f"secret {secret_arn}", **_endpoint())
 
 
+# The secrets whose role the migrate function makes accept the secret's password, after the
+# migrations created the roles (the first version of each; rotation owns them afterwards).
+MANAGED_SECRETS = (("application", "APP_DB_SECRET_ARN"), ("monitoring", "MONITOR_DB_SECRET_ARN"),
+                   ("backup", "BACKUP_DB_SECRET_ARN"), ("restore drill", "DRILL_DB_SECRET_ARN"))
+
+
 def _failure(err: BaseException, started: float) -> dict[str, Any]:
     message = masker(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
     logger.error(message)
@@ -80,7 +86,7 @@ def migrate_handler(event: Optional[dict[str, Any]], context: Any = None) -> dic
         result = migrate(admin, dry_run=dry_run, log=_log)
         credentials = []
         if not dry_run:
-            for label, variable in (("application", "APP_DB_SECRET_ARN"), ("monitoring", "MONITOR_DB_SECRET_ARN")):
+            for label, variable in MANAGED_SECRETS:
                 arn = os.environ.get(variable)
                 if not arn:
                     continue

@@ -109,7 +109,9 @@ def test_environment_holds_arns_and_endpoint_only(plan: Plan) -> None:
     endpoint = {"DB_HOST": db_host(plan), "DB_PORT": "5432", "DB_NAME": "psychology"}
     redis_endpoint = {"REDIS_REPLICATION_GROUP_ID": f"psychology-api-{plan.stack}-redis",
                       "REDIS_HOST": plan.outputs["redis_endpoint"], "REDIS_PORT": "6379"}
-    assert env["dbops-migrate"] == {"MASTER_SECRET_ARN": master, "APP_DB_SECRET_ARN": app, "MONITOR_DB_SECRET_ARN": monitor, **endpoint}
+    backup, drill = secret_arn(plan, "dbops-backup-credentials"), secret_arn(plan, "dbops-drill-credentials")
+    assert env["dbops-migrate"] == {"MASTER_SECRET_ARN": master, "APP_DB_SECRET_ARN": app, "MONITOR_DB_SECRET_ARN": monitor,
+                                    "BACKUP_DB_SECRET_ARN": backup, "DRILL_DB_SECRET_ARN": drill, **endpoint}
     assert env["dbops-health"] == {"APP_DB_SECRET_ARN": app, "REDIS_SECRET_ARN": redis, **endpoint}
     assert env["dbops-rotate"] == {"MASTER_SECRET_ARN": master, **endpoint}
     # The group comes from the environment, never from a secret: the role may change only it.
@@ -147,11 +149,13 @@ def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
     master, app = master_secret_arn(plan), secret_arn(plan, "dbops-app-credentials")
     monitor, redis = secret_arn(plan, "dbops-monitor-credentials"), redis_secret_arn(plan)
     key = key_arn(plan)
-    assert granted(plan, "migrate") == {"secretsmanager:GetSecretValue": {master, app, monitor}, "kms:Decrypt": {key}}
+    backup, drill = secret_arn(plan, "dbops-backup-credentials"), secret_arn(plan, "dbops-drill-credentials")
+    logins = {app, monitor, backup, drill}
+    assert granted(plan, "migrate") == {"secretsmanager:GetSecretValue": {master, *logins}, "kms:Decrypt": {key}}
     assert granted(plan, "health") == {"secretsmanager:GetSecretValue": {app, redis}, "kms:Decrypt": {key}}
     assert granted(plan, "rotate") == {
-        "secretsmanager:DescribeSecret": {app, monitor}, "secretsmanager:GetSecretValue": {app, monitor, master},
-        "secretsmanager:PutSecretValue": {app, monitor}, "secretsmanager:UpdateSecretVersionStage": {app, monitor},
+        "secretsmanager:DescribeSecret": logins, "secretsmanager:GetSecretValue": {*logins, master},
+        "secretsmanager:PutSecretValue": logins, "secretsmanager:UpdateSecretVersionStage": logins,
         "secretsmanager:GetRandomPassword": {"*"}, "kms:Decrypt": {key}, "kms:GenerateDataKey": {key}}
     # The Redis rotation: its secret, exactly the replication group, no database secret at all.
     assert granted(plan, "rotate-redis") == {
@@ -190,6 +194,16 @@ def test_credential_secrets(plan: Plan) -> None:
     monitor_doc = secret_document(plan, "dbops-monitor-credentials-value")
     assert monitor_doc["username"] == "psychology_monitor_a"
     assert set(monitor_doc) == {"username", "password", "host", "port", "dbname"}
+    for key, first_user in (("backup", "psychology_backup_a"), ("drill", "psychology_drill_a")):
+        secret = plan.named(f"dbops-{key}-credentials")
+        assert secret.inputs["name"] == f"psychology-api/{plan.stack}/database/{key}"
+        assert secret.inputs["kmsKeyId"] == key_arn(plan)
+        assert "rotated every 90 days with alternating users" in secret.inputs["description"]
+        assert plan.named(f"dbops-{key}-credentials-value").inputs["secretString"] == "[secret]"
+        assert plan.named(f"dbops-{key}-credentials-value").ignore_changes == ["secretString", "versionStages"]
+        document = secret_document(plan, f"dbops-{key}-credentials-value")
+        assert document["username"] == first_user
+        assert set(document) == {"username", "password", "host", "port", "dbname"}
 
 
 def test_pulumi_never_writes_over_a_rotated_value(plan: Plan) -> None:
@@ -218,17 +232,24 @@ def test_every_secret_that_must_rotate_does(plan: Plan) -> None:
     """The application's and the monitoring role's credentials and the Redis token, each by
     its function, with an invoke permission naming exactly that secret."""
     rotations = {r.name: r for r in plan.of_type(ROTATION)}
-    assert set(rotations) == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation", "dbops-redis-rotation"}
+    assert set(rotations) == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation", "dbops-redis-rotation",
+                              "dbops-backup-credentials-rotation", "dbops-drill-credentials-rotation"}
     expected = {
         # rotation: (secret resource id or ARN, function, permission, must wait for)
         "dbops-monitor-credentials-rotation": (plan.named("dbops-monitor-credentials").id, "dbops-rotate",
                                                "dbops-monitor-rotation-invoke", "dbops-bootstrap"),
+        "dbops-backup-credentials-rotation": (plan.named("dbops-backup-credentials").id, "dbops-rotate",
+                                              "dbops-backup-rotation-invoke", "dbops-bootstrap"),
+        "dbops-drill-credentials-rotation": (plan.named("dbops-drill-credentials").id, "dbops-rotate",
+                                             "dbops-drill-rotation-invoke", "dbops-bootstrap"),
         "dbops-redis-rotation": (redis_secret_arn(plan), "dbops-rotate-redis", "dbops-redis-rotation-invoke",
                                  "redis-secret-value"),
     }
     sources = {"dbops-monitor-rotation-invoke": secret_arn(plan, "dbops-monitor-credentials"),
                "dbops-redis-rotation-invoke": redis_secret_arn(plan),
-               "dbops-rotation-invoke": secret_arn(plan, "dbops-app-credentials")}
+               "dbops-rotation-invoke": secret_arn(plan, "dbops-app-credentials"),
+               "dbops-backup-rotation-invoke": secret_arn(plan, "dbops-backup-credentials"),
+               "dbops-drill-rotation-invoke": secret_arn(plan, "dbops-drill-credentials")}
     for name, (secret, function, permission, after) in expected.items():
         rotation = rotations[name]
         assert rotation.inputs["secretId"] == secret
@@ -245,7 +266,7 @@ def test_every_secret_that_must_rotate_does(plan: Plan) -> None:
 def test_rotation_period_follows_the_config() -> None:
     plan = run_program("staging", overrides={"secretRotationDays": 30})
     rotations = plan.of_type(ROTATION)
-    assert len(rotations) == 3
+    assert len(rotations) == 5
     assert all(r.inputs["rotationRules"] == {"automaticallyAfterDays": 30} for r in rotations)
 
 
@@ -300,7 +321,8 @@ def test_nothing_runs_a_function_before_its_network_path_exists(plan: Plan) -> N
     bootstrap = set(plan.named("dbops-bootstrap").depends_on)
     assert needed <= bootstrap, sorted(needed - bootstrap)
     assert needed <= set(plan.named("dbops-redis-rotation").depends_on)
-    for rotation in ("dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation"):
+    for rotation in ("dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation",
+                     "dbops-backup-credentials-rotation", "dbops-drill-credentials-rotation"):
         assert "dbops-bootstrap" in plan.named(rotation).depends_on
     # Whole components: everything of the network and the security groups, children included.
     for component in ("network", "sg"):
@@ -311,6 +333,8 @@ def test_nothing_runs_a_function_before_its_network_path_exists(plan: Plan) -> N
 def test_stack_outputs(plan: Plan) -> None:
     assert plan.outputs["db_app_secret_arn"] == secret_arn(plan, "dbops-app-credentials")
     assert plan.outputs["db_monitor_secret_arn"] == secret_arn(plan, "dbops-monitor-credentials")
+    assert plan.outputs["db_backup_secret_arn"] == secret_arn(plan, "dbops-backup-credentials")
+    assert plan.outputs["db_drill_secret_arn"] == secret_arn(plan, "dbops-drill-credentials")
     assert plan.outputs["dbops_function_names"] == {
         f: f"psychology-api-{plan.stack}-db-{f}" for f in FUNCTION_KEYS}
     assert "smoke_test_report" in plan.outputs
@@ -337,4 +361,5 @@ def test_without_the_replication_group_the_redis_secret_does_not_rotate_here(mis
 
     plan = run_program("staging", program=program)
     assert {r.name for r in plan.of_type(FUNCTION)} == {"dbops-migrate", "dbops-health", "dbops-rotate"}
-    assert {r.name for r in plan.of_type(ROTATION)} == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation"}
+    assert {r.name for r in plan.of_type(ROTATION)} == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation",
+                                                        "dbops-backup-credentials-rotation", "dbops-drill-credentials-rotation"}
