@@ -88,6 +88,8 @@ def main() -> None:
         expire_prefix=BACKUP_PREFIX,
         expire_days=cfg.backup_retention_days,
         noncurrent_version_days=cfg.backup_noncurrent_version_days,
+        # The host that writes backups can add, never delete or replace, within the retention.
+        object_lock_days=cfg.backup_retention_days,
     ), opts)
     access_logs = PrivateBucket("access-logs", PrivateBucketArgs(
         purpose="load-balancer-access-logs",
