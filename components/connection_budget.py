@@ -51,6 +51,7 @@ FUNCTION_LIMITS: dict[str, FunctionLimit] = {
     "health": FunctionLimit(reserved_concurrency=2, connections=1),
     "rotate": FunctionLimit(reserved_concurrency=4, connections=2),
     "rotate-redis": FunctionLimit(reserved_concurrency=1, connections=0),
+    "check-rotation": FunctionLimit(reserved_concurrency=1, connections=0),
 }
 
 # The monitoring host's database logins, each capped by the CONNECTION LIMIT of its login users

@@ -49,6 +49,7 @@ from components.commands import release_step, script_command
 from components.common import assume_role_policy, name_tag, physical_prefix, policy_json, type_token
 from components.connection_budget import FUNCTION_LIMITS
 from components.lambda_package import LambdaPackage, build_lambda_package
+from scripts.dbops.rotation_check import DEFAULT_MARGIN_DAYS
 
 VPC_ACCESS_POLICY_ARN = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
 RUNTIME = "python3.12"
@@ -85,7 +86,11 @@ FUNCTIONS = {
     # The waits end 45 s before this timeout (scripts/dbops/elasticache.py, Deadline).
     "rotate-redis": FunctionSpec("rotate-redis", "scripts.dbops.handlers.redis_rotation_handler",
                                  "Rotates the Redis AUTH token (two valid tokens during the change)", 900, 256),
+    "check-rotation": FunctionSpec("check-rotation", "scripts.dbops.handlers.rotation_check_handler",
+                                   "Hourly: publishes how many rotated secrets are overdue (alarm rotation-overdue)",
+                                   60, 128),
 }
+ROTATION_CHECK_SCHEDULE = "rate(1 hour)"
 
 
 @dataclass
@@ -130,6 +135,10 @@ class DbOps(pulumi.ComponentResource):
     health_function_name: pulumi.Output[str]
     rotation_function_arn: pulumi.Output[str]
     redis_rotation_function_arn: Optional[pulumi.Output[str]]
+    # The functions Secrets Manager invokes to rotate ("rotate", "rotate-redis"), for the
+    # Errors alarms, and the namespace of the rotation check's metric.
+    rotation_function_names: dict[str, pulumi.Output[str]]
+    rotation_metric_namespace: str
     package_sha256: str
     bootstrap: pulumi.Resource
 
@@ -251,6 +260,19 @@ class DbOps(pulumi.ComponentResource):
                 generate_passwords,
                 write_through_secrets_manager,
             ]
+        rotated = [*rotated_by_rotate, *([args.redis_secret_arn] if redis_rotation else [])]
+        self.rotation_metric_namespace = f"{base}/rotation"
+        statements["check-rotation"] = [
+            {"Sid": "DescribeTheRotatedSecrets", "Effect": "Allow", "Action": "secretsmanager:DescribeSecret",
+             "Resource": rotated},
+            {
+                # PutMetricData has no resource-level permissions; the namespace condition
+                # confines it to the check's own namespace.
+                "Sid": "PublishTheRotationCheck", "Effect": "Allow", "Action": "cloudwatch:PutMetricData",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"cloudwatch:namespace": self.rotation_metric_namespace}},
+            },
+        ]
         environments: dict[str, dict[str, pulumi.Input[str]]] = {
             "migrate": {"MASTER_SECRET_ARN": args.master_secret_arn, "APP_DB_SECRET_ARN": app_secret.arn,
                         "MONITOR_DB_SECRET_ARN": monitor_secret.arn, "BACKUP_DB_SECRET_ARN": self.backup_db_secret_arn,
@@ -258,6 +280,11 @@ class DbOps(pulumi.ComponentResource):
             "health": {"APP_DB_SECRET_ARN": app_secret.arn, **endpoint,
                        **({"REDIS_SECRET_ARN": args.redis_secret_arn} if args.redis_secret_arn is not None else {})},
             "rotate": {"MASTER_SECRET_ARN": args.master_secret_arn, **endpoint},
+        }
+        environments["check-rotation"] = {
+            "ROTATED_SECRET_ARNS": pulumi.Output.all(*rotated).apply(lambda arns: ",".join(arns)),
+            "METRIC_NAMESPACE": self.rotation_metric_namespace,
+            "MARGIN_DAYS": str(DEFAULT_MARGIN_DAYS),
         }
         if redis_rotation:
             assert args.redis_replication_group_id is not None and args.redis_host is not None
@@ -278,6 +305,8 @@ class DbOps(pulumi.ComponentResource):
         self.health_function_name = functions["health"].name
         self.rotation_function_arn = functions["rotate"].arn
         self.redis_rotation_function_arn = functions["rotate-redis"].arn if redis_rotation else None
+        self.rotation_function_names = {k: functions[k].name for k in ("rotate", "rotate-redis") if k in functions}
+        self._schedule_rotation_check(name, functions["check-rotation"])
 
         # --- first run and rotation -----------------------------------------------------------
         # Roles and passwords must exist before Secrets Manager tests the rotation function;
@@ -315,6 +344,19 @@ class DbOps(pulumi.ComponentResource):
             "function_arns": self.function_arns,
             "package_sha256": self.package_sha256,
         })
+
+    def _schedule_rotation_check(self, name: str, function: aws.lambda_.Function) -> None:
+        child = pulumi.ResourceOptions(parent=self)
+        rule = aws.cloudwatch.EventRule(f"{name}-check-rotation-schedule", aws.cloudwatch.EventRuleArgs(
+            name=f"{physical_prefix()}-check-rotation",
+            description="Hourly check that every rotated secret rotated on schedule",
+            schedule_expression=ROTATION_CHECK_SCHEDULE,
+            tags=name_tag("check-rotation-schedule")), child)
+        permission = aws.lambda_.Permission(f"{name}-check-rotation-invoke", aws.lambda_.PermissionArgs(
+            action="lambda:InvokeFunction", function=function.name, principal="events.amazonaws.com",
+            source_arn=rule.arn), child)
+        aws.cloudwatch.EventTarget(f"{name}-check-rotation-target", aws.cloudwatch.EventTargetArgs(
+            rule=rule.name, arn=function.arn), pulumi.ResourceOptions(parent=self, depends_on=[permission]))
 
     def _login_secret(self, name: str, key: str, first_user: str, purpose: str,
                       args: DbOpsArgs) -> tuple[aws.secretsmanager.Secret, aws.secretsmanager.SecretVersion]:

@@ -298,6 +298,8 @@ def main() -> None:
         redis_num_nodes=cfg.redis_num_nodes,
         monitoring_instance_id=monitoring.instance_id,
         maintenance=cfg.maintenance,
+        rotation_function_names=dbops.rotation_function_names,
+        rotation_metric_namespace=dbops.rotation_metric_namespace,
     ), opts)
 
     security_group_ids = dict(security.ids)

@@ -17,8 +17,8 @@ FUNCTION = "aws:lambda/function:Function"
 ROTATION = "aws:secretsmanager/secretRotation:SecretRotation"
 PERMISSION = "aws:lambda/permission:Permission"
 HANDLERS = {"dbops-migrate": "migrate_handler", "dbops-health": "health_handler", "dbops-rotate": "rotation_handler",
-            "dbops-rotate-redis": "redis_rotation_handler"}
-FUNCTION_KEYS = ("migrate", "health", "rotate", "rotate-redis")
+            "dbops-rotate-redis": "redis_rotation_handler", "dbops-check-rotation": "rotation_check_handler"}
+FUNCTION_KEYS = ("migrate", "health", "rotate", "rotate-redis", "check-rotation")
 
 
 def key_arn(plan: Plan) -> str:
@@ -67,7 +67,7 @@ def secret_document(plan: Plan, version: str) -> dict[str, Any]:
 
 def test_four_functions_in_the_private_subnets_with_the_dbops_group(plan: Plan) -> None:
     functions = {r.name: r for r in plan.of_type(FUNCTION)}
-    assert set(functions) == {"dbops-migrate", "dbops-health", "dbops-rotate", "dbops-rotate-redis"}
+    assert set(functions) == {"dbops-migrate", "dbops-health", "dbops-rotate", "dbops-rotate-redis", "dbops-check-rotation"}
     private = sorted(r.id for r in plan.of_type("aws:ec2/subnet:Subnet") if r.inputs["tags"]["tier"] == "private")
     dbops_group = plan.named("sg-dbops").id
     package = build_lambda_package()
@@ -116,6 +116,9 @@ def test_environment_holds_arns_and_endpoint_only(plan: Plan) -> None:
     assert env["dbops-rotate"] == {"MASTER_SECRET_ARN": master, **endpoint}
     # The group comes from the environment, never from a secret: the role may change only it.
     assert env["dbops-rotate-redis"] == redis_endpoint
+    check = env.pop("dbops-check-rotation")   # ARNs, a metric namespace and a number of days
+    assert set(check["ROTATED_SECRET_ARNS"].split(",")) == {app, monitor, backup, drill, redis}
+    assert check["METRIC_NAMESPACE"] == f"psychology-api/{plan.stack}/rotation" and check["MARGIN_DAYS"] == "2"
     for variables in env.values():
         for key, value in variables.items():
             assert "PASSWORD" not in key and "TOKEN" not in key and "[secret]" not in value
@@ -124,7 +127,7 @@ def test_environment_holds_arns_and_endpoint_only(plan: Plan) -> None:
 
 def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
     roles = {fn.name: fn.inputs["role"] for fn in plan.of_type(FUNCTION)}
-    assert len(set(roles.values())) == 4
+    assert len(set(roles.values())) == 5
     for name in FUNCTION_KEYS:
         role = plan.named(f"dbops-{name}-role")
         trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
@@ -136,7 +139,9 @@ def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
                     if r.inputs["role"] == role.outputs["name"]]
         assert attached == [attachment]
         for statement in policy(plan, name):
-            if statement["Resource"] == "*":
+            if statement["Resource"] == "*" and name == "check-rotation":
+                assert statement["Action"] == "cloudwatch:PutMetricData" and "cloudwatch:namespace" in str(statement)
+            elif statement["Resource"] == "*":
                 assert name in ("rotate", "rotate-redis") and statement["Action"] == "secretsmanager:GetRandomPassword"
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             if any(action.startswith("kms:") for action in actions):
@@ -260,7 +265,11 @@ def test_every_secret_that_must_rotate_does(plan: Plan) -> None:
         assert plan.named(permission).inputs == {
             "action": "lambda:InvokeFunction", "function": plan.named(function).inputs["name"],
             "principal": "secretsmanager.amazonaws.com", "sourceAccount": MOCK_ACCOUNT_ID, "sourceArn": sources[permission]}
-    assert {p.name: p.inputs["sourceArn"] for p in plan.of_type(PERMISSION)} == sources
+    # Secrets Manager's permissions, plus EventBridge's for the hourly rotation check.
+    check = plan.named("dbops-check-rotation-invoke")
+    assert check.inputs["principal"] == "events.amazonaws.com"
+    assert {p.name: p.inputs["sourceArn"] for p in plan.of_type(PERMISSION)} == {
+        **sources, check.name: plan.named("dbops-check-rotation-schedule").outputs["arn"]}
 
 
 def test_rotation_period_follows_the_config() -> None:
@@ -342,7 +351,7 @@ def test_stack_outputs(plan: Plan) -> None:
 
 @pytest.mark.parametrize("missing", ["redis_replication_group_id", "redis_replication_group_arn", "redis_host"])
 def test_without_the_replication_group_the_redis_secret_does_not_rotate_here(missing: str) -> None:
-    """DbOps alone (no Redis inputs): the three original functions, the database rotations."""
+    """DbOps alone (no Redis inputs): the three original functions and the rotation check, the database rotations."""
     import dataclasses
 
     import pulumi
@@ -360,6 +369,7 @@ def test_without_the_replication_group_the_redis_secret_does_not_rotate_here(mis
         pulumi.export("ok", True)
 
     plan = run_program("staging", program=program)
-    assert {r.name for r in plan.of_type(FUNCTION)} == {"dbops-migrate", "dbops-health", "dbops-rotate"}
+    assert {r.name for r in plan.of_type(FUNCTION)} == {"dbops-migrate", "dbops-health", "dbops-rotate",
+                                                        "dbops-check-rotation"}
     assert {r.name for r in plan.of_type(ROTATION)} == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation",
                                                         "dbops-backup-credentials-rotation", "dbops-drill-credentials-rotation"}

@@ -489,7 +489,8 @@ def expected_alarm_roles(stack: str) -> set[str]:
     nodes = {"staging": 1, "prod": 2}[stack]
     roles = {"alb-5xx-rate", "alb-unhealthy-hosts", "alb-no-healthy-hosts", "alb-latency-p95", "api-cpu",
              "rds-cpu", "rds-free-storage", "rds-connections", "monitoring-system-check",
-             "monitoring-instance-check", "monitoring-heartbeat", "monitoring-data-disk"}
+             "monitoring-instance-check", "monitoring-heartbeat", "monitoring-data-disk",
+             "rotation-errors-rotate", "rotation-errors-rotate-redis", "rotation-overdue"}
     for i in range(1, nodes + 1):
         roles |= {f"redis-memory-{i:03d}", f"redis-evictions-{i:03d}"}
     return roles
