@@ -8,8 +8,8 @@ balancer, the API hosts, RDS, ElastiCache and the monitoring host itself from AW
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pulumi
@@ -18,6 +18,8 @@ import pulumi_aws as aws
 from components.common import name_tag, physical_prefix, policy_json, type_token
 from components.monitoring_render import CLOUDWATCH_NAMESPACE, DATA_DIR
 from components.postgres_parameters import max_connections
+from scripts.dbops.rotation_check import DEFAULT_MARGIN_DAYS as ROTATION_MARGIN_DAYS
+from scripts.dbops.rotation_check import METRIC_NAME as ROTATION_METRIC
 
 # Thresholds (spec 5.3.1 where it has one).
 ERROR_RATE_PERCENT = 1.0                 # 5xx share of requests
@@ -112,6 +114,10 @@ class CloudWatchAlarmsArgs:
     # Config `maintenance`: the load balancer answers the maintenance page; the alarms in
     # MAINTENANCE_SILENCED take no action meanwhile.
     maintenance: bool = False
+    # Secrets rotation (DbOps.rotation_function_names, DbOps.rotation_metric_namespace): an
+    # alarm on each rotation function's Errors, and one on the hourly overdue check.
+    rotation_function_names: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    rotation_metric_namespace: Optional[str] = None
 
 
 class CloudWatchAlarms(pulumi.ComponentResource):
@@ -249,7 +255,30 @@ class CloudWatchAlarms(pulumi.ComponentResource):
             dimensions={**host, "path": DATA_DIR}, period=300, evaluation_periods=2,
             comparison_operator="GreaterThanThreshold", threshold=MONITORING_DISK_PERCENT, treat_missing_data="missing")
 
+        self._rotation_alarms(args)
         self.register_outputs({"alarm_names": self.alarm_names})
+
+    def _rotation_alarms(self, args: CloudWatchAlarmsArgs) -> None:
+        """A failed rotation step raises in the function (Secrets Manager retries, then gives
+        up): its Errors say so at once. A rotation that never runs, or stops being retried,
+        shows only as a secret growing old: the hourly check counts those (scripts/dbops/
+        rotation_check.py) and the alarm also fires when the check stops reporting."""
+        for key, function_name in sorted(args.rotation_function_names.items()):
+            self._alarm(
+                f"rotation-errors-{key}",
+                f"The rotation function {key} failed (a rotation step raised): the secret keeps its current "
+                "value; see the function's log",
+                namespace="AWS/Lambda", metric_name="Errors", statistic="Sum",
+                dimensions={"FunctionName": function_name}, period=300, evaluation_periods=1,
+                comparison_operator="GreaterThanOrEqualToThreshold", threshold=1, treat_missing_data="notBreaching")
+        if args.rotation_metric_namespace is not None:
+            self._alarm(
+                "rotation-overdue",
+                f"A rotated secret is past its schedule + {ROTATION_MARGIN_DAYS} days, or its rotation is off, for "
+                "3 hours (or the hourly rotation check stopped reporting); the check function's log names it",
+                namespace=args.rotation_metric_namespace, metric_name=ROTATION_METRIC, statistic="Maximum",
+                period=3600, evaluation_periods=3, datapoints_to_alarm=3,
+                comparison_operator="GreaterThanOrEqualToThreshold", threshold=1, treat_missing_data="breaching")
 
     def _alarm(self, role: str, description: str, *, extra_actions: Sequence[str] = (), **kwargs: Any) -> None:
         opts = self._child

@@ -18,6 +18,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.common import assume_role_policy, name_tag, physical_prefix, policy_json, type_token
+from components.connection_budget import REFRESH_MIN_HEALTHY_PERCENT
 from components.hostconfig import ApiHostSettings, render_api_user_data
 from components.userdata import encode_user_data
 
@@ -72,6 +73,9 @@ class ApiHostsArgs:
     # Resources a new release waits for before its launch template exists (the migrations):
     # hosts of a release never start against a schema older than the release.
     start_after: Sequence[pulumi.Resource] = ()
+    # Hosts launched above the desired capacity during a refresh, as a percentage of it: sized
+    # by components.connection_budget so the database's max_connections holds the peak.
+    refresh_max_healthy_percent: int = 200
 
 
 class ApiHosts(pulumi.ComponentResource):
@@ -197,16 +201,17 @@ class ApiHosts(pulumi.ComponentResource):
             instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
                 strategy="Rolling",
                 preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
-                    # Launch before terminate: capacity never drops below 100 % during a release.
-                    min_healthy_percentage=100,
-                    max_healthy_percentage=200,
+                    # Launch before terminate: capacity never drops below 100 % during a release;
+                    # the surge above it is what the database's connection limit allows.
+                    min_healthy_percentage=REFRESH_MIN_HEALTHY_PERCENT,
+                    max_healthy_percentage=args.refresh_max_healthy_percent,
                     instance_warmup=str(INSTANCE_WARMUP_SECONDS),
                     skip_matching=True,
                 ),
             ),
             # Health-check replacements also launch first, then terminate.
             instance_maintenance_policy=aws.autoscaling.GroupInstanceMaintenancePolicyArgs(
-                min_healthy_percentage=100, max_healthy_percentage=200),
+                min_healthy_percentage=REFRESH_MIN_HEALTHY_PERCENT, max_healthy_percentage=args.refresh_max_healthy_percent),
             termination_policies=["OldestLaunchTemplate", "OldestInstance"],
             enabled_metrics=list(GROUP_METRICS),
             metrics_granularity="1Minute",

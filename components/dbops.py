@@ -6,7 +6,7 @@ secrets and of the Redis AUTH token.
 |---|---|---|
 | `<project>-<stack>-db-migrate` | migrate_handler | applies `migrations/` as the RDS master; makes the application's current user and the monitoring role accept their secrets' passwords |
 | `<project>-<stack>-db-health` | health_handler | the in-VPC smoke checks (database with the application's credentials, Redis) |
-| `<project>-<stack>-db-rotate` | rotation_handler | Secrets Manager's four rotation steps for both database secrets, alternating users |
+| `<project>-<stack>-db-rotate` | rotation_handler | Secrets Manager's four rotation steps for the four database login secrets, alternating users |
 | `<project>-<stack>-db-rotate-redis` | redis_rotation_handler | the four steps for the Redis secret: a new AUTH token next to the current one on the replication group (when the Redis inputs are given) |
 
 Each function has its own role: the VPC-access managed policy (ENIs and its logs) plus exactly
@@ -21,6 +21,10 @@ Secrets (encrypted with the data key):
 * `psychology-api/<stack>/database/monitor`: `{"username", "password", "host", "port", "dbname"}`
   for postgres_exporter. Pulumi writes the first version (user psychology_monitor_a, members of
   the group psychology_monitor that holds pg_monitor) and never touches the value again.
+* `psychology-api/<stack>/database/backup` and `.../database/drill`: the same keys, for the
+  monitoring host's nightly backup (users psychology_backup_a/_b, pg_read_all_data, read-only)
+  and its restore drill (psychology_drill_a/_b acting as psychology_drill: CREATEDB only), so
+  that host never reads the master secret (migration 0005).
 
 Each secret rotates every `rotation_days` with its own SecretRotation and an invoke permission
 that names exactly that secret. The first `up` runs the migrate function once (the `bootstrap`
@@ -43,12 +47,19 @@ import pulumi_random as random
 
 from components.commands import release_step, script_command
 from components.common import assume_role_policy, name_tag, physical_prefix, policy_json, type_token
+from components.connection_budget import FUNCTION_LIMITS
 from components.lambda_package import LambdaPackage, build_lambda_package
+from scripts.dbops.rotation_check import DEFAULT_MARGIN_DAYS
 
 VPC_ACCESS_POLICY_ARN = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
 RUNTIME = "python3.12"
 APP_FIRST_USER = "psychology_app_a"
 MONITOR_FIRST_USER = "psychology_monitor_a"
+# The monitoring host's own logins (migration 0005): secret key -> (first user, what it is for).
+MONITORING_HOST_LOGINS = {
+    "backup": ("psychology_backup_a", "Backup credentials (pg_read_all_data, read-only) for the nightly pg_dump"),
+    "drill": ("psychology_drill_a", "Restore-drill credentials (CREATEDB: its scratch database only, no live data)"),
+}
 # The only punctuation the rotation function's passwords can contain (scripts/dbops/rotation.py
 # excludes the rest); the first password uses the same set.
 PASSWORD_SPECIALS = "-_."  # noqa: S105 - a character set, not a password
@@ -75,7 +86,11 @@ FUNCTIONS = {
     # The waits end 45 s before this timeout (scripts/dbops/elasticache.py, Deadline).
     "rotate-redis": FunctionSpec("rotate-redis", "scripts.dbops.handlers.redis_rotation_handler",
                                  "Rotates the Redis AUTH token (two valid tokens during the change)", 900, 256),
+    "check-rotation": FunctionSpec("check-rotation", "scripts.dbops.handlers.rotation_check_handler",
+                                   "Hourly: publishes how many rotated secrets are overdue (alarm rotation-overdue)",
+                                   60, 128),
 }
+ROTATION_CHECK_SCHEDULE = "rate(1 hour)"
 
 
 @dataclass
@@ -116,6 +131,8 @@ class DbOpsArgs:
 class DbOps(pulumi.ComponentResource):
     app_db_secret_arn: pulumi.Output[str]
     monitor_db_secret_arn: pulumi.Output[str]
+    backup_db_secret_arn: pulumi.Output[str]
+    drill_db_secret_arn: pulumi.Output[str]
     function_names: dict[str, pulumi.Output[str]]
     function_arns: dict[str, pulumi.Output[str]]
     role_arns: dict[str, pulumi.Output[str]]
@@ -123,6 +140,10 @@ class DbOps(pulumi.ComponentResource):
     health_function_name: pulumi.Output[str]
     rotation_function_arn: pulumi.Output[str]
     redis_rotation_function_arn: Optional[pulumi.Output[str]]
+    # The functions Secrets Manager invokes to rotate ("rotate", "rotate-redis"), for the
+    # Errors alarms, and the namespace of the rotation check's metric.
+    rotation_function_names: dict[str, pulumi.Output[str]]
+    rotation_metric_namespace: str
     package_sha256: str
     bootstrap: pulumi.Resource
 
@@ -177,6 +198,11 @@ class DbOps(pulumi.ComponentResource):
                                   ignore_changes=["secret_string", "version_stages"]))
         self.app_db_secret_arn = app_secret.arn
         self.monitor_db_secret_arn = monitor_secret.arn
+        host_logins = {key: self._login_secret(name, key, first_user, purpose, args)
+                       for key, (first_user, purpose) in MONITORING_HOST_LOGINS.items()}
+        self.backup_db_secret_arn = host_logins["backup"][0].arn
+        self.drill_db_secret_arn = host_logins["drill"][0].arn
+        host_login_arns = [secret.arn for secret, _ in host_logins.values()]
 
         # --- functions --------------------------------------------------------------------
         endpoint = {"DB_HOST": args.db_host, "DB_PORT": pulumi.Output.from_input(args.db_port).apply(str),
@@ -188,8 +214,8 @@ class DbOps(pulumi.ComponentResource):
             "Resource": args.kms_key_arn,
             "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{args.region}.amazonaws.com"}},
         }
-        readable = [args.master_secret_arn, app_secret.arn, monitor_secret.arn]
-        rotated_by_rotate = [app_secret.arn, monitor_secret.arn]
+        readable = [args.master_secret_arn, app_secret.arn, monitor_secret.arn, *host_login_arns]
+        rotated_by_rotate = [app_secret.arn, monitor_secret.arn, *host_login_arns]
         redis_rotation = (args.redis_secret_arn is not None and args.redis_replication_group_id is not None
                           and args.redis_replication_group_arn is not None and args.redis_host is not None)
         generate_passwords = {
@@ -239,15 +265,34 @@ class DbOps(pulumi.ComponentResource):
                 generate_passwords,
                 write_through_secrets_manager,
             ]
+        rotated = [*rotated_by_rotate, *([args.redis_secret_arn] if redis_rotation else [])]
+        self.rotation_metric_namespace = f"{base}/rotation"
+        statements["check-rotation"] = [
+            {"Sid": "DescribeTheRotatedSecrets", "Effect": "Allow", "Action": "secretsmanager:DescribeSecret",
+             "Resource": rotated},
+            {
+                # PutMetricData has no resource-level permissions; the namespace condition
+                # confines it to the check's own namespace.
+                "Sid": "PublishTheRotationCheck", "Effect": "Allow", "Action": "cloudwatch:PutMetricData",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"cloudwatch:namespace": self.rotation_metric_namespace}},
+            },
+        ]
         environments: dict[str, dict[str, pulumi.Input[str]]] = {
             "migrate": {"MASTER_SECRET_ARN": args.master_secret_arn, "APP_DB_SECRET_ARN": app_secret.arn,
-                        "MONITOR_DB_SECRET_ARN": monitor_secret.arn, **endpoint,
+                        "MONITOR_DB_SECRET_ARN": monitor_secret.arn, "BACKUP_DB_SECRET_ARN": self.backup_db_secret_arn,
+                        "DRILL_DB_SECRET_ARN": self.drill_db_secret_arn, **endpoint,
                         "MIGRATION_LOCK_TIMEOUT_SECONDS": str(args.migration_lock_timeout_seconds),
                         "MIGRATION_LOCK_ATTEMPTS": str(args.migration_lock_attempts),
                         "MIGRATION_STATEMENT_TIMEOUT_SECONDS": str(args.migration_statement_timeout_seconds)},
             "health": {"APP_DB_SECRET_ARN": app_secret.arn, **endpoint,
                        **({"REDIS_SECRET_ARN": args.redis_secret_arn} if args.redis_secret_arn is not None else {})},
             "rotate": {"MASTER_SECRET_ARN": args.master_secret_arn, **endpoint},
+        }
+        environments["check-rotation"] = {
+            "ROTATED_SECRET_ARNS": pulumi.Output.all(*rotated).apply(lambda arns: ",".join(arns)),
+            "METRIC_NAMESPACE": self.rotation_metric_namespace,
+            "MARGIN_DAYS": str(DEFAULT_MARGIN_DAYS),
         }
         if redis_rotation:
             assert args.redis_replication_group_id is not None and args.redis_host is not None
@@ -268,6 +313,8 @@ class DbOps(pulumi.ComponentResource):
         self.health_function_name = functions["health"].name
         self.rotation_function_arn = functions["rotate"].arn
         self.redis_rotation_function_arn = functions["rotate-redis"].arn if redis_rotation else None
+        self.rotation_function_names = {k: functions[k].name for k in ("rotate", "rotate-redis") if k in functions}
+        self._schedule_rotation_check(name, functions["check-rotation"])
 
         # --- first run and rotation -----------------------------------------------------------
         # Roles and passwords must exist before Secrets Manager tests the rotation function;
@@ -275,7 +322,8 @@ class DbOps(pulumi.ComponentResource):
         self.bootstrap = release_step(
             f"{name}-bootstrap",
             script_command("scripts.release", "invoke", "--function", functions["migrate"].name, "--region", args.region),
-            triggers=[app_secret.arn, monitor_version.version_id, args.master_secret_arn, args.db_host],
+            triggers=[app_secret.arn, monitor_version.version_id, *(v.version_id for _, v in host_logins.values()),
+                      args.master_secret_arn, args.db_host],
             parent=self, depends_on=list(args.network_ready))
         # One SecretRotation per secret, each with an invoke permission naming exactly that
         # secret: Secrets Manager may call a function only for the secrets it rotates.
@@ -283,6 +331,9 @@ class DbOps(pulumi.ComponentResource):
                        args, after=[self.bootstrap])
         self._rotation(name, "monitor-credentials", "monitor-rotation-invoke", monitor_secret.arn, monitor_secret.id,
                        functions["rotate"], args, after=[self.bootstrap])
+        for key, (secret, _) in host_logins.items():
+            self._rotation(name, f"{key}-credentials", f"{key}-rotation-invoke", secret.arn, secret.id,
+                           functions["rotate"], args, after=[self.bootstrap])
         if redis_rotation:
             assert args.redis_secret_arn is not None
             # The Redis secret's ARN resolves once the secret holds its first value
@@ -295,10 +346,46 @@ class DbOps(pulumi.ComponentResource):
         self.register_outputs({
             "app_db_secret_arn": self.app_db_secret_arn,
             "monitor_db_secret_arn": self.monitor_db_secret_arn,
+            "backup_db_secret_arn": self.backup_db_secret_arn,
+            "drill_db_secret_arn": self.drill_db_secret_arn,
             "function_names": self.function_names,
             "function_arns": self.function_arns,
             "package_sha256": self.package_sha256,
         })
+
+    def _schedule_rotation_check(self, name: str, function: aws.lambda_.Function) -> None:
+        child = pulumi.ResourceOptions(parent=self)
+        rule = aws.cloudwatch.EventRule(f"{name}-check-rotation-schedule", aws.cloudwatch.EventRuleArgs(
+            name=f"{physical_prefix()}-check-rotation",
+            description="Hourly check that every rotated secret rotated on schedule",
+            schedule_expression=ROTATION_CHECK_SCHEDULE,
+            tags=name_tag("check-rotation-schedule")), child)
+        permission = aws.lambda_.Permission(f"{name}-check-rotation-invoke", aws.lambda_.PermissionArgs(
+            action="lambda:InvokeFunction", function=function.name, principal="events.amazonaws.com",
+            source_arn=rule.arn), child)
+        aws.cloudwatch.EventTarget(f"{name}-check-rotation-target", aws.cloudwatch.EventTargetArgs(
+            rule=rule.name, arn=function.arn), pulumi.ResourceOptions(parent=self, depends_on=[permission]))
+
+    def _login_secret(self, name: str, key: str, first_user: str, purpose: str,
+                      args: DbOpsArgs) -> tuple[aws.secretsmanager.Secret, aws.secretsmanager.SecretVersion]:
+        """A login of the monitoring host: its secret and first version, then rotation owns it."""
+        child = pulumi.ResourceOptions(parent=self)
+        secret = aws.secretsmanager.Secret(f"{name}-{key}-credentials", aws.secretsmanager.SecretArgs(
+            name=f"{pulumi.get_project()}/{pulumi.get_stack()}/database/{key}",
+            description=f"{purpose}: username, password, host, port, dbname; rotated every {args.rotation_days} days "
+                        "with alternating users",
+            kms_key_id=args.kms_key_arn,
+            recovery_window_in_days=args.recovery_window_days,
+            tags=name_tag(f"db-{key}-credentials", {"secret-kind": "database"})), child)
+        password = random.RandomPassword(f"{name}-{key}-password", random.RandomPasswordArgs(
+            length=32, special=True, override_special=PASSWORD_SPECIALS, min_special=1, min_numeric=1), child)
+        version = aws.secretsmanager.SecretVersion(f"{name}-{key}-credentials-value", aws.secretsmanager.SecretVersionArgs(
+            secret_id=secret.id,
+            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps({
+                "username": first_user, "password": password.result, "host": args.db_host,
+                "port": args.db_port, "dbname": args.db_name})),
+        ), pulumi.ResourceOptions(parent=self, ignore_changes=["secret_string", "version_stages"]))
+        return secret, version
 
     def _rotation(self, name: str, secret_role: str, permission_name: str, secret_arn: pulumi.Input[str],
                   secret_id: pulumi.Input[str], function: aws.lambda_.Function, args: DbOpsArgs,
@@ -348,6 +435,8 @@ class DbOps(pulumi.ComponentResource):
             role=role.arn,
             timeout=spec.timeout,
             memory_size=spec.memory,
+            # A cap on the database connections it can hold (components/connection_budget.py).
+            reserved_concurrent_executions=FUNCTION_LIMITS[spec.role].reserved_concurrency,
             vpc_config=aws.lambda_.FunctionVpcConfigArgs(
                 subnet_ids=list(args.private_subnet_ids), security_group_ids=[args.security_group_id]),
             environment=aws.lambda_.FunctionEnvironmentArgs(variables=environment),

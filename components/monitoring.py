@@ -56,7 +56,9 @@ class MonitoringHostArgs:
     # The database to watch and back up (from the data part).
     db_address: pulumi.Input[str]
     db_name: str
-    db_master_secret_arn: pulumi.Input[str]      # RDS-managed {username,password}
+    # The host's own database logins (components/dbops.py): never the RDS master's secret.
+    db_backup_secret_arn: pulumi.Input[str]      # psychology-api/<stack>/database/backup (pg_read_all_data)
+    db_drill_secret_arn: pulumi.Input[str]       # psychology-api/<stack>/database/drill (CREATEDB)
     # What Prometheus probes from outside: "https://api.example.com" or "http://<alb dns>".
     public_url: pulumi.Input[str]
     https: bool
@@ -154,7 +156,8 @@ class MonitoringHost(pulumi.ComponentResource):
             tags=name_tag("monitoring-role")), child)
         ssm_core = aws.iam.RolePolicyAttachment(f"{name}-ssm", aws.iam.RolePolicyAttachmentArgs(
             role=role.name, policy_arn=SSM_CORE_POLICY), child)
-        readable_secrets: list[pulumi.Input[str]] = [grafana_secret.arn, args.db_master_secret_arn]
+        readable_secrets: list[pulumi.Input[str]] = [grafana_secret.arn, args.db_backup_secret_arn,
+                                                     args.db_drill_secret_arn]
         if alerting_secret is not None:
             readable_secrets.append(alerting_secret.arn)
         if args.db_monitor_secret_arn is not None:
@@ -191,7 +194,8 @@ class MonitoringHost(pulumi.ComponentResource):
         alerting_arn: pulumi.Input[Optional[str]] = alerting_secret.arn if alerting_secret is not None else None
         inputs = pulumi.Output.all(
             public_url=args.public_url, topic=args.alerts_topic_arn, bucket=args.backup_bucket_name,
-            key=args.kms_key_arn, db_host=args.db_address, master=args.db_master_secret_arn,
+            key=args.kms_key_arn, db_host=args.db_address, backup_login=args.db_backup_secret_arn,
+            drill_login=args.db_drill_secret_arn,
             grafana=grafana_secret.arn, volume=data_volume.id, monitor=args.db_monitor_secret_arn,
             redis=args.redis_secret_arn, alerting=alerting_arn)
 
@@ -200,7 +204,8 @@ class MonitoringHost(pulumi.ComponentResource):
                 project=pulumi.get_project(), stack=pulumi.get_stack(), environment=args.environment,
                 region=args.region, public_url=v["public_url"], https=args.https,
                 alerts_topic_arn=v["topic"], backup_bucket=v["bucket"], kms_key_arn=v["key"],
-                db_host=v["db_host"], db_port=args.db_port, db_name=args.db_name, db_master_secret_arn=v["master"],
+                db_host=v["db_host"], db_port=args.db_port, db_name=args.db_name, db_backup_secret_arn=v["backup_login"],
+                db_drill_secret_arn=v["drill_login"],
                 grafana_secret_arn=v["grafana"], grafana_secret_name=grafana_secret_name,
                 data_volume_id=v["volume"], volume_gb=args.volume_gb,
                 backup_schedule=args.backup_schedule, restore_drill_schedule=args.restore_drill_schedule,

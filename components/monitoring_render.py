@@ -62,6 +62,7 @@ RETENTION_DAYS = 31                                    # a month: the SLO window
 
 # What scripts/ imports on the host; versions come from requirements.txt (one place).
 OPS_PACKAGES = ("boto3", "psycopg[binary]", "rich", "tenacity")
+OPS_REQUIREMENTS_FILE = TEMPLATES_DIR / "requirements-ops.txt"
 # The part of scripts/ the host runs: the shared layer and the backup/restore tools. Other
 # operator scripts stay out, so changing them does not replace the monitoring host.
 OPS_SCRIPT_PATTERNS = ("__init__.py", "lib/*.py", "lib/**/*.py", "backup*.py", "restore*.py",
@@ -104,7 +105,8 @@ class MonitoringSettings:
     kms_key_arn: str
     db_host: str
     db_name: str
-    db_master_secret_arn: str
+    db_backup_secret_arn: str
+    db_drill_secret_arn: str
     grafana_secret_arn: str
     grafana_secret_name: str
     data_volume_id: str
@@ -245,7 +247,8 @@ def systemd_units(s: MonitoringSettings) -> dict[str, str]:
         "retention_days": RETENTION_DAYS,
         # Leave a fifth of the volume to Grafana, Alertmanager and compaction headroom.
         "retention_size_gb": max(1, int(s.volume_gb * 0.8)),
-        "db_master_secret_arn": s.db_master_secret_arn,
+        "db_backup_secret_arn": s.db_backup_secret_arn,
+        "db_drill_secret_arn": s.db_drill_secret_arn,
         "db_host": s.db_host,
         "db_name": s.db_name,
         "backup_bucket": s.backup_bucket,
@@ -302,6 +305,7 @@ def host_files(s: MonitoringSettings) -> dict[str, tuple[str, str]]:
             "host/cloudwatch-agent.json.j2", cloudwatch_namespace=CLOUDWATCH_NAMESPACE, data_dir=DATA_DIR), "0644"),
         BOOTSTRAP_PATH: (bootstrap_script(s), "0755"),
         EXPORTER_SECRETS_PATH: (exporter_secrets_script(s), "0755"),
+        "/etc/dnf/automatic.conf": (render_template("host/dnf-automatic.conf.j2"), "0644"),
     }
     for path, content in grafana_files(s).items():
         files[path] = (content, "0644")
@@ -345,8 +349,10 @@ def _requirement_name(line: str) -> str:
     return re.split(r"[=<>!~;\s]", line, maxsplit=1)[0].strip().lower()
 
 
-def ops_requirements(requirements_file: Path = ROOT_DIR / "requirements.txt") -> str:
-    """The host's virtualenv requirements, pinned exactly as in requirements.txt."""
+def ops_requirements(requirements_file: Path = ROOT_DIR / "requirements.txt",
+                     locked_file: Path = OPS_REQUIREMENTS_FILE) -> str:
+    """The host's virtualenv requirements: the hashed file, whose top-level pins must be the
+    ones requirements.txt has (so the host runs what the tests ran)."""
     pinned = {}
     for raw in requirements_file.read_text().splitlines():
         line = raw.split("#", 1)[0].strip()
@@ -355,11 +361,26 @@ def ops_requirements(requirements_file: Path = ROOT_DIR / "requirements.txt") ->
     missing = [p for p in OPS_PACKAGES if p.lower() not in pinned]
     if missing:
         raise ValueError(f"requirements.txt pins none of {missing}, which the ops scripts need")
-    lines = [pinned[p.lower()] for p in OPS_PACKAGES]
-    unpinned = [line for line in lines if "==" not in line]
-    if unpinned:
-        raise ValueError(f"ops requirements must be pinned with ==: {unpinned}")
-    return "# Rendered from requirements.txt by components/monitoring_render.py.\n" + "\n".join(lines) + "\n"
+    text = locked_file.read_text()
+    locked = locked_requirements(text)
+    for package in OPS_PACKAGES:
+        if locked.get(_requirement_name(package)) != pinned[package.lower()]:
+            raise ValueError(f"{locked_file.name} pins {locked.get(_requirement_name(package))!r}, requirements.txt "
+                             f"{pinned[package.lower()]!r}: regenerate it (see its header)")
+    return text
+
+
+def locked_requirements(text: str) -> dict[str, str]:
+    """name -> "name==version" of a hashed requirements file; every entry must carry a hash."""
+    entries: dict[str, str] = {}
+    for entry in re.split(r"\n(?=\S)", "\n".join(line for line in text.splitlines() if not line.startswith("#"))):
+        requirement = entry.split("\\", 1)[0].strip()
+        if not requirement:
+            continue
+        if "==" not in requirement or "--hash=sha256:" not in entry:
+            raise ValueError(f"every ops requirement needs == and a sha256 hash: {requirement}")
+        entries[_requirement_name(requirement)] = requirement
+    return entries
 
 
 def is_ops_script(relative_path: str) -> bool:

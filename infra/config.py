@@ -12,12 +12,15 @@ import difflib
 import ipaddress
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from components.connection_budget import max_api_hosts
+from components.postgres_parameters import max_connections
 
 PROJECT = "psychology-api"
 
@@ -456,6 +459,7 @@ def check_rules(cfg: StackConfig) -> list[Problem]:
     if not cfg.api_min_size <= cfg.api_desired_capacity <= cfg.api_max_size:
         bad("apiDesiredCapacity", cfg.api_desired_capacity,
             f"between apiMinSize ({cfg.api_min_size}) and apiMaxSize ({cfg.api_max_size})")
+    _check_connection_budget(cfg, bad)
 
     if cfg.db_major_version not in POSTGRES_MAJORS:
         bad("dbEngineVersion", cfg.db_engine_version, _allowed_text("db_engine_version"))
@@ -520,6 +524,21 @@ def placeholder_problems(cfg: StackConfig) -> list[Problem]:
         if any(_placeholder_network(c) for c in cidrs):
             problems.append(Problem(full_key(alias), cidrs, f"{what} (documentation networks)"))
     return problems
+
+
+def _check_connection_budget(cfg: StackConfig, bad: Callable[[str, Any, str], None]) -> None:
+    """The API hosts at apiMaxSize plus one extra during a refresh must fit the database's
+    max_connections with everything else that connects (components/connection_budget.py)."""
+    try:
+        most = max_api_hosts(cfg.api_instance_type, max_connections())
+    except ValueError:
+        bad("apiInstanceType", cfg.api_instance_type,
+            "a size of nano to xlarge or Nxlarge (the database connection budget counts its vCPUs)")
+        return
+    if cfg.api_max_size > most:
+        bad("apiMaxSize", cfg.api_max_size,
+            f"at most {most} with apiInstanceType {cfg.api_instance_type}: {most} hosts and one more during a "
+            f"refresh fill the database's max_connections {max_connections()}")
 
 
 # --- reading from pulumi.Config ------------------------------------------------------

@@ -12,12 +12,14 @@ from components.alarms import AlertsTopic, AlertsTopicArgs, CloudWatchAlarms, Cl
 from components.ami import amazon_linux_2023_ami
 from components.api_hosts import ApiHosts, ApiHostsArgs
 from components.cache import Cache, CacheArgs
+from components.connection_budget import refresh_max_healthy_percent
 from components.database import Database, DatabaseArgs
 from components.dbops import DbOps, DbOpsArgs
 from components.encryption import DataKey, DataKeyArgs
 from components.loadbalancer import LoadBalancer, LoadBalancerArgs
 from components.monitoring import MonitoringHost, MonitoringHostArgs
 from components.network import Network, NetworkArgs
+from components.postgres_parameters import max_connections
 from components.release import ReleaseMigrations, ReleaseMigrationsArgs, ReleaseSmokeTests, ReleaseSmokeTestsArgs
 from components.secrets import AppSecrets, AppSecretsArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
@@ -88,6 +90,8 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
         expire_prefix=BACKUP_PREFIX,
         expire_days=cfg.backup_retention_days,
         noncurrent_version_days=cfg.backup_noncurrent_version_days,
+        # The host that writes backups can add, never delete or replace, within the retention.
+        object_lock_days=cfg.backup_retention_days,
     ), opts)
     access_logs = PrivateBucket("access-logs", PrivateBucketArgs(
         purpose="load-balancer-access-logs",
@@ -216,6 +220,8 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
         max_size=cfg.api_max_size,
         desired_capacity=cfg.api_desired_capacity,
         cpu_target_percent=cfg.api_cpu_target_percent,
+        refresh_max_healthy_percent=refresh_max_healthy_percent(cfg.api_max_size, cfg.api_instance_type,
+                                                                max_connections()),
         environment=cfg.environment,
         region=cfg.region,
         vpc_cidr=cfg.vpc_cidr,
@@ -267,7 +273,8 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
         alerts_topic_arn=alerts.arn,
         db_address=database.endpoint,
         db_name=cfg.db_name,
-        db_master_secret_arn=database.master_secret_arn,
+        db_backup_secret_arn=dbops.backup_db_secret_arn,
+        db_drill_secret_arn=dbops.drill_db_secret_arn,
         public_url=alb.url,
         https=cfg.https_enabled,
         instance_type=cfg.monitoring_instance_type,
@@ -296,6 +303,8 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
         redis_num_nodes=cfg.redis_num_nodes,
         monitoring_instance_id=monitoring.instance_id,
         maintenance=cfg.maintenance,
+        rotation_function_names=dbops.rotation_function_names,
+        rotation_metric_namespace=dbops.rotation_metric_namespace,
     ), opts)
 
     security_group_ids = dict(security.ids)
@@ -342,6 +351,8 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
     pulumi.export("grafana_admin_secret_arn", monitoring.grafana_admin_secret_arn)
     pulumi.export("alerts_topic_arn", alerts.arn)
     pulumi.export("db_app_secret_arn", dbops.app_db_secret_arn)
+    pulumi.export("db_backup_secret_arn", dbops.backup_db_secret_arn)
+    pulumi.export("db_drill_secret_arn", dbops.drill_db_secret_arn)
     pulumi.export("db_monitor_secret_arn", dbops.monitor_db_secret_arn)
     pulumi.export("dbops_function_names", dbops.function_names)
     if migrations is not None:

@@ -32,16 +32,19 @@ import fcntl
 import hashlib
 import queue
 import resource
+import secrets
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional
 
 import psycopg
+from botocore.exceptions import ClientError
 from psycopg import IsolationLevel
 
 from scripts.lib import aws, cli
@@ -194,6 +197,9 @@ class BackupPipeline:
         self.dump_process: Optional[subprocess.Popen[bytes]] = None
         self._upload_id: Optional[str] = None
         self._key: Optional[str] = None
+        # Part of the key: two runs started in the same second (the timer and an operator's
+        # pre-release backup) never aim at the same object.
+        self._run_token = secrets.token_hex(4)
         self._completed_version: Optional[str] = None
         self._completed = False
         self._error: Optional[BaseException] = None
@@ -221,7 +227,7 @@ class BackupPipeline:
         Listing, not HeadObject: with s3:ListBucket limited to the backups prefix, a HEAD of a
         missing key answers 403 rather than 404."""
         for attempt in range(20):
-            key = dump_key(self.options.prefix, database, started, self.options.label, attempt)
+            key = dump_key(self.options.prefix, database, started, self.options.label, attempt, unique=self._run_token)
             listed = self.s3.list_objects_v2(Bucket=self.options.bucket, Prefix=key, MaxKeys=1)
             if not listed.get("KeyCount") and not listed.get("Contents"):
                 return key
@@ -396,8 +402,10 @@ class BackupPipeline:
             timings["verify_seconds"] = time.monotonic() - t0 - timings["dump_seconds"] - timings["upload_wait_seconds"]
 
             parts = [{"PartNumber": n, "ETag": etag, "ChecksumSHA256": base64.b64encode(d).decode()} for n, etag, d in results]
-            completed = self.s3.complete_multipart_upload(Bucket=opts.bucket, Key=key, UploadId=self._upload_id,
-                                                          MultipartUpload={"Parts": parts})
+            # Conditional writes: an object already at the key (another run's) is never replaced.
+            with refuse_existing(opts.bucket, key):
+                completed = self.s3.complete_multipart_upload(Bucket=opts.bucket, Key=key, UploadId=self._upload_id,
+                                                              MultipartUpload={"Parts": parts}, IfNoneMatch="*")
             self._completed = True
             # An unversioned bucket has no versions to pin ("null" on a suspended one).
             version = completed.get("VersionId")
@@ -423,8 +431,9 @@ class BackupPipeline:
                 verified=["pg_dump exit 0", "pg_restore --list"] + (["pg_restore full read"] if opts.verify_full else [])
                 + ["S3 SHA-256 of every part", "S3 composite SHA-256 and size"],
                 kms_key_id=head.get("SSEKMSKeyId"))
-            self.s3.put_object(Bucket=opts.bucket, Key=manifest_key(key), Body=manifest.to_json().encode(),
-                               ContentType="application/json", ChecksumAlgorithm="SHA256", **sse)
+            with refuse_existing(opts.bucket, manifest_key(key)):
+                self.s3.put_object(Bucket=opts.bucket, Key=manifest_key(key), Body=manifest.to_json().encode(),
+                                   ContentType="application/json", ChecksumAlgorithm="SHA256", IfNoneMatch="*", **sse)
             seconds = time.monotonic() - t0
             timings["total_seconds"] = seconds
             return BackupResult(manifest=manifest, manifest_key=manifest_key(key), seconds=seconds, timings=timings)
@@ -517,6 +526,18 @@ class BackupPipeline:
                 self.dump_process.wait(10)
             except subprocess.TimeoutExpired:
                 pass
+
+
+@contextmanager
+def refuse_existing(bucket: str, key: str) -> Iterator[None]:
+    """S3 answers 412 to a conditional write (If-None-Match: *) when the key exists."""
+    try:
+        yield
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") != "PreconditionFailed":
+            raise
+        raise cli.ScriptError(f"s3://{bucket}/{key} already exists (another backup wrote it); "
+                              "nothing was overwritten") from None
 
 
 def _body(view: memoryview) -> bytes | bytearray:

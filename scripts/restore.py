@@ -35,6 +35,7 @@ import ctypes.util
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -88,6 +89,9 @@ class RestoreOptions:
     pg_bin: Optional[str] = None
     analyze: bool = True
     keep_roles: bool = False
+    # Leave out the archive's extensions (CREATE and COMMENT ON EXTENSION): a restoring login
+    # without rds_superuser cannot create e.g. pg_stat_statements. The restore drill's login.
+    skip_extensions: bool = False
 
 
 @dataclass
@@ -149,7 +153,7 @@ def remove_stale_spools(directory: str) -> list[str]:
     user with the spool's name. Call it only while holding the directory exclusively."""
     removed = []
     for entry in os.scandir(directory):
-        if not (entry.name.startswith(SPOOL_PREFIX) and entry.name.endswith(SPOOL_SUFFIX)):
+        if not (entry.name.startswith(SPOOL_PREFIX) and entry.name.endswith((SPOOL_SUFFIX, SPOOL_SUFFIX + ".toc"))):
             continue
         info = entry.stat(follow_symlinks=False)
         if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
@@ -256,15 +260,31 @@ def die_with_parent(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
-def pg_restore_argv(options: RestoreOptions, dbname: str, archive: Path) -> list[str]:
+def pg_restore_argv(options: RestoreOptions, dbname: str, archive: Path, use_list: Optional[Path] = None) -> list[str]:
     argv = [pg_tool("pg_restore", options.pg_bin), "--exit-on-error", "--no-publications", "--no-subscriptions",
             "--no-security-labels", "--no-tablespaces", "--no-password", f"--dbname={dbname}"]
+    if use_list is not None:
+        argv.append(f"--use-list={use_list}")
     if not options.keep_roles:
         argv += ["--no-owner", "--no-privileges"]
     if options.force:
         argv += ["--clean", "--if-exists"]
     argv += ["--single-transaction"] if options.jobs == 1 else [f"--jobs={options.jobs}"]
     return argv + [str(archive)]
+
+
+def toc_without_extensions(options: RestoreOptions, archive: Path) -> Path:
+    """The archive's table of contents minus its EXTENSION entries and their comments, next to
+    the archive (removed with it)."""
+    listed = subprocess.run([pg_tool("pg_restore", options.pg_bin), "--list", str(archive)], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, check=False)
+    if listed.returncode != 0:
+        raise cli.ScriptError(f"pg_restore --list failed (exit {listed.returncode}): {cli.masker(listed.stderr.strip())}")
+    kept = [line for line in listed.stdout.splitlines()
+            if not re.match(r"^\d+; \d+ \d+ (EXTENSION|COMMENT - EXTENSION) ", line)]
+    toc = archive.with_name(archive.name + ".toc")
+    toc.write_text("\n".join(kept) + "\n")
+    return toc
 
 
 def restore_backup(target: DbTarget, s3: Any, options: RestoreOptions) -> RestoreResult:
@@ -284,12 +304,14 @@ def restore_backup(target: DbTarget, s3: Any, options: RestoreOptions) -> Restor
         try:
             cli.info(f"restore: SHA-256 verified ({manifest.sha256[:16]}...); running pg_restore")
             t = time.monotonic()
-            completed = subprocess.run(pg_restore_argv(options, target.dbname, archive), env=target.libpq_env(),
+            use_list = toc_without_extensions(options, archive) if options.skip_extensions else None
+            completed = subprocess.run(pg_restore_argv(options, target.dbname, archive, use_list), env=target.libpq_env(),
                                        stdin=subprocess.DEVNULL, capture_output=True, check=False,
                                        preexec_fn=die_with_parent(os.getpid()))
             timings["pg_restore_seconds"] = time.monotonic() - t
         finally:
             archive.unlink(missing_ok=True)
+            archive.with_name(archive.name + ".toc").unlink(missing_ok=True)
     if completed.returncode != 0:
         lines = [line for line in completed.stderr.decode(errors="replace").splitlines() if line.strip()]
         detail = cli.masker(" | ".join(lines[-3:]))

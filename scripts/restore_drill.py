@@ -80,7 +80,9 @@ def run_drill(source: DbTarget, s3: Any, *, bucket: str, prefix: str, scratch: s
     _recreate(source, scratch)
     try:
         result = restore_backup(source.with_dbname(scratch), s3, RestoreOptions(
-            bucket=bucket, key=manifest.key, jobs=jobs, spool_dir=spool_dir, pg_bin=pg_bin))
+            bucket=bucket, key=manifest.key, jobs=jobs, spool_dir=spool_dir, pg_bin=pg_bin,
+            # The drill's login cannot create extensions (only rds_superuser can); they hold no rows.
+            skip_extensions=True))
     finally:
         if not keep_scratch:
             with sigterm_ignored():

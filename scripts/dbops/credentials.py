@@ -28,6 +28,12 @@ APP_LOGIN_USERS = ("psychology_app_a", "psychology_app_b")
 MONITOR_GROUP_ROLE = "psychology_monitor"
 MONITOR_LOGIN_USERS = ("psychology_monitor_a", "psychology_monitor_b")
 LEGACY_MONITOR_LOGIN = MONITOR_GROUP_ROLE
+# Migration 0005: the monitoring host's backup (pg_read_all_data, read-only) and restore drill
+# (CREATEDB, its scratch database only) logins, alternating like the others.
+BACKUP_GROUP_ROLE = "psychology_backup"
+BACKUP_LOGIN_USERS = ("psychology_backup_a", "psychology_backup_b")
+DRILL_GROUP_ROLE = "psychology_drill"
+DRILL_LOGIN_USERS = ("psychology_drill_a", "psychology_drill_b")
 
 
 def set_role_password(admin: psycopg.Connection, role: str, password: str) -> None:
@@ -81,7 +87,7 @@ class CredentialResult:
         return {"role": self.role, "secret": self.secret, "password_set": self.changed}
 
 
-MANAGED_ROLES = (*APP_LOGIN_USERS, *MONITOR_LOGIN_USERS, LEGACY_MONITOR_LOGIN)
+MANAGED_ROLES = (*APP_LOGIN_USERS, *MONITOR_LOGIN_USERS, LEGACY_MONITOR_LOGIN, *BACKUP_LOGIN_USERS, *DRILL_LOGIN_USERS)
 
 
 def ensure_role_matches_secret(admin_target: DbTarget, credentials: DbTarget, *, secret_label: str) -> CredentialResult:

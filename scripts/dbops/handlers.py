@@ -5,10 +5,11 @@ from Secrets Manager at run time:
 
 | handler | environment | does |
 |---|---|---|
-| `migrate_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, APP_DB_SECRET_ARN, MONITOR_DB_SECRET_ARN, MIGRATION_LOCK_TIMEOUT_SECONDS, MIGRATION_LOCK_ATTEMPTS, MIGRATION_STATEMENT_TIMEOUT_SECONDS | applies `migrations/` as the RDS master, then makes the application's current user and the monitoring role accept the passwords in their secrets |
+| `migrate_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, APP_DB_SECRET_ARN, MONITOR_DB_SECRET_ARN, BACKUP_DB_SECRET_ARN, DRILL_DB_SECRET_ARN, MIGRATION_LOCK_TIMEOUT_SECONDS, MIGRATION_LOCK_ATTEMPTS, MIGRATION_STATEMENT_TIMEOUT_SECONDS | applies `migrations/` as the RDS master, then makes the current user of the application's, the monitoring, the backup and the drill secret accept its password |
 | `health_handler` | APP_DB_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, REDIS_SECRET_ARN | the in-VPC smoke checks: database (with the application's credentials: SELECT 1, latest migration) and Redis round trip |
-| `rotation_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME | Secrets Manager's four rotation steps for the application's and the monitoring role's database credentials (alternating users) |
+| `rotation_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME | Secrets Manager's four rotation steps for the application's, the monitoring, the backup and the drill database credentials (alternating users) |
 | `redis_rotation_handler` | REDIS_REPLICATION_GROUP_ID, REDIS_HOST, REDIS_PORT | the four rotation steps for the Redis AUTH token (two valid tokens during the change) |
+| `rotation_check_handler` | ROTATED_SECRET_ARNS, METRIC_NAMESPACE, MARGIN_DAYS | hourly: publishes how many rotated secrets are overdue (scripts/dbops/rotation_check.py) |
 
 `migrate_handler` and `health_handler` answer `{"ok": bool, ...}`; a known failure is
 `{"ok": false, "error": "<one line>"}`. The rotation handlers raise on failure, as Secrets
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import UTC, datetime
 from typing import Any, Optional
 
 import psycopg
@@ -36,6 +38,7 @@ from scripts.dbops.migrations import (
 )
 from scripts.dbops.redis_rotation import RedisRotation, redis_endpoint_from_environment
 from scripts.dbops.rotation import Rotation, endpoint_from_environment
+from scripts.dbops.rotation_check import DEFAULT_MARGIN_DAYS, check_rotation
 from scripts.lib import aws
 from scripts.lib.cli import ScriptError, masker
 from scripts.lib.db import DbTarget, target_from_document, target_from_secret
@@ -69,6 +72,12 @@ def master_target() -> DbTarget:
 def secret_target(secret_arn: str) -> DbTarget:
     doc = read_secret_json(secret_arn)
     return target_from_document(doc, source=f"secret {secret_arn}", **_endpoint())
+
+
+# The secrets whose role the migrate function makes accept the secret's password, after the
+# migrations created the roles (the first version of each; rotation owns them afterwards).
+MANAGED_SECRETS = (("application", "APP_DB_SECRET_ARN"), ("monitoring", "MONITOR_DB_SECRET_ARN"),
+                   ("backup", "BACKUP_DB_SECRET_ARN"), ("restore drill", "DRILL_DB_SECRET_ARN"))
 
 
 def _failure(err: BaseException, started: float) -> dict[str, Any]:
@@ -106,7 +115,7 @@ def migrate_handler(event: Optional[dict[str, Any]], context: Any = None) -> dic
                          allow_out_of_order=bool(event.get("allow_out_of_order")), log=_log)
         credentials = []
         if not dry_run:
-            for label, variable in (("application", "APP_DB_SECRET_ARN"), ("monitoring", "MONITOR_DB_SECRET_ARN")):
+            for label, variable in MANAGED_SECRETS:
                 arn = os.environ.get(variable)
                 if not arn:
                     continue
@@ -181,3 +190,17 @@ def redis_rotation_handler(event: dict[str, Any], context: Any = None) -> None:
                           endpoint=redis_endpoint_from_environment(), log=_log).run(step)
     except ScriptError as err:
         raise RuntimeError(masker(str(err))) from None
+
+
+def rotation_check_handler(event: Optional[dict[str, Any]], context: Any = None) -> dict[str, Any]:
+    """EventBridge's hourly schedule. Raises (so Lambda counts an error) only when the check
+    itself cannot run; overdue secrets are reported through the metric, and logged."""
+    secret_ids = [arn for arn in _env("ROTATED_SECRET_ARNS").split(",") if arn]
+    margin = int(os.environ.get("MARGIN_DAYS") or DEFAULT_MARGIN_DAYS)
+    with aws.one_line_errors():
+        answer = check_rotation(aws.client("secretsmanager"), aws.client("cloudwatch"), secret_ids,
+                                namespace=_env("METRIC_NAMESPACE"), now=datetime.now(UTC), margin_days=margin)
+    for name, reason in answer["overdue"].items():
+        logger.warning(masker(f"rotation overdue: {name}: {reason}"))
+    _log(f"rotation check: {answer['checked']} secret(s), {len(answer['overdue'])} overdue")
+    return answer

@@ -48,6 +48,10 @@ import psycopg
 from scripts.dbops.credentials import (
     APP_GROUP_ROLE,
     APP_LOGIN_USERS,
+    BACKUP_GROUP_ROLE,
+    BACKUP_LOGIN_USERS,
+    DRILL_GROUP_ROLE,
+    DRILL_LOGIN_USERS,
     LEGACY_MONITOR_LOGIN,
     MONITOR_GROUP_ROLE,
     MONITOR_LOGIN_USERS,
@@ -110,6 +114,8 @@ class LoginPair:
                                     f"(current_user is {current_user})")
             conn.execute(f"SELECT count(*) FROM {QUALIFIED_TABLE}").fetchone()  # noqa: S608 - constant
             return f"queries as {APP_GROUP_ROLE}"
+        if self.group in (BACKUP_GROUP_ROLE, DRILL_GROUP_ROLE):
+            return verify_monitoring_host_login(conn, session_user, self.group)
         monitor = conn.execute("SELECT pg_has_role(session_user, 'pg_monitor', 'USAGE'), "
                                "current_setting('default_transaction_read_only')").fetchone() or (False, "")
         if not monitor[0]:
@@ -136,10 +142,28 @@ def app_login_pair() -> LoginPair:
 
 
 MONITOR_PAIR = LoginPair("monitoring", MONITOR_GROUP_ROLE, MONITOR_LOGIN_USERS, legacy_users=(LEGACY_MONITOR_LOGIN,))
+BACKUP_PAIR = LoginPair("backup", BACKUP_GROUP_ROLE, BACKUP_LOGIN_USERS)
+DRILL_PAIR = LoginPair("restore drill", DRILL_GROUP_ROLE, DRILL_LOGIN_USERS)
 
 
 def login_pairs() -> tuple[LoginPair, ...]:
-    return (app_login_pair(), MONITOR_PAIR)
+    return (app_login_pair(), MONITOR_PAIR, BACKUP_PAIR, DRILL_PAIR)
+
+
+def verify_monitoring_host_login(conn: psycopg.Connection, session_user: str, group: str) -> str:
+    """The backup login reads everything and writes nothing; the drill login acts as its group,
+    which may create databases."""
+    if group == BACKUP_GROUP_ROLE:
+        row = conn.execute("SELECT pg_has_role(session_user, 'pg_read_all_data', 'USAGE'), "
+                           "current_setting('default_transaction_read_only')").fetchone() or (False, "")
+        if not row[0] or row[1] != "on":
+            raise RotationError(f"user {session_user} lacks pg_read_all_data or is not read-only")
+        conn.execute(f"SELECT count(*) FROM {QUALIFIED_TABLE}").fetchone()  # noqa: S608 - constant
+        return "reads through pg_read_all_data, read-only"
+    row = conn.execute("SELECT current_user, rolcreatedb FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()
+    if row is None or row[0] != DRILL_GROUP_ROLE or not row[1]:
+        raise RotationError(f"user {session_user} does not act as {DRILL_GROUP_ROLE} with CREATEDB")
+    return f"acts as {DRILL_GROUP_ROLE} (CREATEDB)"
 
 
 def pair_for(username: str) -> LoginPair:

@@ -4,7 +4,7 @@ the newest complete backup, and the metric names of the textfile collector.
 
 A backup is two objects under `<prefix><database>/`:
 
-* `<UTC timestamp>[-label].dump`: the `pg_dump --format=custom` archive (compressed by pg_dump),
+* `<UTC timestamp>[-label]-<run token>.dump`: the `pg_dump --format=custom` archive (compressed by pg_dump),
   uploaded as an SSE-KMS multipart upload with a SHA-256 checksum per part;
 * `<same>.dump.manifest.json`: written only after the upload was verified. Its presence is
   what makes a backup complete; restores refuse dumps without one. It pins the dump's S3
@@ -124,10 +124,15 @@ def normalize_prefix(prefix: str) -> str:
     return prefix if not prefix or prefix.endswith("/") else prefix + "/"
 
 
-def dump_key(prefix: str, database: str, started: datetime, label: Optional[str] = None, attempt: int = 0) -> str:
+def dump_key(prefix: str, database: str, started: datetime, label: Optional[str] = None, attempt: int = 0,
+             unique: Optional[str] = None) -> str:
+    """`unique` is a token of the run (scripts/backup.py): two backups started in the same
+    second never aim at the same key."""
     name = started.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
     if label:
         name += f"-{label}"
+    if unique:
+        name += f"-{unique}"
     if attempt:
         name += f"-{attempt + 1}"
     return f"{normalize_prefix(prefix)}{database}/{name}{DUMP_SUFFIX}"

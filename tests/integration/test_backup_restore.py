@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -253,7 +254,8 @@ def test_round_trip_is_identical(pg_server: PgServer, env: Env, make_db: Callabl
                                                      "--textfile", str(textfile)), capsys)
     assert code == 0 and report["ok"]
     key = report["key"]
-    assert key.startswith(f"postgres/{source}/") and key.endswith("-nightly.dump")
+    # <timestamp>-<label>-<run token>.dump: two runs in the same second never share a key.
+    assert re.fullmatch(rf"postgres/{source}/\d{{8}}T\d{{6}}Z-nightly-[0-9a-f]{{8}}\.dump", key), key
     assert {t["table"]: t["rows"] for t in report["tables"]} == {
         "billing.payments": 2000, "public.Audit Log": 365, "public.clients": 3000, "public.empty_table": 0,
         "public.places": 300, "public.sessions": 5000}

@@ -78,7 +78,8 @@ def render_settings() -> render.MonitoringSettings:
         project="psychology-api", stack="test", environment="staging", region="eu-central-1",
         public_url="http://alb.example", https=False, alerts_topic_arn="arn:aws:sns:eu-central-1:1:t",
         backup_bucket="b", kms_key_arn="arn:aws:kms:eu-central-1:1:key/k", db_host="db.fallback.internal",
-        db_name="psychology", db_master_secret_arn="arn:aws:secretsmanager:eu-central-1:1:secret:m",
+        db_name="psychology", db_backup_secret_arn="arn:aws:secretsmanager:eu-central-1:1:secret:b",
+        db_drill_secret_arn="arn:aws:secretsmanager:eu-central-1:1:secret:d",
         grafana_secret_arn="arn:aws:secretsmanager:eu-central-1:1:secret:g", grafana_secret_name="g",
         data_volume_id="vol-0", volume_gb=50, backup_schedule="daily", restore_drill_schedule="monthly",
         bundle_key="ops/x.zip")

@@ -40,7 +40,7 @@ def test_invoke_passes_the_migrate_answer_and_fails_with_its_message(
     ok = release("invoke", "--function", "psychology-api-test-db-migrate", endpoint=moto_lambda.endpoint_url)
     assert ok.returncode == 0, ok.stderr
     doc = json.loads(ok.stdout)
-    assert doc["ok"] is True and doc["latest"] == "0004_monitoring_login_users.sql" and len(doc["applied"]) == 4
+    assert doc["ok"] is True and doc["latest"] == "0005_backup_and_drill_roles.sql" and len(doc["applied"]) == 5
     assert ok.stderr.strip().splitlines()[-1].startswith("PASS: psychology-api-test-db-migrate:")
 
     failing = {"ok": False, "error": "migration 0004_x.sql failed and was rolled back (nothing of it applied): "

@@ -163,7 +163,7 @@ def test_set_secret_never_touches_the_current_user(sm: Any, rotation_enabled: Db
 def test_initial_credentials_and_monitor_role_through_the_migrate_handler(
         sm: Any, db_secrets: DbSecrets, function_env: DbSecrets, admin_target: DbTarget) -> None:
     first = handlers.migrate_handler({})
-    assert first["ok"] and first["latest"] == "0004_monitoring_login_users.sql"
+    assert first["ok"] and first["latest"] == "0005_backup_and_drill_roles.sql"
     assert {c["role"] for c in first["credentials"]} == {"psychology_app_a", "psychology_monitor_a"}
     app = creds(sm, db_secrets.app_arn)
     monitor = target_from_document(read_json(sm, db_secrets.monitor_arn))

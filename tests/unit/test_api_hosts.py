@@ -8,6 +8,8 @@ from typing import Any
 import pulumi
 
 from components.api_hosts import ApiHosts, ApiHostsArgs
+from components.connection_budget import refresh_max_healthy_percent
+from components.postgres_parameters import max_connections
 from components.userdata import decode_user_data
 from infra.mock_engine import Plan, run_program
 
@@ -132,8 +134,11 @@ def test_release_rolls_out_by_rolling_instance_refresh(plan: Plan) -> None:
     refresh = asg["instanceRefresh"]
     assert refresh["strategy"] == "Rolling"
     assert refresh["preferences"]["minHealthyPercentage"] >= 90
-    assert refresh["preferences"]["maxHealthyPercentage"] == 200
-    assert asg["instanceMaintenancePolicy"] == {"minHealthyPercentage": 100, "maxHealthyPercentage": 200}
+    # Launch before terminate, with the surge the database's max_connections allows
+    # (tests/unit/test_connection_budget.py): 200 on staging, less on prod.
+    surge = refresh_max_healthy_percent(asg["maxSize"], lt.inputs["instanceType"], max_connections())
+    assert 100 < refresh["preferences"]["maxHealthyPercentage"] == surge <= 200
+    assert asg["instanceMaintenancePolicy"] == {"minHealthyPercentage": 100, "maxHealthyPercentage": surge}
 
 
 def test_new_app_version_changes_the_launch_template(staging: Plan) -> None:

@@ -17,8 +17,8 @@ FUNCTION = "aws:lambda/function:Function"
 ROTATION = "aws:secretsmanager/secretRotation:SecretRotation"
 PERMISSION = "aws:lambda/permission:Permission"
 HANDLERS = {"dbops-migrate": "migrate_handler", "dbops-health": "health_handler", "dbops-rotate": "rotation_handler",
-            "dbops-rotate-redis": "redis_rotation_handler"}
-FUNCTION_KEYS = ("migrate", "health", "rotate", "rotate-redis")
+            "dbops-rotate-redis": "redis_rotation_handler", "dbops-check-rotation": "rotation_check_handler"}
+FUNCTION_KEYS = ("migrate", "health", "rotate", "rotate-redis", "check-rotation")
 
 
 def key_arn(plan: Plan) -> str:
@@ -67,7 +67,7 @@ def secret_document(plan: Plan, version: str) -> dict[str, Any]:
 
 def test_four_functions_in_the_private_subnets_with_the_dbops_group(plan: Plan) -> None:
     functions = {r.name: r for r in plan.of_type(FUNCTION)}
-    assert set(functions) == {"dbops-migrate", "dbops-health", "dbops-rotate", "dbops-rotate-redis"}
+    assert set(functions) == {"dbops-migrate", "dbops-health", "dbops-rotate", "dbops-rotate-redis", "dbops-check-rotation"}
     private = sorted(r.id for r in plan.of_type("aws:ec2/subnet:Subnet") if r.inputs["tags"]["tier"] == "private")
     dbops_group = plan.named("sg-dbops").id
     package = build_lambda_package()
@@ -109,14 +109,18 @@ def test_environment_holds_arns_and_endpoint_only(plan: Plan) -> None:
     endpoint = {"DB_HOST": db_host(plan), "DB_PORT": "5432", "DB_NAME": "psychology"}
     redis_endpoint = {"REDIS_REPLICATION_GROUP_ID": f"psychology-api-{plan.stack}-redis",
                       "REDIS_HOST": plan.outputs["redis_endpoint"], "REDIS_PORT": "6379"}
+    backup, drill = secret_arn(plan, "dbops-backup-credentials"), secret_arn(plan, "dbops-drill-credentials")
     migration = {"MIGRATION_LOCK_TIMEOUT_SECONDS": "5", "MIGRATION_LOCK_ATTEMPTS": "5",
                  "MIGRATION_STATEMENT_TIMEOUT_SECONDS": "600"}
     assert env["dbops-migrate"] == {"MASTER_SECRET_ARN": master, "APP_DB_SECRET_ARN": app, "MONITOR_DB_SECRET_ARN": monitor,
-                                    **endpoint, **migration}
+                                    "BACKUP_DB_SECRET_ARN": backup, "DRILL_DB_SECRET_ARN": drill, **endpoint, **migration}
     assert env["dbops-health"] == {"APP_DB_SECRET_ARN": app, "REDIS_SECRET_ARN": redis, **endpoint}
     assert env["dbops-rotate"] == {"MASTER_SECRET_ARN": master, **endpoint}
     # The group comes from the environment, never from a secret: the role may change only it.
     assert env["dbops-rotate-redis"] == redis_endpoint
+    check = env.pop("dbops-check-rotation")   # ARNs, a metric namespace and a number of days
+    assert set(check["ROTATED_SECRET_ARNS"].split(",")) == {app, monitor, backup, drill, redis}
+    assert check["METRIC_NAMESPACE"] == f"psychology-api/{plan.stack}/rotation" and check["MARGIN_DAYS"] == "2"
     for variables in env.values():
         for key, value in variables.items():
             assert "PASSWORD" not in key and "TOKEN" not in key and "[secret]" not in value
@@ -125,7 +129,7 @@ def test_environment_holds_arns_and_endpoint_only(plan: Plan) -> None:
 
 def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
     roles = {fn.name: fn.inputs["role"] for fn in plan.of_type(FUNCTION)}
-    assert len(set(roles.values())) == 4
+    assert len(set(roles.values())) == 5
     for name in FUNCTION_KEYS:
         role = plan.named(f"dbops-{name}-role")
         trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
@@ -137,7 +141,9 @@ def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
                     if r.inputs["role"] == role.outputs["name"]]
         assert attached == [attachment]
         for statement in policy(plan, name):
-            if statement["Resource"] == "*":
+            if statement["Resource"] == "*" and name == "check-rotation":
+                assert statement["Action"] == "cloudwatch:PutMetricData" and "cloudwatch:namespace" in str(statement)
+            elif statement["Resource"] == "*":
                 assert name in ("rotate", "rotate-redis") and statement["Action"] == "secretsmanager:GetRandomPassword"
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             if any(action.startswith("kms:") for action in actions):
@@ -150,11 +156,13 @@ def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
     master, app = master_secret_arn(plan), secret_arn(plan, "dbops-app-credentials")
     monitor, redis = secret_arn(plan, "dbops-monitor-credentials"), redis_secret_arn(plan)
     key = key_arn(plan)
-    assert granted(plan, "migrate") == {"secretsmanager:GetSecretValue": {master, app, monitor}, "kms:Decrypt": {key}}
+    backup, drill = secret_arn(plan, "dbops-backup-credentials"), secret_arn(plan, "dbops-drill-credentials")
+    logins = {app, monitor, backup, drill}
+    assert granted(plan, "migrate") == {"secretsmanager:GetSecretValue": {master, *logins}, "kms:Decrypt": {key}}
     assert granted(plan, "health") == {"secretsmanager:GetSecretValue": {app, redis}, "kms:Decrypt": {key}}
     assert granted(plan, "rotate") == {
-        "secretsmanager:DescribeSecret": {app, monitor}, "secretsmanager:GetSecretValue": {app, monitor, master},
-        "secretsmanager:PutSecretValue": {app, monitor}, "secretsmanager:UpdateSecretVersionStage": {app, monitor},
+        "secretsmanager:DescribeSecret": logins, "secretsmanager:GetSecretValue": {*logins, master},
+        "secretsmanager:PutSecretValue": logins, "secretsmanager:UpdateSecretVersionStage": logins,
         "secretsmanager:GetRandomPassword": {"*"}, "kms:Decrypt": {key}, "kms:GenerateDataKey": {key}}
     # The Redis rotation: its secret, exactly the replication group, no database secret at all.
     assert granted(plan, "rotate-redis") == {
@@ -193,6 +201,16 @@ def test_credential_secrets(plan: Plan) -> None:
     monitor_doc = secret_document(plan, "dbops-monitor-credentials-value")
     assert monitor_doc["username"] == "psychology_monitor_a"
     assert set(monitor_doc) == {"username", "password", "host", "port", "dbname"}
+    for key, first_user in (("backup", "psychology_backup_a"), ("drill", "psychology_drill_a")):
+        secret = plan.named(f"dbops-{key}-credentials")
+        assert secret.inputs["name"] == f"psychology-api/{plan.stack}/database/{key}"
+        assert secret.inputs["kmsKeyId"] == key_arn(plan)
+        assert "rotated every 90 days with alternating users" in secret.inputs["description"]
+        assert plan.named(f"dbops-{key}-credentials-value").inputs["secretString"] == "[secret]"
+        assert plan.named(f"dbops-{key}-credentials-value").ignore_changes == ["secretString", "versionStages"]
+        document = secret_document(plan, f"dbops-{key}-credentials-value")
+        assert document["username"] == first_user
+        assert set(document) == {"username", "password", "host", "port", "dbname"}
 
 
 def test_pulumi_never_writes_over_a_rotated_value(plan: Plan) -> None:
@@ -221,17 +239,24 @@ def test_every_secret_that_must_rotate_does(plan: Plan) -> None:
     """The application's and the monitoring role's credentials and the Redis token, each by
     its function, with an invoke permission naming exactly that secret."""
     rotations = {r.name: r for r in plan.of_type(ROTATION)}
-    assert set(rotations) == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation", "dbops-redis-rotation"}
+    assert set(rotations) == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation", "dbops-redis-rotation",
+                              "dbops-backup-credentials-rotation", "dbops-drill-credentials-rotation"}
     expected = {
         # rotation: (secret resource id or ARN, function, permission, must wait for)
         "dbops-monitor-credentials-rotation": (plan.named("dbops-monitor-credentials").id, "dbops-rotate",
                                                "dbops-monitor-rotation-invoke", "dbops-bootstrap"),
+        "dbops-backup-credentials-rotation": (plan.named("dbops-backup-credentials").id, "dbops-rotate",
+                                              "dbops-backup-rotation-invoke", "dbops-bootstrap"),
+        "dbops-drill-credentials-rotation": (plan.named("dbops-drill-credentials").id, "dbops-rotate",
+                                             "dbops-drill-rotation-invoke", "dbops-bootstrap"),
         "dbops-redis-rotation": (redis_secret_arn(plan), "dbops-rotate-redis", "dbops-redis-rotation-invoke",
                                  "redis-secret-value"),
     }
     sources = {"dbops-monitor-rotation-invoke": secret_arn(plan, "dbops-monitor-credentials"),
                "dbops-redis-rotation-invoke": redis_secret_arn(plan),
-               "dbops-rotation-invoke": secret_arn(plan, "dbops-app-credentials")}
+               "dbops-rotation-invoke": secret_arn(plan, "dbops-app-credentials"),
+               "dbops-backup-rotation-invoke": secret_arn(plan, "dbops-backup-credentials"),
+               "dbops-drill-rotation-invoke": secret_arn(plan, "dbops-drill-credentials")}
     for name, (secret, function, permission, after) in expected.items():
         rotation = rotations[name]
         assert rotation.inputs["secretId"] == secret
@@ -242,13 +267,17 @@ def test_every_secret_that_must_rotate_does(plan: Plan) -> None:
         assert plan.named(permission).inputs == {
             "action": "lambda:InvokeFunction", "function": plan.named(function).inputs["name"],
             "principal": "secretsmanager.amazonaws.com", "sourceAccount": MOCK_ACCOUNT_ID, "sourceArn": sources[permission]}
-    assert {p.name: p.inputs["sourceArn"] for p in plan.of_type(PERMISSION)} == sources
+    # Secrets Manager's permissions, plus EventBridge's for the hourly rotation check.
+    check = plan.named("dbops-check-rotation-invoke")
+    assert check.inputs["principal"] == "events.amazonaws.com"
+    assert {p.name: p.inputs["sourceArn"] for p in plan.of_type(PERMISSION)} == {
+        **sources, check.name: plan.named("dbops-check-rotation-schedule").outputs["arn"]}
 
 
 def test_rotation_period_follows_the_config() -> None:
     plan = run_program("staging", overrides={"secretRotationDays": 30})
     rotations = plan.of_type(ROTATION)
-    assert len(rotations) == 3
+    assert len(rotations) == 5
     assert all(r.inputs["rotationRules"] == {"automaticallyAfterDays": 30} for r in rotations)
 
 
@@ -311,7 +340,8 @@ def test_nothing_runs_a_function_before_its_network_path_exists(plan: Plan) -> N
     bootstrap = set(plan.named("dbops-bootstrap").depends_on)
     assert needed <= bootstrap, sorted(needed - bootstrap)
     assert needed <= set(plan.named("dbops-redis-rotation").depends_on)
-    for rotation in ("dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation"):
+    for rotation in ("dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation",
+                     "dbops-backup-credentials-rotation", "dbops-drill-credentials-rotation"):
         assert "dbops-bootstrap" in plan.named(rotation).depends_on
     # Whole components: everything of the network and the security groups, children included.
     for component in ("network", "sg"):
@@ -322,6 +352,8 @@ def test_nothing_runs_a_function_before_its_network_path_exists(plan: Plan) -> N
 def test_stack_outputs(plan: Plan) -> None:
     assert plan.outputs["db_app_secret_arn"] == secret_arn(plan, "dbops-app-credentials")
     assert plan.outputs["db_monitor_secret_arn"] == secret_arn(plan, "dbops-monitor-credentials")
+    assert plan.outputs["db_backup_secret_arn"] == secret_arn(plan, "dbops-backup-credentials")
+    assert plan.outputs["db_drill_secret_arn"] == secret_arn(plan, "dbops-drill-credentials")
     assert plan.outputs["dbops_function_names"] == {
         f: f"psychology-api-{plan.stack}-db-{f}" for f in FUNCTION_KEYS}
     assert "smoke_test_report" in plan.outputs
@@ -329,7 +361,7 @@ def test_stack_outputs(plan: Plan) -> None:
 
 @pytest.mark.parametrize("missing", ["redis_replication_group_id", "redis_replication_group_arn", "redis_host"])
 def test_without_the_replication_group_the_redis_secret_does_not_rotate_here(missing: str) -> None:
-    """DbOps alone (no Redis inputs): the three original functions, the database rotations."""
+    """DbOps alone (no Redis inputs): the three original functions and the rotation check, the database rotations."""
     import dataclasses
 
     import pulumi
@@ -347,5 +379,7 @@ def test_without_the_replication_group_the_redis_secret_does_not_rotate_here(mis
         pulumi.export("ok", True)
 
     plan = run_program("staging", program=program)
-    assert {r.name for r in plan.of_type(FUNCTION)} == {"dbops-migrate", "dbops-health", "dbops-rotate"}
-    assert {r.name for r in plan.of_type(ROTATION)} == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation"}
+    assert {r.name for r in plan.of_type(FUNCTION)} == {"dbops-migrate", "dbops-health", "dbops-rotate",
+                                                        "dbops-check-rotation"}
+    assert {r.name for r in plan.of_type(ROTATION)} == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation",
+                                                        "dbops-backup-credentials-rotation", "dbops-drill-credentials-rotation"}

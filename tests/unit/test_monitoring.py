@@ -164,8 +164,22 @@ def test_role_reads_exactly_its_secrets(plan: Plan) -> None:
     grafana = plan.one(SECRET, "monitoring-grafana").outputs["arn"]
     resources = statement(plan, "ReadOwnSecrets")["Resource"]
     assert sorted(resources) == sorted([
-        grafana, plan.outputs["db_master_secret_arn"], plan.outputs["db_monitor_secret_arn"],
-        plan.outputs["redis_secret_arn"]])
+        grafana, plan.outputs["db_backup_secret_arn"], plan.outputs["db_drill_secret_arn"],
+        plan.outputs["db_monitor_secret_arn"], plan.outputs["redis_secret_arn"]])
+
+
+def test_role_cannot_read_the_master_secret(plan: Plan) -> None:
+    """No statement of the host's role names the RDS master secret, or any secret by wildcard;
+    backup and drill run with their own logins."""
+    master = plan.outputs["db_master_secret_arn"]
+    for s in role_policy(plan):
+        resources = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+        assert master not in resources, s["Sid"]
+        actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+        if any(a.startswith("secretsmanager:") for a in actions):
+            assert all(r.startswith("arn:aws:secretsmanager:") and "*" not in r for r in resources), s
+    text = "\n".join(written_files(plan).values())
+    assert master not in text
 
 
 def test_role_uses_the_data_key_only_through_services(plan: Plan) -> None:
@@ -324,7 +338,7 @@ def test_backup_timer_runs_the_backup_command_on_the_configured_schedule(plan: P
                        if line.startswith(("ExecStart=", "  --")))
     assert command == (
         "ExecStart=/opt/psychology-ops/venv/bin/python -m scripts.backup"
-        f" --secret-id {plan.outputs['db_master_secret_arn']}"
+        f" --secret-id {plan.outputs['db_backup_secret_arn']}"
         f" --db-host {plan.outputs['db_endpoint']}"
         " --db-name psychology"
         f" --bucket {bucket} --prefix postgres/ --kms-key-id {key_arn}"
@@ -339,6 +353,8 @@ def test_restore_drill_timer_runs_on_the_configured_schedule(plan: Plan) -> None
     service = files["/etc/systemd/system/psychology-restore-drill.service"]
     assert "-m scripts.restore_drill" in service
     assert "--scratch-db psychology_restore_drill" in service
+    assert f"--secret-id {plan.outputs['db_drill_secret_arn']}" in service
+    assert "--no-source-counts" in service  # the drill login reads no live data
     assert "--textfile /var/lib/node_exporter/textfile/restore_drill.prom" in service
 
 
@@ -490,7 +506,8 @@ def expected_alarm_roles(stack: str) -> set[str]:
     nodes = {"staging": 1, "prod": 2}[stack]
     roles = {"alb-5xx-rate", "alb-unhealthy-hosts", "alb-no-healthy-hosts", "alb-latency-p95", "api-cpu",
              "rds-cpu", "rds-free-storage", "rds-connections", "monitoring-system-check",
-             "monitoring-instance-check", "monitoring-heartbeat", "monitoring-data-disk"}
+             "monitoring-instance-check", "monitoring-heartbeat", "monitoring-data-disk",
+             "rotation-errors-rotate", "rotation-errors-rotate-redis", "rotation-overdue"}
     for i in range(1, nodes + 1):
         roles |= {f"redis-memory-{i:03d}", f"redis-evictions-{i:03d}"}
     return roles

@@ -70,7 +70,8 @@ def settings(**changes: Any) -> MonitoringSettings:
         backup_bucket="backups-bucket-0123456789ab",
         kms_key_arn="arn:aws:kms:eu-central-1:123456789012:key/0a1b2c3d-0000-4000-8000-0123456789ab",
         db_host="psychology-api-prod-db.c0abcdefghij.eu-central-1.rds.amazonaws.com", db_name="psychology",
-        db_master_secret_arn="arn:aws:secretsmanager:eu-central-1:123456789012:secret:rds!db-0123-AbCdEf",
+        db_backup_secret_arn="arn:aws:secretsmanager:eu-central-1:123456789012:secret:psychology-api/prod/database/backup-AbCdEf",
+        db_drill_secret_arn="arn:aws:secretsmanager:eu-central-1:123456789012:secret:psychology-api/prod/database/drill-AbCdEf",
         grafana_secret_arn="arn:aws:secretsmanager:eu-central-1:123456789012:secret:psychology-api/prod/grafana-AbCdEf",
         grafana_secret_name="psychology-api/prod/grafana",
         data_volume_id="vol-0123456789abcdef0", volume_gb=100,
@@ -267,6 +268,23 @@ def test_shellcheck_passes_the_exporter_secrets_script(variant: MonitoringSettin
     run(tool("shellcheck"), "--severity=style", "--shell=bash", str(script))
 
 
+def test_host_applies_security_updates_daily() -> None:
+    """The host is long-lived (not replaced on a newer image): dnf-automatic installs security
+    updates every day, from the latest Amazon Linux release, not the image's frozen one."""
+    import configparser
+
+    files = render.host_files(settings())
+    config = configparser.ConfigParser()
+    config.read_string(files["/etc/dnf/automatic.conf"][0])
+    assert config["commands"]["upgrade_type"] == "security"
+    assert config["commands"]["download_updates"] == "yes" and config["commands"]["apply_updates"] == "yes"
+    script = render.bootstrap_script(settings())
+    assert "echo latest > /etc/dnf/vars/releasever" in script
+    assert re.search(r"dnf install [^\n]*\\\n[^\n]* dnf-automatic\n", script)
+    assert "systemctl enable --now dnf-automatic.timer" in script
+    assert script.index("releasever") < script.index("dnf install") < script.index("dnf-automatic.timer")
+
+
 def test_boot_script_verifies_every_download() -> None:
     script = render.bootstrap_script(settings())
     for name, release in render.releases().items():
@@ -407,9 +425,61 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 def test_ops_requirements_are_pinned_from_requirements_txt() -> None:
     requirements = render.ops_requirements()
     pinned = {line for line in (ROOT_DIR / "requirements.txt").read_text().splitlines() if "==" in line}
-    lines = [line for line in requirements.splitlines() if line and not line.startswith("#")]
-    assert lines and all(line in pinned for line in lines)
-    assert [line.split("==")[0] for line in lines] == list(render.OPS_PACKAGES)
+    locked = render.locked_requirements(requirements)
+    tops = [locked[render._requirement_name(p)] for p in render.OPS_PACKAGES]
+    assert tops and all(line in pinned for line in tops)
+    assert [line.split("==")[0] for line in tops] == list(render.OPS_PACKAGES)
+
+
+def _closure(requirements: list[str]) -> dict[str, str]:
+    """name -> installed version of the distributions and everything they require (markers
+    evaluated for this interpreter, extras followed): the venv holds requirements.txt's pins."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, str] = {}
+    queue = [Requirement(r) for r in requirements]
+    while queue:
+        requirement = queue.pop()
+        name = canonicalize_name(requirement.name)
+        if name in found and not requirement.extras:
+            continue
+        found[name] = metadata.version(name)
+        environments = [{"extra": e} for e in requirement.extras] or [{"extra": ""}]
+        for text in metadata.requires(name) or []:
+            dependency = Requirement(text)
+            if dependency.marker is None or any(dependency.marker.evaluate(e) for e in environments):
+                queue.append(dependency)
+    return found
+
+
+def test_ops_requirements_are_hashed_and_complete() -> None:
+    """pip --require-hashes needs the whole closure, each with a hash: the file lists exactly
+    what the pinned packages pull in, at the versions the tests run with."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    text = render.ops_requirements()
+    locked = render.locked_requirements(text)
+    listed = {canonicalize_name(Requirement(line).name): line.split("==")[1] for line in locked.values()}
+    assert listed == _closure(list(render.OPS_PACKAGES))
+    assert text.count("--hash=sha256:") >= len(listed)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in re.findall(r"--hash=sha256:(\S+)", text))
+    assert render.bundle_files()["requirements-ops.txt"] == text
+    assert '--require-hashes --only-binary=:all: -r "$OPS_DIR/current/requirements-ops.txt"' in render.bootstrap_script(settings())
+
+
+def test_unhashed_or_drifted_ops_requirements_are_refused(tmp_path: Path) -> None:
+    locked = tmp_path / "requirements-ops.txt"
+    locked.write_text("boto3==1.44.8\n")
+    with pytest.raises(ValueError, match="sha256 hash"):
+        render.ops_requirements(locked_file=locked)
+    original = render.OPS_REQUIREMENTS_FILE.read_text()
+    locked.write_text(original.replace("tenacity==9.2.1", "tenacity==9.0.0"))
+    with pytest.raises(ValueError, match="regenerate"):
+        render.ops_requirements(locked_file=locked)
 
 
 def test_bundle_holds_the_scripts_the_timers_run_and_nothing_else() -> None:

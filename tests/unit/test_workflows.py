@@ -164,6 +164,83 @@ def test_pulumi_cli_version_matches_the_sdk() -> None:
 
 # --- preview ---------------------------------------------------------------------------------
 
+# Environments the README's CI section requires to have required reviewers; the Pulumi token and
+# the stack passphrase are secrets of these environments only.
+PROTECTED_ENVIRONMENTS = {"preview", "production"}
+PULL_REQUEST_TRIGGERS = {"pull_request", "pull_request_target"}
+SECRET_EXPRESSION = re.compile(r"\$\{\{[^}]*\bsecrets\b")
+
+
+def _triggers(workflow: dict[str, Any]) -> set[str]:
+    on = workflow["on"]
+    return {on} if isinstance(on, str) else set(on)
+
+
+def _references_secrets(node: Any) -> bool:
+    """Any `${{ secrets.X }}` in a value, or `secrets: inherit` handed to a reusable workflow."""
+    if isinstance(node, dict):
+        return any(key == "secrets" or _references_secrets(value) for key, value in node.items())
+    if isinstance(node, list):
+        return any(_references_secrets(item) for item in node)
+    return isinstance(node, str) and SECRET_EXPRESSION.search(node) is not None
+
+
+def _environment(job: dict[str, Any]) -> str | None:
+    environment = job.get("environment")
+    return environment.get("name") if isinstance(environment, dict) else environment
+
+
+def _unprotected_secret_jobs(workflow: dict[str, Any]) -> list[str]:
+    """Jobs a pull request starts that see secret material without a protected environment."""
+    if not _triggers(workflow) & PULL_REQUEST_TRIGGERS:
+        return []
+    found = ["<workflow env>"] if _references_secrets(workflow.get("env", {})) else []
+    return found + [name for name, job in workflow["jobs"].items()
+                    if _references_secrets(job) and _environment(job) not in PROTECTED_ENVIRONMENTS]
+
+
+def test_pull_request_jobs_see_no_secret_outside_a_protected_environment(
+        workflows: dict[str, dict[str, Any]]) -> None:
+    for name, workflow in workflows.items():
+        assert _unprotected_secret_jobs(workflow) == [], name
+    offline = workflows["preview"]["jobs"]["offline-checks"]
+    assert not _references_secrets(offline) and "environment" not in offline
+    assert _environment(workflows["preview"]["jobs"]["preview"]) == "preview"
+
+
+def test_stack_secrets_are_read_only_inside_an_environment(workflows: dict[str, dict[str, Any]]) -> None:
+    """They are environment secrets (README): a job outside an environment would get nothing."""
+    for name, workflow in workflows.items():
+        for job_name, job in workflow["jobs"].items():
+            text = yaml.safe_dump(job)
+            if "secrets.PULUMI_" in text:
+                assert _environment(job) in {*PROTECTED_ENVIRONMENTS, "staging", "drift"}, f"{name}.{job_name}"
+
+
+@pytest.mark.parametrize(("job", "found"), [
+    ({"env": {"PULUMI_CONFIG_PASSPHRASE": "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"}}, ["x"]),
+    ({"steps": [{"with": {"token": "${{secrets.PULUMI_ACCESS_TOKEN}}"}}]}, ["x"]),
+    ({"uses": "./.github/workflows/reusable.yml", "secrets": "inherit"}, ["x"]),
+    ({"environment": "unprotected", "env": {"T": "${{ secrets.T }}"}}, ["x"]),
+    ({"environment": {"name": "preview"}, "env": {"T": "${{ secrets.T }}"}}, []),
+    ({"env": {"URL": "${{ vars.PULUMI_BACKEND_URL }}"}, "steps": [{"run": "echo secrets are elsewhere"}]}, []),
+])
+def test_the_secret_check_catches_unprotected_jobs(job: dict[str, Any], found: list[str]) -> None:
+    assert _unprotected_secret_jobs({"on": {"pull_request": {}}, "jobs": {"x": job}}) == found
+    assert _unprotected_secret_jobs({"on": "push", "jobs": {"x": job}}) == []
+
+
+def test_readme_documents_the_protected_environments_and_their_secrets() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### CI workflows"):readme.index("## Benchmarks")]
+    for environment in PROTECTED_ENVIRONMENTS:
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{environment}` "))
+        assert "required reviewers" in row, row
+    for secret in ("PULUMI_ACCESS_TOKEN", "PULUMI_CONFIG_PASSPHRASE"):
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{secret}` "))
+        assert "environment secret" in row and "never a repository secret" in row, row
+
+
 def test_preview_runs_offline_checks_then_both_stacks_with_the_policy_pack(workflows: dict[str, dict[str, Any]]) -> None:
     preview = workflows["preview"]
     assert set(preview["on"]) == {"pull_request"}
