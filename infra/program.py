@@ -26,6 +26,7 @@ from components.storage import (
     PrivateBucketArgs,
     access_log_delivery_statements,
 )
+from components.waf import WebFirewall, WebFirewallArgs
 from infra.config import PROJECT, ConfigError, Problem, full_key, load_stack_config
 
 
@@ -36,6 +37,9 @@ def default_tags(environment: str) -> dict[str, str]:
 def main() -> None:
     # Validation comes first: on bad input nothing at all is registered.
     cfg, secrets = load_stack_config()
+    if cfg.allow_http_only:
+        pulumi.log.warn("allowHttpOnly is set: the application is served over plain HTTP without a certificate. "
+                        "Use it only for a throw-away stack; staging and prod serve HTTPS.")
 
     provider = aws.Provider("aws", aws.ProviderArgs(
         region=cfg.region,
@@ -197,6 +201,18 @@ def main() -> None:
         hosted_zone_id=cfg.hosted_zone_id,
         allow_http_only=cfg.allow_http_only,
     ), opts)
+    # The web ACL in front of the load balancer (README: "Web application firewall").
+    waf = None
+    if cfg.waf_enabled:
+        waf = WebFirewall("waf", WebFirewallArgs(
+            load_balancer_arn=alb.arn,
+            region=cfg.region,
+            account_id=account_id,
+            kms_key_arn=data_key.arn,
+            rate_limit=cfg.waf_rate_limit,
+            mode=cfg.waf_mode,
+            log_retention_days=cfg.waf_log_retention_days,
+        ), opts)
     ami = amazon_linux_2023_ami(invoke)
     api = ApiHosts("api", ApiHostsArgs(
         ami_id=ami.id,
@@ -291,6 +307,8 @@ def main() -> None:
         redis_num_nodes=cfg.redis_num_nodes,
         monitoring_instance_id=monitoring.instance_id,
         maintenance=cfg.maintenance,
+        waf_web_acl_name=waf.web_acl_name if waf is not None else None,
+        waf_mode=cfg.waf_mode,
     ), opts)
 
     security_group_ids = dict(security.ids)
@@ -327,6 +345,9 @@ def main() -> None:
     pulumi.export("alb_dns_name", alb.dns_name)
     pulumi.export("alb_zone_id", alb.zone_id)
     pulumi.export("alb_arn_suffix", alb.arn_suffix)
+    if waf is not None:
+        pulumi.export("waf_web_acl_arn", waf.web_acl_arn)
+        pulumi.export("waf_log_group_name", waf.log_group_name)
     pulumi.export("target_group_arn", alb.target_group_arn)
     pulumi.export("target_group_arn_suffix", alb.target_group_arn_suffix)
     pulumi.export("asg_name", api.asg_name)

@@ -362,24 +362,27 @@ def test_prometheus_discovers_api_hosts_of_this_stack(plan: Plan) -> None:
             "instance-state-name": ["running"]}
     assert config["global"]["external_labels"] == {"cluster": f"psychology-api-{plan.stack}", "environment": plan.stack}
     targets = jobs["blackbox-http"]["static_configs"][0]["targets"]
-    if plan.stack == "prod":
-        assert targets == ["https://api.psychology.example.com/health/", "https://api.psychology.example.com/api/v1/health/"]
-    else:
-        assert all(t.startswith("http://psychology-api-staging-alb-") for t in targets)
+    host_name = {"prod": "api.psychology.example.com", "staging": "api.staging.psychology.example.com"}[plan.stack]
+    assert targets == [f"https://{host_name}/health/", f"https://{host_name}/api/v1/health/"]
 
 
-def test_blackbox_requires_tls_when_the_stack_serves_https(plan: Plan) -> None:
+def test_blackbox_requires_tls_when_the_stack_serves_https(plan: Plan, http_only_staging: Plan) -> None:
+    # Both checked-in stacks serve HTTPS; only a throw-away allowHttpOnly stack does not.
     blackbox = yaml.safe_load(written_files(plan)["/etc/blackbox_exporter/blackbox.yml"])
-    assert blackbox["modules"]["http_2xx"]["http"]["fail_if_not_ssl"] is (plan.stack == "prod")
+    assert blackbox["modules"]["http_2xx"]["http"]["fail_if_not_ssl"] is True
+    plain = yaml.safe_load(written_files(http_only_staging)["/etc/blackbox_exporter/blackbox.yml"])
+    assert plain["modules"]["http_2xx"]["http"]["fail_if_not_ssl"] is False
 
 
-def test_staging_without_tls_may_probe_port_80(plan: Plan) -> None:
-    rules = [r for r in plan.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
-             if r.name == "monitoring-probe-http-out"]
-    if plan.stack == "prod":
-        assert rules == []
-    else:
-        assert rules[0].inputs["fromPort"] == 80 and rules[0].inputs["securityGroupId"] == host(plan).inputs["vpcSecurityGroupIds"][0]
+def test_only_a_stack_without_tls_may_probe_port_80(plan: Plan, http_only_staging: Plan) -> None:
+    def probe_rules(p: Plan) -> list[PlannedResource]:
+        return [r for r in p.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+                if r.name == "monitoring-probe-http-out"]
+
+    assert probe_rules(plan) == []
+    rules = probe_rules(http_only_staging)
+    assert rules[0].inputs["fromPort"] == 80
+    assert rules[0].inputs["securityGroupId"] == host(http_only_staging).inputs["vpcSecurityGroupIds"][0]
 
 
 def test_alerts_go_to_sns_without_channels_and_to_channels_when_set(plan: Plan, with_channels: Plan) -> None:
@@ -473,7 +476,7 @@ def expected_alarm_roles(stack: str) -> set[str]:
     nodes = {"staging": 1, "prod": 2}[stack]
     roles = {"alb-5xx-rate", "alb-unhealthy-hosts", "alb-no-healthy-hosts", "alb-latency-p95", "api-cpu",
              "rds-cpu", "rds-free-storage", "rds-connections", "monitoring-system-check",
-             "monitoring-instance-check", "monitoring-heartbeat", "monitoring-data-disk"}
+             "monitoring-instance-check", "monitoring-heartbeat", "monitoring-data-disk", "waf-blocked-requests"}
     for i in range(1, nodes + 1):
         roles |= {f"redis-memory-{i:03d}", f"redis-evictions-{i:03d}"}
     return roles
