@@ -22,9 +22,11 @@ from components.security import SecurityGroups, SecurityGroupsArgs
 from components.storage import (
     ACCESS_LOG_PREFIX,
     BACKUP_PREFIX,
+    BACKUPS_ACCESS_LOG_PREFIX,
     PrivateBucket,
     PrivateBucketArgs,
     access_log_delivery_statements,
+    server_access_log_delivery_statements,
 )
 from components.waf import WebFirewall, WebFirewallArgs
 from infra.config import PROJECT, ConfigError, Problem, full_key, load_stack_config
@@ -94,11 +96,15 @@ def main() -> None:
     access_logs = PrivateBucket("access-logs", PrivateBucketArgs(
         purpose="load-balancer-access-logs",
         kms_key_arn=None,
-        expire_prefix=f"{ACCESS_LOG_PREFIX}/",
+        # Everything in it is a log: the load balancer's and the backups bucket's.
+        expire_prefix="",
         expire_days=cfg.access_log_retention_days,
         noncurrent_version_days=cfg.backup_noncurrent_version_days,
-        extra_policy_statements=access_log_delivery_statements(account_id, elb_account.arn),
+        extra_policy_statements=[
+            *access_log_delivery_statements(account_id, elb_account.arn),
+            *server_access_log_delivery_statements(account_id, backups.arn, BACKUPS_ACCESS_LOG_PREFIX)],
     ), opts)
+    backups.log_access_to(access_logs.name, BACKUPS_ACCESS_LOG_PREFIX, ready=[access_logs])
 
     app_secrets = AppSecrets("secrets", AppSecretsArgs(
         kms_key_arn=data_key.arn,
