@@ -8,6 +8,7 @@ secrets and of the Redis AUTH token.
 | `<project>-<stack>-db-health` | health_handler | the in-VPC smoke checks (database with the application's credentials, Redis) |
 | `<project>-<stack>-db-rotate` | rotation_handler | Secrets Manager's four rotation steps for both database secrets, alternating users |
 | `<project>-<stack>-db-rotate-redis` | redis_rotation_handler | the four steps for the Redis secret: a new AUTH token next to the current one on the replication group (when the Redis inputs are given) |
+| `<project>-<stack>-db-rotate-generated` | generated_rotation_handler | the four steps for the generated secrets (Django SECRET_KEY with announced and previous keys, Grafana admin password), added by `rotate_generated_secrets` |
 
 Each function has its own role: the VPC-access managed policy (ENIs and its logs) plus exactly
 the secrets it reads or writes and the data key through Secrets Manager only. They run in the
@@ -33,7 +34,7 @@ its routes, rules and endpoints exist.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -52,6 +53,8 @@ MONITOR_FIRST_USER = "psychology_monitor_a"
 # The only punctuation the rotation function's passwords can contain (scripts/dbops/rotation.py
 # excludes the rest); the first password uses the same set.
 PASSWORD_SPECIALS = "-_."  # noqa: S105 - a character set, not a password
+ROTATE_SECRET_ACTIONS = ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue",
+                         "secretsmanager:PutSecretValue", "secretsmanager:UpdateSecretVersionStage"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ FUNCTIONS = {
     # The waits end 45 s before this timeout (scripts/dbops/elasticache.py, Deadline).
     "rotate-redis": FunctionSpec("rotate-redis", "scripts.dbops.handlers.redis_rotation_handler",
                                  "Rotates the Redis AUTH token (two valid tokens during the change)", 900, 256),
+    # Secrets Manager calls only: seconds.
+    "rotate-generated": FunctionSpec("rotate-generated", "scripts.dbops.handlers.generated_rotation_handler",
+                                     "Rotates the generated secrets: Django SECRET_KEY (with fallbacks), Grafana admin "
+                                     "password", 60, 256),
 }
 
 
@@ -125,6 +132,7 @@ class DbOps(pulumi.ComponentResource):
         super().__init__(type_token("dbops", "DbOps"), name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         package = args.package or build_lambda_package()
+        self._name, self._args, self._package = name, args, package  # for rotate_generated_secrets
         # The contents' hash, not the zip's: the release steps follow it, and it must not
         # change with the machine that builds the zip (components/lambda_package.py).
         self.package_sha256 = package.content_sha256
@@ -198,8 +206,7 @@ class DbOps(pulumi.ComponentResource):
             "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": args.kms_key_arn,
             "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{args.region}.amazonaws.com"}},
         }
-        rotate_secret_actions = ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue",
-                                 "secretsmanager:PutSecretValue", "secretsmanager:UpdateSecretVersionStage"]
+        rotate_secret_actions = ROTATE_SECRET_ACTIONS
         health_secrets = [app_secret.arn] + ([args.redis_secret_arn] if args.redis_secret_arn is not None else [])
         statements: dict[str, list[dict[str, Any]]] = {
             "migrate": [
@@ -351,3 +358,29 @@ class DbOps(pulumi.ComponentResource):
             # and the log group must exist first so Lambda does not create one unencrypted.
             pulumi.ResourceOptions(parent=self, depends_on=[log_group, vpc_access, access]))
 
+
+    def rotate_generated_secrets(self, secrets: Mapping[str, pulumi.Input[str]],
+                                 after: Sequence[pulumi.Resource] = ()) -> aws.lambda_.Function:
+        """Rotation of generated secrets that only their readers use (role -> secret ARN: the Django
+        secret, Grafana's admin secret), every `rotation_days`, by one more function of the same
+        package (scripts/dbops/generated_rotation.py). Called once the secrets exist (they belong to
+        components built after this one); `after`: what writes their first values."""
+        arns = list(secrets.values())
+        statements: list[dict[str, Any]] = [
+            {"Sid": "RotateTheGeneratedSecrets", "Effect": "Allow", "Action": ROTATE_SECRET_ACTIONS, "Resource": arns},
+            {"Sid": "GeneratePasswords", "Effect": "Allow", "Action": "secretsmanager:GetRandomPassword",
+             "Resource": "*"},  # it acts on no resource: IAM accepts only "*"
+            {"Sid": "EncryptAndDecryptSecretsWithTheDataKey", "Effect": "Allow",
+             "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": self._args.kms_key_arn,
+             "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{self._args.region}.amazonaws.com"}}},
+        ]
+        spec = FUNCTIONS["rotate-generated"]
+        function = self._function(self._name, spec, self._args, self._package, statements, {})
+        self.function_names[spec.role] = function.name
+        self.function_arns[spec.role] = function.arn
+        for role, arn in secrets.items():
+            # Enabling rotation has Secrets Manager test the function: the first value and the
+            # function's network path (to the Secrets Manager API) must be there.
+            self._rotation(self._name, role, f"{role}-rotation-invoke", arn, arn, function, self._args,
+                           after=[*after, *self._args.network_ready])
+        return function

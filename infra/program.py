@@ -301,6 +301,10 @@ def main() -> None:
         final_snapshot=cfg.deletion_protection,
         network_ready=[network, security],
     ), opts)
+    # The generated secrets rotate too, once both exist (README: "Credentials and rotation").
+    dbops.rotate_generated_secrets(
+        {"django-secret-key": app_secrets.app_secret_arn, "grafana-admin": monitoring.grafana_admin_secret_arn},
+        after=[app_secrets, monitoring.grafana_admin_secret_version])
     CloudWatchAlarms("alarms", CloudWatchAlarmsArgs(
         alerts_topic_arn=alerts.arn,
         region=cfg.region,

@@ -10,10 +10,9 @@ Two deliberate exemptions, each identified by a tag the program sets:
 * the load-balancer access-log bucket (tag `purpose=load-balancer-access-logs`) is encrypted
   with SSE-S3, because ALB log delivery supports no other encryption; it must still be
   encrypted;
-* secrets tagged `secret-kind` = `app` or `integration` hold values set by people or third
-  parties that no rotation function can renew, and `operator` marks the break-glass login of a
-  UI inside the VPC (Grafana's admin), renewed by replacing its generated password; every
-  other secret, database and Redis credentials first, must rotate.
+* secrets tagged `secret-kind` = `integration` hold values set by people or third parties that
+  no rotation function can renew; every other secret (database and Redis credentials, the
+  Django SECRET_KEY, Grafana's admin password) must rotate.
 """
 
 from __future__ import annotations
@@ -89,7 +88,7 @@ TYPES_WITHOUT_DEFAULT_TAGS = (ASG, LAUNCH_TEMPLATE)
 ALB_ROLE_TAG = ("role", "alb")
 ACCESS_LOG_BUCKET_TAG = ("purpose", "load-balancer-access-logs")
 SECRET_KIND_TAG = "secret-kind"  # noqa: S105 - a tag key
-ROTATION_EXEMPT_SECRET_KINDS = ("app", "integration", "operator")
+ROTATION_EXEMPT_SECRET_KINDS = ("integration",)
 MAX_ROTATION_DAYS = 90
 RDS_BACKUP_DAYS, RDS_BACKUP_DAYS_PROD = 7, 30
 OPEN_CIDRS = ("0.0.0.0/0", "::/0")

@@ -9,6 +9,7 @@ from Secrets Manager at run time:
 | `health_handler` | APP_DB_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME, REDIS_SECRET_ARN | the in-VPC smoke checks: database (with the application's credentials: SELECT 1, latest migration) and Redis round trip |
 | `rotation_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME | Secrets Manager's four rotation steps for the application's and the monitoring role's database credentials (alternating users) |
 | `redis_rotation_handler` | REDIS_REPLICATION_GROUP_ID, REDIS_HOST, REDIS_PORT | the four rotation steps for the Redis AUTH token (two valid tokens during the change) |
+| `generated_rotation_handler` | (none) | the four rotation steps for the Django SECRET_KEY (announced next key, previous key kept as a fallback) and the Grafana admin password |
 
 `migrate_handler` and `health_handler` answer `{"ok": bool, ...}`; a known failure is
 `{"ok": false, "error": "<one line>"}`. The rotation handlers raise on failure, as Secrets
@@ -27,6 +28,7 @@ import psycopg
 from scripts.dbops import checks as smoke
 from scripts.dbops.credentials import ensure_role_matches_secret
 from scripts.dbops.elasticache import AuthTokens, Deadline, ElastiCacheAuthTokens
+from scripts.dbops.generated_rotation import GeneratedSecretRotation
 from scripts.dbops.migrations import migrate
 from scripts.dbops.redis_rotation import RedisRotation, redis_endpoint_from_environment
 from scripts.dbops.rotation import Rotation, endpoint_from_environment
@@ -153,5 +155,20 @@ def redis_rotation_handler(event: dict[str, Any], context: Any = None) -> None:
         with aws.one_line_errors():
             RedisRotation(aws.client("secretsmanager"), secret_id, token, tokens=auth_tokens_from_environment(deadline),
                           endpoint=redis_endpoint_from_environment(), log=_log).run(step)
+    except ScriptError as err:
+        raise RuntimeError(masker(str(err))) from None
+
+
+def generated_rotation_handler(event: dict[str, Any], context: Any = None) -> None:
+    """Secrets Manager's rotation contract for the Django secret and Grafana's admin secret:
+    {"SecretId", "ClientRequestToken", "Step"} (scripts/dbops/generated_rotation.py)."""
+    try:
+        secret_id, token, step = event["SecretId"], event["ClientRequestToken"], event["Step"]
+    except KeyError as missing:
+        raise ValueError(f"rotation event lacks {missing}") from None
+    _log(f"generated-secret rotation step {step} for version {token}")
+    try:
+        with aws.one_line_errors():
+            GeneratedSecretRotation(aws.client("secretsmanager"), secret_id, token, log=_log).run(step)
     except ScriptError as err:
         raise RuntimeError(masker(str(err))) from None

@@ -97,6 +97,8 @@ EXPECTED: dict[str, set[str]] = {
     "bad-bucket-http-allowed-bucket": {"s3-tls-only"},
     "bad-bucket-no-lifecycle-bucket": {"s3-lifecycle"},
     "bad-secret-aws-managed-key": {"secrets-customer-key"},
+    "bad-app-secret-not-rotated": {"secrets-rotation"},
+    "bad-operator-secret-not-rotated": {"secrets-rotation"},
     "bad-db-secret-not-rotated": {"secrets-rotation"},
     "bad-rotation-every-180-days": {"secrets-rotation"},
     "bad-key-no-rotation": {"kms-key-rotation"},
@@ -462,9 +464,12 @@ class _Declare:
                 rotation_rules=aws.secretsmanager.SecretRotationRotationRulesArgs(automatically_after_days=days)), self.opts)
 
         rotation("good-rotation", secret("good-db-secret", "database"), 30)
-        secret("good-app-secret", "app")
+        rotation("good-app-rotation", secret("good-app-secret", "app"), 90)
         secret("good-integration-secret", "integration")
-        secret("bad-secret-aws-managed-key", "app", kms=False)
+        secret("bad-secret-aws-managed-key", "integration", kms=False)
+        # Generated values (the Django key, a UI's admin password) rotate like credentials.
+        secret("bad-app-secret-not-rotated", "app")
+        secret("bad-operator-secret-not-rotated", "operator")
         secret("bad-db-secret-not-rotated", "database")
         rotation("bad-rotation-every-180-days", secret("good-db-secret-slow", "database"), 180)
 

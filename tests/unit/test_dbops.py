@@ -1,6 +1,6 @@
 """The database-operations functions, their roles, the credential secrets and the rotation of
-every secret that rotates (database credentials and the Redis AUTH token), in the real plan of
-both stacks under the mock engine."""
+every secret that rotates (database credentials, the Redis AUTH token, the Django SECRET_KEY and
+Grafana's admin password), in the real plan of both stacks under the mock engine."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ FUNCTION = "aws:lambda/function:Function"
 ROTATION = "aws:secretsmanager/secretRotation:SecretRotation"
 PERMISSION = "aws:lambda/permission:Permission"
 HANDLERS = {"dbops-migrate": "migrate_handler", "dbops-health": "health_handler", "dbops-rotate": "rotation_handler",
-            "dbops-rotate-redis": "redis_rotation_handler"}
-FUNCTION_KEYS = ("migrate", "health", "rotate", "rotate-redis")
+            "dbops-rotate-redis": "redis_rotation_handler", "dbops-rotate-generated": "generated_rotation_handler"}
+FUNCTION_KEYS = ("migrate", "health", "rotate", "rotate-redis", "rotate-generated")
 
 
 def key_arn(plan: Plan) -> str:
@@ -65,9 +65,10 @@ def secret_document(plan: Plan, version: str) -> dict[str, Any]:
     return dict(json.loads(wrapped["value"]))
 
 
-def test_four_functions_in_the_private_subnets_with_the_dbops_group(plan: Plan) -> None:
+def test_every_function_runs_in_the_private_subnets_with_the_dbops_group(plan: Plan) -> None:
     functions = {r.name: r for r in plan.of_type(FUNCTION)}
-    assert set(functions) == {"dbops-migrate", "dbops-health", "dbops-rotate", "dbops-rotate-redis"}
+    assert set(functions) == {"dbops-migrate", "dbops-health", "dbops-rotate", "dbops-rotate-redis",
+                              "dbops-rotate-generated"}
     private = sorted(r.id for r in plan.of_type("aws:ec2/subnet:Subnet") if r.inputs["tags"]["tier"] == "private")
     dbops_group = plan.named("sg-dbops").id
     package = build_lambda_package()
@@ -114,6 +115,8 @@ def test_environment_holds_arns_and_endpoint_only(plan: Plan) -> None:
     assert env["dbops-rotate"] == {"MASTER_SECRET_ARN": master, **endpoint}
     # The group comes from the environment, never from a secret: the role may change only it.
     assert env["dbops-rotate-redis"] == redis_endpoint
+    # Nothing to reach but Secrets Manager: the secret to rotate comes with each event.
+    assert env["dbops-rotate-generated"] == {}
     for variables in env.values():
         for key, value in variables.items():
             assert "PASSWORD" not in key and "TOKEN" not in key and "[secret]" not in value
@@ -122,7 +125,7 @@ def test_environment_holds_arns_and_endpoint_only(plan: Plan) -> None:
 
 def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
     roles = {fn.name: fn.inputs["role"] for fn in plan.of_type(FUNCTION)}
-    assert len(set(roles.values())) == 4
+    assert len(set(roles.values())) == len(FUNCTION_KEYS)
     for name in FUNCTION_KEYS:
         role = plan.named(f"dbops-{name}-role")
         trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
@@ -135,7 +138,8 @@ def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
         assert attached == [attachment]
         for statement in policy(plan, name):
             if statement["Resource"] == "*":
-                assert name in ("rotate", "rotate-redis") and statement["Action"] == "secretsmanager:GetRandomPassword"
+                assert name in ("rotate", "rotate-redis", "rotate-generated")
+                assert statement["Action"] == "secretsmanager:GetRandomPassword"
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             if any(action.startswith("kms:") for action in actions):
                 assert statement["Resource"] == key_arn(plan)
@@ -161,6 +165,12 @@ def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
         "elasticache:DescribeReplicationGroups": {redis_group_arn(plan)},
         "secretsmanager:GetRandomPassword": {"*"}, "kms:Decrypt": {key}, "kms:GenerateDataKey": {key}}
     assert redis_group_arn(plan).endswith(f":replicationgroup:psychology-api-{plan.stack}-redis")
+    # The generated secrets' rotation: exactly the Django and Grafana secrets, nothing of the database.
+    django, grafana = plan.outputs["app_secret_arn"], plan.outputs["grafana_admin_secret_arn"]
+    assert granted(plan, "rotate-generated") == {
+        "secretsmanager:DescribeSecret": {django, grafana}, "secretsmanager:GetSecretValue": {django, grafana},
+        "secretsmanager:PutSecretValue": {django, grafana}, "secretsmanager:UpdateSecretVersionStage": {django, grafana},
+        "secretsmanager:GetRandomPassword": {"*"}, "kms:Decrypt": {key}, "kms:GenerateDataKey": {key}}
 
 
 def test_log_groups_keep_logs_encrypted(plan: Plan) -> None:
@@ -195,7 +205,8 @@ def test_credential_secrets(plan: Plan) -> None:
 def test_pulumi_never_writes_over_a_rotated_value(plan: Plan) -> None:
     """Rotation owns every rotated value after the first version: Pulumi ignores later
     differences (README: rotation)."""
-    for version in ("dbops-app-credentials-first", "dbops-monitor-credentials-value", "redis-secret-value"):
+    for version in ("dbops-app-credentials-first", "dbops-monitor-credentials-value", "redis-secret-value",
+                    "secrets-app-value", "monitoring-grafana-value"):
         assert plan.named(version).ignore_changes == ["secretString", "versionStages"], version
     assert plan.named("redis-group").ignore_changes == ["authToken"]
 
@@ -215,20 +226,29 @@ def test_rotation_every_90_days_by_our_function(plan: Plan) -> None:
 
 
 def test_every_secret_that_must_rotate_does(plan: Plan) -> None:
-    """The application's and the monitoring role's credentials and the Redis token, each by
-    its function, with an invoke permission naming exactly that secret."""
+    """The application's and the monitoring role's credentials, the Redis token, the Django
+    SECRET_KEY and Grafana's admin password, each by its function, with an invoke permission
+    naming exactly that secret."""
     rotations = {r.name: r for r in plan.of_type(ROTATION)}
-    assert set(rotations) == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation", "dbops-redis-rotation"}
+    assert set(rotations) == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation", "dbops-redis-rotation",
+                              "dbops-django-secret-key-rotation", "dbops-grafana-admin-rotation"}
     expected = {
         # rotation: (secret resource id or ARN, function, permission, must wait for)
         "dbops-monitor-credentials-rotation": (plan.named("dbops-monitor-credentials").id, "dbops-rotate",
                                                "dbops-monitor-rotation-invoke", "dbops-bootstrap"),
         "dbops-redis-rotation": (redis_secret_arn(plan), "dbops-rotate-redis", "dbops-redis-rotation-invoke",
                                  "redis-secret-value"),
+        # Once their first values exist (and, as for Redis, the network path of the function).
+        "dbops-django-secret-key-rotation": (plan.outputs["app_secret_arn"], "dbops-rotate-generated",
+                                             "dbops-django-secret-key-rotation-invoke", "secrets-app-value"),
+        "dbops-grafana-admin-rotation": (plan.outputs["grafana_admin_secret_arn"], "dbops-rotate-generated",
+                                         "dbops-grafana-admin-rotation-invoke", "monitoring-grafana-value"),
     }
     sources = {"dbops-monitor-rotation-invoke": secret_arn(plan, "dbops-monitor-credentials"),
                "dbops-redis-rotation-invoke": redis_secret_arn(plan),
-               "dbops-rotation-invoke": secret_arn(plan, "dbops-app-credentials")}
+               "dbops-rotation-invoke": secret_arn(plan, "dbops-app-credentials"),
+               "dbops-django-secret-key-rotation-invoke": plan.outputs["app_secret_arn"],
+               "dbops-grafana-admin-rotation-invoke": plan.outputs["grafana_admin_secret_arn"]}
     for name, (secret, function, permission, after) in expected.items():
         rotation = rotations[name]
         assert rotation.inputs["secretId"] == secret
@@ -245,7 +265,7 @@ def test_every_secret_that_must_rotate_does(plan: Plan) -> None:
 def test_rotation_period_follows_the_config() -> None:
     plan = run_program("staging", overrides={"secretRotationDays": 30})
     rotations = plan.of_type(ROTATION)
-    assert len(rotations) == 3
+    assert len(rotations) == 5
     assert all(r.inputs["rotationRules"] == {"automaticallyAfterDays": 30} for r in rotations)
 
 

@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from components.monitoring_render import BOOTSTRAP_PATH, CLOUDWATCH_NAMESPACE, EXPORTER_SECRETS_PATH
+from components.monitoring_render import (
+    BOOTSTRAP_PATH,
+    CLOUDWATCH_NAMESPACE,
+    EXPORTER_SECRETS_PATH,
+    GRAFANA_ADMIN_PASSWORD_PATH,
+)
 from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data, user_data_size
 from infra.mock_engine import MOCK_ACCOUNT_ID, Plan, PlannedResource, run_program
 
@@ -277,6 +282,27 @@ def test_grafana_password_is_generated_and_kept_in_secrets_manager(plan: Plan) -
     assert version.inputs["secretString"] == "[secret]"
     assert plan.one("random:index/randomPassword:RandomPassword", "monitoring-grafana-admin-password").inputs["length"] >= 32
     assert plan.outputs["grafana_admin_secret_arn"] == secret.outputs["arn"]
+
+
+def test_rotated_grafana_password_reaches_grafana_within_the_hour(plan: Plan) -> None:
+    """The rotation function writes a new version; an hourly timer on the host applies AWSCURRENT
+    with grafana cli (the script itself runs in tests/integration/test_grafana_admin_password.py)."""
+    files = written_files(plan)
+    secret = plan.one(SECRET, "monitoring-grafana").outputs["arn"]
+    script = files[GRAFANA_ADMIN_PASSWORD_PATH]
+    assert f"readonly GRAFANA_SECRET_ARN={secret}\n" in script
+    assert "admin reset-admin-password --password-from-stdin" in script
+    service = files["/etc/systemd/system/psychology-grafana-admin-password.service"]
+    assert f"ExecStart={GRAFANA_ADMIN_PASSWORD_PATH}\n" in service and "Type=oneshot\n" in service
+    assert "ReadWritePaths=/etc/grafana/secrets /var/lib/monitoring/grafana" in service
+    timer = files["/etc/systemd/system/psychology-grafana-admin-password.timer"]
+    assert "OnCalendar=hourly\n" in timer and "Persistent=true\n" in timer
+    assert "systemctl enable --now psychology-grafana-admin-password.timer" in files[BOOTSTRAP_PATH]
+    assert secret in statement(plan, "ReadOwnSecrets")["Resource"]
+    rotation = plan.named("dbops-grafana-admin-rotation")
+    assert rotation.inputs["secretId"] == secret
+    assert rotation.inputs["rotationLambdaArn"] == plan.named("dbops-rotate-generated").outputs["arn"]
+    assert plan.named("monitoring-grafana-value").ignore_changes == ["secretString", "versionStages"]
 
 
 def test_alerting_secret_exists_only_when_a_channel_is_configured(plan: Plan, with_channels: Plan) -> None:

@@ -144,6 +144,26 @@ def test_django_secret_key_is_generated_and_never_plain(plan: Plan) -> None:
     assert plan.outputs["app_secret_arn"].startswith("arn:aws:secretsmanager:")
 
 
+def test_django_secret_starts_with_an_announced_next_key_and_then_belongs_to_rotation(plan: Plan) -> None:
+    """The first version signs with one key and already announces the next, so the first
+    rotation changes the signing key without a session lost (scripts/dbops/generated_rotation.py)."""
+    from tests.unit.test_dbops import secret_document
+
+    keys = {name: plan.one("random:index/randomPassword:RandomPassword", name).outputs["result"]
+            for name in ("secrets-django-secret-key", "secrets-django-next-secret-key")}
+    document = secret_document(plan, "secrets-app-value")
+    assert document == {"SECRET_KEY": keys["secrets-django-secret-key"],
+                        "SECRET_KEY_FALLBACKS": [keys["secrets-django-next-secret-key"]]}
+    for name in keys:
+        inputs = plan.one("random:index/randomPassword:RandomPassword", name).inputs
+        assert inputs["length"] == 64 and not set(inputs["overrideSpecial"]) & set("\"'\\`$, ")
+    version = plan.one("aws:secretsmanager/secretVersion:SecretVersion", "secrets-app-value")
+    assert version.ignore_changes == ["secretString", "versionStages"]
+    rotation = plan.named("dbops-django-secret-key-rotation")
+    assert rotation.inputs["secretId"] == plan.outputs["app_secret_arn"]
+    assert rotation.inputs["rotationRules"] == {"automaticallyAfterDays": 90}
+
+
 def test_integration_secrets_come_from_secret_config_only() -> None:
     token = "7411:telegram-token-that-must-stay-secret"
     plan = run_program("staging", secret_overrides={"telegramBotToken": token, "smtpPassword": "smtp-pass-123"},
