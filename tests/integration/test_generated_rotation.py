@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 
 from scripts.dbops import handlers
-from scripts.dbops.generated_rotation import DJANGO_KEY_EXCLUDE, DJANGO_KEY_LENGTH, GRAFANA_PASSWORD_LENGTH
+from scripts.dbops.generated_rotation import (
+    DJANGO_KEY_EXCLUDE,
+    DJANGO_KEY_LENGTH,
+    GRAFANA_PASSWORD_LENGTH,
+    GeneratedSecretRotation,
+)
 from scripts.dbops.rotation import STEPS
 from tests.integration.dbops_support import create_function, event, stage_rotation, stages
 from tests.integration.dbops_support import read_json as read_version
@@ -106,8 +111,6 @@ def test_two_rotations_promote_the_announced_key_and_keep_the_previous(sm: Any, 
 
 def test_every_step_twice_is_harmless(sm: Any, django_secret: str) -> None:
     token = stage_rotation(django_secret)
-    from scripts.dbops.generated_rotation import GeneratedSecretRotation
-
     outcomes = [GeneratedSecretRotation(sm, django_secret, token).run(step).outcome for step in STEPS for _ in range(2)]
     assert outcomes == ["done", "already-done", "done", "done", "done", "done", "done", "already-current"]
     doc = read_json(sm, django_secret)
