@@ -31,6 +31,9 @@ DB_FREE_STORAGE_SHARE = 0.10             # of the allocated storage
 REDIS_MEMORY_PERCENT = 90.0              # of maxmemory
 REDIS_EVICTIONS_PER_5MIN = 100
 MONITORING_DISK_PERCENT = 85.0
+# Requests the WAF blocked in 5 minutes: background scanning stays well below it; an attack, or
+# a rule suddenly refusing real clients, does not.
+WAF_BLOCKED_REQUESTS_PER_5MIN = 500
 
 # Load-balancer alarms that planned maintenance would set off: the maintenance rule's fixed
 # 503s count as HTTPCode_ELB_5XX_Count, and behind the page the hosts may be replaced,
@@ -118,6 +121,10 @@ class CloudWatchAlarmsArgs:
     # alarm on each rotation function's Errors, and one on the hourly overdue check.
     rotation_function_names: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     rotation_metric_namespace: Optional[str] = None
+    # The WAF's web ACL (components/waf.py), when there is one, and its mode: in "count" mode
+    # nothing is blocked and the alarm watches the requests its rules counted.
+    waf_web_acl_name: Optional[pulumi.Input[str]] = None
+    waf_mode: str = "block"
 
 
 class CloudWatchAlarms(pulumi.ComponentResource):
@@ -256,6 +263,9 @@ class CloudWatchAlarms(pulumi.ComponentResource):
             comparison_operator="GreaterThanThreshold", threshold=MONITORING_DISK_PERCENT, treat_missing_data="missing")
 
         self._rotation_alarms(args)
+        if args.waf_web_acl_name is not None:
+            self._waf_alarm(args.waf_web_acl_name, args.region, args.waf_mode)
+
         self.register_outputs({"alarm_names": self.alarm_names})
 
     def _rotation_alarms(self, args: CloudWatchAlarmsArgs) -> None:
@@ -279,6 +289,18 @@ class CloudWatchAlarms(pulumi.ComponentResource):
                 namespace=args.rotation_metric_namespace, metric_name=ROTATION_METRIC, statistic="Maximum",
                 period=3600, evaluation_periods=3, datapoints_to_alarm=3,
                 comparison_operator="GreaterThanOrEqualToThreshold", threshold=1, treat_missing_data="breaching")
+
+    def _waf_alarm(self, web_acl_name: pulumi.Input[str], region: str, mode: str) -> None:
+        counted = mode == "count"
+        self._alarm(
+            "waf-blocked-requests",
+            f"The WAF {'counted' if counted else 'blocked'} at least {WAF_BLOCKED_REQUESTS_PER_5MIN} requests in "
+            "5 minutes: an attack, or a rule refusing real clients (sampled requests, aws-waf-logs- log group)",
+            namespace="AWS/WAFV2", metric_name="CountedRequests" if counted else "BlockedRequests", statistic="Sum",
+            dimensions={"WebACL": web_acl_name, "Region": region, "Rule": "ALL"}, period=300, evaluation_periods=1,
+            comparison_operator="GreaterThanOrEqualToThreshold", threshold=WAF_BLOCKED_REQUESTS_PER_5MIN,
+            # No blocked request at all publishes no data point: the normal case.
+            treat_missing_data="notBreaching")
 
     def _alarm(self, role: str, description: str, *, extra_actions: Sequence[str] = (), **kwargs: Any) -> None:
         opts = self._child

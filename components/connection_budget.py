@@ -52,6 +52,8 @@ FUNCTION_LIMITS: dict[str, FunctionLimit] = {
     "rotate": FunctionLimit(reserved_concurrency=4, connections=2),
     "rotate-redis": FunctionLimit(reserved_concurrency=1, connections=0),
     "check-rotation": FunctionLimit(reserved_concurrency=1, connections=0),
+    # The Django secret and Grafana's admin secret share a schedule: both may rotate at once.
+    "rotate-generated": FunctionLimit(reserved_concurrency=2, connections=0),
 }
 
 # The monitoring host's database logins, each capped by the CONNECTION LIMIT of its login users

@@ -8,6 +8,7 @@ secrets and of the Redis AUTH token.
 | `<project>-<stack>-db-health` | health_handler | the in-VPC smoke checks (database with the application's credentials, Redis) |
 | `<project>-<stack>-db-rotate` | rotation_handler | Secrets Manager's four rotation steps for the four database login secrets, alternating users |
 | `<project>-<stack>-db-rotate-redis` | redis_rotation_handler | the four steps for the Redis secret: a new AUTH token next to the current one on the replication group (when the Redis inputs are given) |
+| `<project>-<stack>-db-rotate-generated` | generated_rotation_handler | the four steps for the generated secrets (Django SECRET_KEY with announced and previous keys, Grafana admin password), added by `rotate_generated_secrets` |
 
 Each function has its own role: the VPC-access managed policy (ENIs and its logs) plus exactly
 the secrets it reads or writes and the data key through Secrets Manager only. They run in the
@@ -37,7 +38,7 @@ its routes, rules and endpoints exist.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -63,6 +64,8 @@ MONITORING_HOST_LOGINS = {
 # The only punctuation the rotation function's passwords can contain (scripts/dbops/rotation.py
 # excludes the rest); the first password uses the same set.
 PASSWORD_SPECIALS = "-_."  # noqa: S105 - a character set, not a password
+ROTATE_SECRET_ACTIONS = ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue",
+                         "secretsmanager:PutSecretValue", "secretsmanager:UpdateSecretVersionStage"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,10 @@ FUNCTIONS = {
     "check-rotation": FunctionSpec("check-rotation", "scripts.dbops.handlers.rotation_check_handler",
                                    "Hourly: publishes how many rotated secrets are overdue (alarm rotation-overdue)",
                                    60, 128),
+    # Secrets Manager calls only: seconds.
+    "rotate-generated": FunctionSpec("rotate-generated", "scripts.dbops.handlers.generated_rotation_handler",
+                                     "Rotates the generated secrets: Django SECRET_KEY (with fallbacks), Grafana admin "
+                                     "password", 60, 256),
 }
 ROTATION_CHECK_SCHEDULE = "rate(1 hour)"
 
@@ -151,6 +158,7 @@ class DbOps(pulumi.ComponentResource):
         super().__init__(type_token("dbops", "DbOps"), name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         package = args.package or build_lambda_package()
+        self._name, self._args, self._package = name, args, package  # for rotate_generated_secrets
         # The contents' hash, not the zip's: the release steps follow it, and it must not
         # change with the machine that builds the zip (components/lambda_package.py).
         self.package_sha256 = package.content_sha256
@@ -229,8 +237,7 @@ class DbOps(pulumi.ComponentResource):
             "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": args.kms_key_arn,
             "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{args.region}.amazonaws.com"}},
         }
-        rotate_secret_actions = ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue",
-                                 "secretsmanager:PutSecretValue", "secretsmanager:UpdateSecretVersionStage"]
+        rotate_secret_actions = ROTATE_SECRET_ACTIONS
         health_secrets = [app_secret.arn] + ([args.redis_secret_arn] if args.redis_secret_arn is not None else [])
         statements: dict[str, list[dict[str, Any]]] = {
             "migrate": [
@@ -265,19 +272,11 @@ class DbOps(pulumi.ComponentResource):
                 generate_passwords,
                 write_through_secrets_manager,
             ]
-        rotated = [*rotated_by_rotate, *([args.redis_secret_arn] if redis_rotation else [])]
+        # Every secret a function rotates; watch_rotations() checks them all hourly.
+        self._rotated: list[pulumi.Input[str]] = list(rotated_by_rotate)
+        if redis_rotation and args.redis_secret_arn is not None:
+            self._rotated.append(args.redis_secret_arn)
         self.rotation_metric_namespace = f"{base}/rotation"
-        statements["check-rotation"] = [
-            {"Sid": "DescribeTheRotatedSecrets", "Effect": "Allow", "Action": "secretsmanager:DescribeSecret",
-             "Resource": rotated},
-            {
-                # PutMetricData has no resource-level permissions; the namespace condition
-                # confines it to the check's own namespace.
-                "Sid": "PublishTheRotationCheck", "Effect": "Allow", "Action": "cloudwatch:PutMetricData",
-                "Resource": "*",
-                "Condition": {"StringEquals": {"cloudwatch:namespace": self.rotation_metric_namespace}},
-            },
-        ]
         environments: dict[str, dict[str, pulumi.Input[str]]] = {
             "migrate": {"MASTER_SECRET_ARN": args.master_secret_arn, "APP_DB_SECRET_ARN": app_secret.arn,
                         "MONITOR_DB_SECRET_ARN": monitor_secret.arn, "BACKUP_DB_SECRET_ARN": self.backup_db_secret_arn,
@@ -288,11 +287,6 @@ class DbOps(pulumi.ComponentResource):
             "health": {"APP_DB_SECRET_ARN": app_secret.arn, **endpoint,
                        **({"REDIS_SECRET_ARN": args.redis_secret_arn} if args.redis_secret_arn is not None else {})},
             "rotate": {"MASTER_SECRET_ARN": args.master_secret_arn, **endpoint},
-        }
-        environments["check-rotation"] = {
-            "ROTATED_SECRET_ARNS": pulumi.Output.all(*rotated).apply(lambda arns: ",".join(arns)),
-            "METRIC_NAMESPACE": self.rotation_metric_namespace,
-            "MARGIN_DAYS": str(DEFAULT_MARGIN_DAYS),
         }
         if redis_rotation:
             assert args.redis_replication_group_id is not None and args.redis_host is not None
@@ -314,7 +308,6 @@ class DbOps(pulumi.ComponentResource):
         self.rotation_function_arn = functions["rotate"].arn
         self.redis_rotation_function_arn = functions["rotate-redis"].arn if redis_rotation else None
         self.rotation_function_names = {k: functions[k].name for k in ("rotate", "rotate-redis") if k in functions}
-        self._schedule_rotation_check(name, functions["check-rotation"])
 
         # --- first run and rotation -----------------------------------------------------------
         # Roles and passwords must exist before Secrets Manager tests the rotation function;
@@ -352,6 +345,34 @@ class DbOps(pulumi.ComponentResource):
             "function_arns": self.function_arns,
             "package_sha256": self.package_sha256,
         })
+
+    def watch_rotations(self) -> aws.lambda_.Function:
+        """The hourly check that every rotated secret (database, Redis and, once
+        rotate_generated_secrets ran, the generated ones) rotated on schedule; call it after the
+        last rotation is registered. It publishes the count of overdue secrets (alarm
+        rotation-overdue in components/alarms.py)."""
+        statements: list[dict[str, Any]] = [
+            {"Sid": "DescribeTheRotatedSecrets", "Effect": "Allow", "Action": "secretsmanager:DescribeSecret",
+             "Resource": list(self._rotated)},
+            {
+                # PutMetricData has no resource-level permissions; the namespace condition
+                # confines it to the check's own namespace.
+                "Sid": "PublishTheRotationCheck", "Effect": "Allow", "Action": "cloudwatch:PutMetricData",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"cloudwatch:namespace": self.rotation_metric_namespace}},
+            },
+        ]
+        environment: dict[str, pulumi.Input[str]] = {
+            "ROTATED_SECRET_ARNS": pulumi.Output.all(*self._rotated).apply(lambda arns: ",".join(arns)),
+            "METRIC_NAMESPACE": self.rotation_metric_namespace,
+            "MARGIN_DAYS": str(DEFAULT_MARGIN_DAYS),
+        }
+        spec = FUNCTIONS["check-rotation"]
+        function = self._function(self._name, spec, self._args, self._package, statements, environment)
+        self.function_names[spec.role] = function.name
+        self.function_arns[spec.role] = function.arn
+        self._schedule_rotation_check(self._name, function)
+        return function
 
     def _schedule_rotation_check(self, name: str, function: aws.lambda_.Function) -> None:
         child = pulumi.ResourceOptions(parent=self)
@@ -448,3 +469,31 @@ class DbOps(pulumi.ComponentResource):
             # and the log group must exist first so Lambda does not create one unencrypted.
             pulumi.ResourceOptions(parent=self, depends_on=[log_group, vpc_access, access]))
 
+
+    def rotate_generated_secrets(self, secrets: Mapping[str, pulumi.Input[str]],
+                                 after: Sequence[pulumi.Resource] = ()) -> aws.lambda_.Function:
+        """Rotation of generated secrets that only their readers use (role -> secret ARN: the Django
+        secret, Grafana's admin secret), every `rotation_days`, by one more function of the same
+        package (scripts/dbops/generated_rotation.py). Called once the secrets exist (they belong to
+        components built after this one); `after`: what writes their first values."""
+        arns = list(secrets.values())
+        statements: list[dict[str, Any]] = [
+            {"Sid": "RotateTheGeneratedSecrets", "Effect": "Allow", "Action": ROTATE_SECRET_ACTIONS, "Resource": arns},
+            {"Sid": "GeneratePasswords", "Effect": "Allow", "Action": "secretsmanager:GetRandomPassword",
+             "Resource": "*"},  # it acts on no resource: IAM accepts only "*"
+            {"Sid": "EncryptAndDecryptSecretsWithTheDataKey", "Effect": "Allow",
+             "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": self._args.kms_key_arn,
+             "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{self._args.region}.amazonaws.com"}}},
+        ]
+        spec = FUNCTIONS["rotate-generated"]
+        function = self._function(self._name, spec, self._args, self._package, statements, {})
+        self.function_names[spec.role] = function.name
+        self.function_arns[spec.role] = function.arn
+        self.rotation_function_names[spec.role] = function.name
+        self._rotated.extend(arns)
+        for role, arn in secrets.items():
+            # Enabling rotation has Secrets Manager test the function: the first value and the
+            # function's network path (to the Secrets Manager API) must be there.
+            self._rotation(self._name, role, f"{role}-rotation-invoke", arn, arn, function, self._args,
+                           after=[*after, *self._args.network_ready])
+        return function

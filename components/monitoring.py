@@ -92,6 +92,7 @@ class MonitoringHost(pulumi.ComponentResource):
     role_arn: pulumi.Output[str]
     data_volume_id: pulumi.Output[str]
     grafana_admin_secret_arn: pulumi.Output[str]
+    grafana_admin_secret_version: pulumi.Resource  # the first value; rotation waits for it
     alerting_secret_arn: Optional[pulumi.Output[str]]
     grafana_url: pulumi.Output[str]
     bundle_key: str
@@ -107,14 +108,16 @@ class MonitoringHost(pulumi.ComponentResource):
         grafana_secret_name = f"{secrets_base}/grafana"
         grafana_secret = aws.secretsmanager.Secret(f"{name}-grafana", aws.secretsmanager.SecretArgs(
             name=grafana_secret_name,
-            description="Grafana admin credentials of the monitoring host (generated)",
+            description="Grafana admin credentials of the monitoring host (generated; rotated, applied by the host hourly)",
             kms_key_id=args.kms_key_arn,
             recovery_window_in_days=args.secret_recovery_window_days,
             tags=name_tag("grafana-secret", {"secret-kind": "operator"})), child)
         grafana_version = aws.secretsmanager.SecretVersion(f"{name}-grafana-value", aws.secretsmanager.SecretVersionArgs(
             secret_id=grafana_secret.id,
             secret_string=pulumi.Output.secret(pulumi.Output.json_dumps(
-                {"admin_user": "admin", "admin_password": grafana_password.result}))), child)
+                {"admin_user": "admin", "admin_password": grafana_password.result}))),
+            # The rotation function owns the value after the first version (DbOps.rotate_generated_secrets).
+            pulumi.ResourceOptions(parent=self, ignore_changes=["secret_string", "version_stages"]))
         secret_versions: list[pulumi.Resource] = [grafana_version]
 
         alerting_document: dict[str, Any] = {}
@@ -257,6 +260,7 @@ class MonitoringHost(pulumi.ComponentResource):
         self.role_arn = role.arn
         self.data_volume_id = data_volume.id
         self.grafana_admin_secret_arn = grafana_secret.arn
+        self.grafana_admin_secret_version = grafana_version
         self.alerting_secret_arn = alerting_secret.arn if alerting_secret is not None else None
         self.grafana_url = pulumi.Output.concat(
             f"http://localhost:{GRAFANA_PORT} after: aws ssm start-session --region {args.region} --target ",

@@ -56,6 +56,8 @@ BOOTSTRAP_PATH = "/usr/local/sbin/psychology-monitoring-bootstrap"
 EXPORTER_SECRETS_PATH = "/usr/local/sbin/psychology-exporter-secrets"
 # The RDS certificate authorities, from the operations bundle (the scripts use the same file).
 DB_CA_BUNDLE = f"{OPS_DIR}/current/{rds_ca.PACKAGE_PATH}"
+GRAFANA_ADMIN_PASSWORD_PATH = "/usr/local/sbin/psychology-grafana-admin-password"  # noqa: S105 - a path
+GRAFANA_PASSWORD_FILE = "/etc/grafana/secrets/admin_password"  # noqa: S105 - a path
 
 CLOUDWATCH_NAMESPACE = "PsychologyApi/MonitoringHost"
 RETENTION_DAYS = 31                                    # a month: the SLO window
@@ -86,6 +88,7 @@ UNIT_TEMPLATES = (
     "psychology-backup.service", "psychology-backup.timer",
     "psychology-restore-drill.service", "psychology-restore-drill.timer",
     "psychology-exporter-secrets-refresh.service", "psychology-exporter-secrets-refresh.timer",
+    "psychology-grafana-admin-password.service", "psychology-grafana-admin-password.timer",
 )
 DASHBOARD_FILES = ("golden-paths.json", "errors-latency.json", "integrations-health.json")
 
@@ -258,6 +261,7 @@ def systemd_units(s: MonitoringSettings) -> dict[str, str]:
         "backup_schedule": s.backup_schedule,
         "restore_drill_schedule": s.restore_drill_schedule,
         "exporter_secrets_path": EXPORTER_SECRETS_PATH,
+        "grafana_admin_password_path": GRAFANA_ADMIN_PASSWORD_PATH,
     }
     return {name: render_template(f"systemd/{name}.j2", **values) for name in UNIT_TEMPLATES}
 
@@ -280,6 +284,19 @@ def exporter_secrets_script(s: MonitoringSettings, *, secrets_dir: str = SECRETS
         db_monitor_secret_arn=s.db_monitor_secret_arn or "", redis_secret_arn=s.redis_secret_arn or "",
         db_host=s.db_host, db_port=s.db_port, db_name=s.db_name, db_ca_bundle=DB_CA_BUNDLE,
         postgres_exporter_group=postgres_exporter_group, redis_exporter_group=redis_exporter_group)
+
+
+def grafana_admin_password_script(s: MonitoringSettings, *, password_file: str = GRAFANA_PASSWORD_FILE,
+                                  grafana_home: str = "/opt/grafana", grafana_db: str = f"{DATA_DIR}/grafana/grafana.db",
+                                  grafana_user: str = "grafana") -> str:
+    """The script that applies a rotated Grafana admin password (the tests render it with a
+    scratch directory, their own user and a stand-in for the Grafana CLI to run it)."""
+    return render_template(
+        "host/grafana-admin-password.sh.j2", **_common(s),
+        grafana_secret_arn=s.grafana_secret_arn, grafana_secret_name=s.grafana_secret_name,
+        password_file=password_file, grafana_home=grafana_home, grafana_config="/etc/grafana/grafana.ini",
+        grafana_db=grafana_db,
+        grafana_user=grafana_user)
 
 
 def bootstrap_script(s: MonitoringSettings) -> str:
@@ -306,6 +323,7 @@ def host_files(s: MonitoringSettings) -> dict[str, tuple[str, str]]:
         BOOTSTRAP_PATH: (bootstrap_script(s), "0755"),
         EXPORTER_SECRETS_PATH: (exporter_secrets_script(s), "0755"),
         "/etc/dnf/automatic.conf": (render_template("host/dnf-automatic.conf.j2"), "0644"),
+        GRAFANA_ADMIN_PASSWORD_PATH: (grafana_admin_password_script(s), "0755"),
     }
     for path, content in grafana_files(s).items():
         files[path] = (content, "0644")

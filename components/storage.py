@@ -1,9 +1,11 @@
-"""Private S3 buckets: the encrypted backups bucket and the load-balancer access-log bucket.
+"""Private S3 buckets: the encrypted backups bucket and the access-log bucket.
 
 Both get versioning, all four public-access blocks, owner-enforced object ownership, a
 policy refusing plain-HTTP requests and a lifecycle rule. The backups bucket is encrypted with
 the data key; the access-log bucket with S3-managed keys, the only encryption ALB log
-delivery supports.
+delivery and S3 server access log delivery support. The access-log bucket receives the load
+balancer's access logs (under `alb/`) and the backups bucket's S3 server access logs (under
+`s3/backups/`, `PrivateBucket.log_access_to`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from components.common import name_tag, policy_json, type_token
 # the two equal.
 BACKUP_PREFIX = "postgres/"
 ACCESS_LOG_PREFIX = "alb"
+# Where S3 server access logs of the backups bucket go in the access-log bucket.
+BACKUPS_ACCESS_LOG_PREFIX = "s3/backups/"
 
 
 @dataclass
@@ -47,6 +51,7 @@ class PrivateBucket(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: PrivateBucketArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(type_token("storage", "PrivateBucket"), name, None, opts)
+        self._logical_name = name
         child = pulumi.ResourceOptions(parent=self)
         bucket = aws.s3.Bucket(f"{name}-bucket", aws.s3.BucketArgs(
             force_destroy=False, tags=name_tag(name, {"purpose": args.purpose})), child)
@@ -137,6 +142,15 @@ class PrivateBucket(pulumi.ComponentResource):
                     mode="GOVERNANCE", days=days)),
         ), pulumi.ResourceOptions(parent=self, depends_on=[versioning]))
 
+    def log_access_to(self, target_bucket: pulumi.Input[str], prefix: str,
+                      ready: Sequence[pulumi.Resource] = ()) -> aws.s3.BucketLogging:
+        """S3 server access logging of this bucket: every request (who read or wrote which object)
+        into `target_bucket` under `prefix`. `ready`: the target bucket and its policy
+        (server_access_log_delivery_statements), which S3 needs before it accepts the setting."""
+        return aws.s3.BucketLogging(f"{self._logical_name}-access-logging", aws.s3.BucketLoggingInitArgs(
+            bucket=self.name, target_bucket=target_bucket, target_prefix=prefix,
+        ), pulumi.ResourceOptions(parent=self, depends_on=list(ready)))
+
 
 def access_log_delivery_statements(account_id: str, elb_account_arn: pulumi.Input[str]) -> list[dict[str, Any]]:
     """What ALB access-log delivery needs: the region's ELB account (regions older than
@@ -149,3 +163,20 @@ def access_log_delivery_statements(account_id: str, elb_account_arn: pulumi.Inpu
          "Principal": {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"},
          "Action": "s3:PutObject", "Resource": target},
     ]
+
+
+def server_access_log_delivery_statements(account_id: str, source_bucket_arn: pulumi.Input[str],
+                                          prefix: str) -> list[dict[str, Any]]:
+    """What S3 server access log delivery needs in the target bucket's policy: the logging
+    service may put objects under `prefix`, only for the source bucket of this account."""
+    return [{
+        "Sid": "S3ServerAccessLogDelivery",
+        "Effect": "Allow",
+        "Principal": {"Service": "logging.s3.amazonaws.com"},
+        "Action": "s3:PutObject",
+        "Resource": "{bucket_arn}/" + f"{prefix}*",
+        "Condition": {
+            "ArnLike": {"aws:SourceArn": source_bucket_arn},
+            "StringEquals": {"aws:SourceAccount": account_id},
+        },
+    }]

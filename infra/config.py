@@ -38,6 +38,13 @@ TLS13_POLICIES = (
     "ELBSecurityPolicy-TLS13-1-2-FIPS-2023-04",
     "ELBSecurityPolicy-TLS13-1-3-FIPS-2023-04",
 )
+# Logs that record who did what (network flows, requests, database sessions, credential
+# rotations) are kept at least a year wherever the key is security-relevant.
+SECURITY_LOG_MIN_DAYS = 365
+# The rate-based rule's limit per IP and 5 minutes: the provider's validator accepts 100 to
+# 2,000,000,000 (the WAF API itself has accepted 10 since 2024).
+WAF_RATE_LIMIT_RANGE = (100, 2_000_000_000)
+WAF_MODES = ("block", "count")
 POSTGRES_MAJORS = (14, 15, 16, 17)
 REDIS_VERSIONS = ("7.0", "7.1")
 RDS_MONITORING_INTERVALS = (0, 1, 5, 10, 15, 30, 60)
@@ -82,7 +89,7 @@ class StackConfig(BaseModel):
     interface_endpoints: bool = Field(alias="interfaceEndpoints",
                                       json_schema_extra=_allowed("true or false"))
     flow_log_retention_days: int = Field(alias="flowLogRetentionDays", json_schema_extra=_allowed(
-        "one of " + ", ".join(map(str, LOG_RETENTION_DAYS))))
+        "one of " + ", ".join(str(d) for d in LOG_RETENTION_DAYS if d >= SECURITY_LOG_MIN_DAYS)))
 
     admin_cidrs: tuple[str, ...] = Field(alias="adminCidrs", json_schema_extra=_allowed(
         "a list of IPv4/IPv6 networks, never 0.0.0.0/0 or ::/0"))
@@ -95,8 +102,8 @@ class StackConfig(BaseModel):
                                        json_schema_extra=_allowed("an integer from 1 to 3650"))
     backup_noncurrent_version_days: int = Field(alias="backupNoncurrentVersionDays", ge=1, le=365,
                                                 json_schema_extra=_allowed("an integer from 1 to 365"))
-    access_log_retention_days: int = Field(alias="accessLogRetentionDays", ge=1, le=3650,
-                                           json_schema_extra=_allowed("an integer from 1 to 3650"))
+    access_log_retention_days: int = Field(alias="accessLogRetentionDays", ge=SECURITY_LOG_MIN_DAYS, le=3650,
+                                           json_schema_extra=_allowed(f"an integer from {SECURITY_LOG_MIN_DAYS} to 3650"))
 
     secret_rotation_days: int = Field(alias="secretRotationDays", ge=1, le=1000,
                                       json_schema_extra=_allowed("an integer from 1 to 1000"))
@@ -119,7 +126,7 @@ class StackConfig(BaseModel):
         pattern=r"^$|^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$",
         json_schema_extra=_allowed("an ACM certificate ARN, or empty"))
     allow_http_only: bool = Field(alias="allowHttpOnly", json_schema_extra=_allowed(
-        "true only when environment is staging"))
+        "true only for a throw-away staging stack without a certificate"))
     ssl_policy: str = Field(alias="sslPolicy", json_schema_extra=_allowed(
         "one of " + ", ".join(TLS13_POLICIES)))
     maintenance: bool = Field(json_schema_extra=_allowed("true or false"))
@@ -173,7 +180,7 @@ class StackConfig(BaseModel):
                                                 json_schema_extra=_allowed(
                                                     "one of " + ", ".join(map(str, RDS_MONITORING_INTERVALS))))
     data_log_retention_days: int = Field(alias="dataLogRetentionDays", json_schema_extra=_allowed(
-        "one of " + ", ".join(map(str, LOG_RETENTION_DAYS))))
+        "one of " + ", ".join(str(d) for d in LOG_RETENTION_DAYS if d >= SECURITY_LOG_MIN_DAYS)))
 
     redis_engine_version: str = Field(alias="redisEngineVersion", json_schema_extra=_allowed(
         "one of " + ", ".join(REDIS_VERSIONS)))
@@ -183,6 +190,15 @@ class StackConfig(BaseModel):
         "an integer from 1 to 6 (prod at least 2)"))
     redis_snapshot_retention_days: int = Field(alias="redisSnapshotRetentionDays", ge=1, le=35,
                                                json_schema_extra=_allowed("an integer from 1 to 35"))
+
+    waf_enabled: bool = Field(alias="wafEnabled", json_schema_extra=_allowed("true or false (true in prod)"))
+    waf_rate_limit: int = Field(alias="wafRateLimit", ge=WAF_RATE_LIMIT_RANGE[0], le=WAF_RATE_LIMIT_RANGE[1],
+                                json_schema_extra=_allowed(
+                                    f"an integer from {WAF_RATE_LIMIT_RANGE[0]} to {WAF_RATE_LIMIT_RANGE[1]:,}"
+                                    " (requests per IP in 5 minutes)"))
+    waf_mode: str = Field(alias="wafMode", json_schema_extra=_allowed("'block' or 'count'"))
+    waf_log_retention_days: int = Field(alias="wafLogRetentionDays", json_schema_extra=_allowed(
+        "one of " + ", ".join(str(d) for d in LOG_RETENTION_DAYS if d >= SECURITY_LOG_MIN_DAYS)))
 
     release_steps: bool = Field(alias="releaseSteps", json_schema_extra=_allowed("true or false"))
     pre_migration_snapshot: bool = Field(alias="preMigrationSnapshot",
@@ -426,14 +442,21 @@ def check_rules(cfg: StackConfig) -> list[Problem]:
                 bad(alias, cidrs, f"specific networks; {cidr} opens the port to the whole internet")
                 break
 
-    if cfg.flow_log_retention_days not in LOG_RETENTION_DAYS:
-        bad("flowLogRetentionDays", cfg.flow_log_retention_days, _allowed_text("flow_log_retention_days"))
+    for alias, field_name in (("flowLogRetentionDays", "flow_log_retention_days"),
+                              ("dataLogRetentionDays", "data_log_retention_days"),
+                              ("wafLogRetentionDays", "waf_log_retention_days")):
+        days = getattr(cfg, field_name)
+        if days not in LOG_RETENTION_DAYS or days < SECURITY_LOG_MIN_DAYS:
+            bad(alias, days, _allowed_text(field_name))
 
     if cfg.smtp_port not in (25, 587):
         bad("smtpPort", cfg.smtp_port, _allowed_text("smtp_port"))
 
     if cfg.allow_http_only and cfg.is_prod:
         bad("allowHttpOnly", cfg.allow_http_only, "false when environment is prod: prod serves HTTPS only")
+    elif cfg.allow_http_only and cfg.https_enabled:
+        bad("allowHttpOnly", cfg.allow_http_only,
+            "false when a certificate is configured (certificateArn, or domainName + hostedZoneId): HTTP then only redirects")
     if cfg.domain_name and not cfg.hosted_zone_id and not cfg.certificate_arn:
         bad("hostedZoneId", cfg.hosted_zone_id,
             "the Route 53 zone of domainName (or set certificateArn) so the certificate can be validated")
@@ -447,6 +470,10 @@ def check_rules(cfg: StackConfig) -> list[Problem]:
             + ("" if cfg.is_prod else ", or allowHttpOnly true (staging only)"))
     if cfg.ssl_policy not in TLS13_POLICIES:
         bad("sslPolicy", cfg.ssl_policy, _allowed_text("ssl_policy"))
+    if cfg.is_prod and not cfg.waf_enabled:
+        bad("wafEnabled", cfg.waf_enabled, "true when environment is prod")
+    if cfg.waf_mode not in WAF_MODES:
+        bad("wafMode", cfg.waf_mode, _allowed_text("waf_mode"))
     if cfg.is_prod and not cfg.deletion_protection:
         bad("deletionProtection", cfg.deletion_protection, "true when environment is prod")
     if cfg.app_port == 22:
@@ -472,8 +499,6 @@ def check_rules(cfg: StackConfig) -> list[Problem]:
     if cfg.db_monitoring_interval_seconds not in RDS_MONITORING_INTERVALS:
         bad("dbMonitoringIntervalSeconds", cfg.db_monitoring_interval_seconds,
             _allowed_text("db_monitoring_interval_seconds"))
-    if cfg.data_log_retention_days not in LOG_RETENTION_DAYS:
-        bad("dataLogRetentionDays", cfg.data_log_retention_days, _allowed_text("data_log_retention_days"))
     if cfg.is_prod and not cfg.db_multi_az:
         bad("dbMultiAz", cfg.db_multi_az, "true when environment is prod")
 

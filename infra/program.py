@@ -26,10 +26,13 @@ from components.security import SecurityGroups, SecurityGroupsArgs
 from components.storage import (
     ACCESS_LOG_PREFIX,
     BACKUP_PREFIX,
+    BACKUPS_ACCESS_LOG_PREFIX,
     PrivateBucket,
     PrivateBucketArgs,
     access_log_delivery_statements,
+    server_access_log_delivery_statements,
 )
+from components.waf import WebFirewall, WebFirewallArgs
 from infra.config import PROJECT, ConfigError, Problem, full_key, load_stack_config
 
 
@@ -40,6 +43,9 @@ def default_tags(environment: str) -> dict[str, str]:
 def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
     # Validation comes first: on bad input nothing at all is registered.
     cfg, secrets = load_stack_config(placeholders)
+    if cfg.allow_http_only:
+        pulumi.log.warn("allowHttpOnly is set: the application is served over plain HTTP without a certificate. "
+                        "Use it only for a throw-away stack; staging and prod serve HTTPS.")
 
     provider = aws.Provider("aws", aws.ProviderArgs(
         region=cfg.region,
@@ -96,11 +102,15 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
     access_logs = PrivateBucket("access-logs", PrivateBucketArgs(
         purpose="load-balancer-access-logs",
         kms_key_arn=None,
-        expire_prefix=f"{ACCESS_LOG_PREFIX}/",
+        # Everything in it is a log: the load balancer's and the backups bucket's.
+        expire_prefix="",
         expire_days=cfg.access_log_retention_days,
         noncurrent_version_days=cfg.backup_noncurrent_version_days,
-        extra_policy_statements=access_log_delivery_statements(account_id, elb_account.arn),
+        extra_policy_statements=[
+            *access_log_delivery_statements(account_id, elb_account.arn),
+            *server_access_log_delivery_statements(account_id, backups.arn, BACKUPS_ACCESS_LOG_PREFIX)],
     ), opts)
+    backups.log_access_to(access_logs.name, BACKUPS_ACCESS_LOG_PREFIX, ready=[access_logs])
 
     app_secrets = AppSecrets("secrets", AppSecretsArgs(
         kms_key_arn=data_key.arn,
@@ -206,6 +216,18 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
         hosted_zone_id=cfg.hosted_zone_id,
         allow_http_only=cfg.allow_http_only,
     ), opts)
+    # The web ACL in front of the load balancer (README: "Web application firewall").
+    waf = None
+    if cfg.waf_enabled:
+        waf = WebFirewall("waf", WebFirewallArgs(
+            load_balancer_arn=alb.arn,
+            region=cfg.region,
+            account_id=account_id,
+            kms_key_arn=data_key.arn,
+            rate_limit=cfg.waf_rate_limit,
+            mode=cfg.waf_mode,
+            log_retention_days=cfg.waf_log_retention_days,
+        ), opts)
     ami = amazon_linux_2023_ami(invoke)
     api = ApiHosts("api", ApiHostsArgs(
         ami_id=ami.id,
@@ -291,6 +313,11 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
         final_snapshot=cfg.deletion_protection,
         network_ready=[network, security],
     ), opts)
+    # The generated secrets rotate too, once both exist (README: "Credentials and rotation").
+    dbops.rotate_generated_secrets(
+        {"django-secret-key": app_secrets.app_secret_arn, "grafana-admin": monitoring.grafana_admin_secret_arn},
+        after=[app_secrets, monitoring.grafana_admin_secret_version])
+    dbops.watch_rotations()
     CloudWatchAlarms("alarms", CloudWatchAlarmsArgs(
         alerts_topic_arn=alerts.arn,
         region=cfg.region,
@@ -305,6 +332,8 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
         maintenance=cfg.maintenance,
         rotation_function_names=dbops.rotation_function_names,
         rotation_metric_namespace=dbops.rotation_metric_namespace,
+        waf_web_acl_name=waf.web_acl_name if waf is not None else None,
+        waf_mode=cfg.waf_mode,
     ), opts)
 
     security_group_ids = dict(security.ids)
@@ -341,6 +370,9 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
     pulumi.export("alb_dns_name", alb.dns_name)
     pulumi.export("alb_zone_id", alb.zone_id)
     pulumi.export("alb_arn_suffix", alb.arn_suffix)
+    if waf is not None:
+        pulumi.export("waf_web_acl_arn", waf.web_acl_arn)
+        pulumi.export("waf_log_group_name", waf.log_group_name)
     pulumi.export("target_group_arn", alb.target_group_arn)
     pulumi.export("target_group_arn_suffix", alb.target_group_arn_suffix)
     pulumi.export("asg_name", api.asg_name)

@@ -10,10 +10,9 @@ Two deliberate exemptions, each identified by a tag the program sets:
 * the load-balancer access-log bucket (tag `purpose=load-balancer-access-logs`) is encrypted
   with SSE-S3, because ALB log delivery supports no other encryption; it must still be
   encrypted;
-* secrets tagged `secret-kind` = `app` or `integration` hold values set by people or third
-  parties that no rotation function can renew, and `operator` marks the break-glass login of a
-  UI inside the VPC (Grafana's admin), renewed by replacing its generated password; every
-  other secret, database and Redis credentials first, must rotate.
+* secrets tagged `secret-kind` = `integration` hold values set by people or third parties that
+  no rotation function can renew; every other secret (database and Redis credentials, the
+  Django SECRET_KEY, Grafana's admin password) must rotate.
 """
 
 from __future__ import annotations
@@ -66,6 +65,7 @@ ASG_ATTACHMENTS = ("aws:autoscaling/attachment:Attachment",
                    "aws:autoscaling/trafficSourceAttachment:TrafficSourceAttachment")
 LOAD_BALANCERS = ("aws:lb/loadBalancer:LoadBalancer", "aws:alb/loadBalancer:LoadBalancer")
 LISTENERS = ("aws:lb/listener:Listener", "aws:alb/listener:Listener")
+WAF_ASSOCIATIONS = ("aws:wafv2/webAclAssociation:WebAclAssociation",)
 RDS_INSTANCE = "aws:rds/instance:Instance"
 RDS_PARAMETER_GROUP = "aws:rds/parameterGroup:ParameterGroup"
 REDIS_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
@@ -75,6 +75,7 @@ BUCKET_VERSIONING = ("aws:s3/bucketVersioning:BucketVersioning", "aws:s3/bucketV
 BUCKET_ENCRYPTION = ("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
                      "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2")
 BUCKET_POLICY = ("aws:s3/bucketPolicy:BucketPolicy",)
+BUCKET_LOGGING = ("aws:s3/bucketLogging:BucketLogging", "aws:s3/bucketLoggingV2:BucketLoggingV2")
 BUCKET_LIFECYCLE = ("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
                     "aws:s3/bucketLifecycleConfigurationV2:BucketLifecycleConfigurationV2")
 SECRET = "aws:secretsmanager/secret:Secret"  # noqa: S105 - a type token
@@ -89,7 +90,7 @@ TYPES_WITHOUT_DEFAULT_TAGS = (ASG, LAUNCH_TEMPLATE)
 ALB_ROLE_TAG = ("role", "alb")
 ACCESS_LOG_BUCKET_TAG = ("purpose", "load-balancer-access-logs")
 SECRET_KIND_TAG = "secret-kind"  # noqa: S105 - a tag key
-ROTATION_EXEMPT_SECRET_KINDS = ("app", "integration", "operator")
+ROTATION_EXEMPT_SECRET_KINDS = ("integration",)
 MAX_ROTATION_DAYS = 90
 RDS_BACKUP_DAYS, RDS_BACKUP_DAYS_PROD = 7, 30
 OPEN_CIDRS = ("0.0.0.0/0", "::/0")
@@ -411,6 +412,14 @@ def check_alb_deletion_protection(r: ResourceView) -> Iterator[str]:
         yield "enableDeletionProtection is not true in prod"
 
 
+def check_alb_waf(resources: Sequence[ResourceView]) -> Iterator[tuple[ResourceView, str]]:
+    for balancer in of_types(resources, *LOAD_BALANCERS):
+        if not _is_application_lb(balancer) or as_bool(balancer.props.get("internal")) is True or not is_prod(balancer):
+            continue
+        if not linked(resources, WAF_ASSOCIATIONS, "resourceArn", balancer):
+            yield balancer, "the internet-facing load balancer has no WAFv2 web ACL (WebAclAssociation) in prod"
+
+
 def _listener_protocol(listener: ResourceView) -> str:
     protocol = listener.props.get("protocol")
     if isinstance(protocol, str) and not is_unknown(protocol):
@@ -641,6 +650,17 @@ def check_s3_tls_only(resources: Sequence[ResourceView]) -> Iterator[tuple[Resou
             yield bucket, "no bucket policy denies requests without TLS (aws:SecureTransport=false) on the bucket and its objects"
 
 
+def check_s3_access_logging(resources: Sequence[ResourceView]) -> Iterator[tuple[ResourceView, str]]:
+    for bucket in of_types(resources, *BUCKETS):
+        if tags_of(bucket).get(ACCESS_LOG_BUCKET_TAG[0]) == ACCESS_LOG_BUCKET_TAG[1]:
+            continue  # the logs' own destination: logging it would log its own deliveries
+        inline = bucket.props.get("logging")
+        if isinstance(inline, dict) and is_set(inline.get("targetBucket")):
+            continue
+        if not _bucket_parts(resources, bucket, BUCKET_LOGGING):
+            yield bucket, "no S3 server access logging (BucketLogging) into the access-log bucket"
+
+
 def check_s3_lifecycle(resources: Sequence[ResourceView]) -> Iterator[tuple[ResourceView, str]]:
     for bucket in of_types(resources, *BUCKETS):
         parts = _bucket_parts(resources, bucket, BUCKET_LIFECYCLE)
@@ -738,6 +758,8 @@ RULES: tuple[Rule, ...] = (
                  LOAD_BALANCERS, check_alb_access_logs),
     ResourceRule("alb-deletion-protection-prod", "The load balancer is deletion-protected in prod",
                  "FSBP ELB.6 / CKV_AWS_150", LOAD_BALANCERS, check_alb_deletion_protection),
+    StackRule("alb-waf-prod", "The internet-facing application load balancer is associated with a WAFv2 web ACL "
+              "in prod", "FSBP ELB.16 / CKV2_AWS_28", LOAD_BALANCERS, check_alb_waf),
     StackRule("http-redirects-to-https", "HTTP listeners redirect to HTTPS (a staging load balancer without any "
               "HTTPS listener is exempt; prod never is)", "FSBP ELB.1 / CKV2_AWS_20", LISTENERS, check_http_redirect),
     ResourceRule("https-listener-tls12-policy", "HTTPS listeners use an allowed TLS 1.2+ security policy",
@@ -774,6 +796,9 @@ RULES: tuple[Rule, ...] = (
               "bucket (tag purpose=load-balancer-access-logs) is exempt and uses SSE-S3, the only encryption ALB "
               "log delivery supports", "FSBP S3.17 / CKV_AWS_145", BUCKETS, check_s3_kms_encryption),
     StackRule("s3-tls-only", "Every bucket policy denies requests without TLS", "FSBP S3.5", BUCKETS, check_s3_tls_only),
+    StackRule("s3-access-logging", "Every bucket has S3 server access logging, except the access-log bucket itself "
+              "(tag purpose=load-balancer-access-logs), which receives it", "FSBP S3.9 / CKV_AWS_18", BUCKETS,
+              check_s3_access_logging),
     StackRule("s3-lifecycle", "Every bucket has an enabled lifecycle rule", "FSBP S3.13 / CKV2_AWS_61", BUCKETS,
               check_s3_lifecycle),
     ResourceRule("secrets-customer-key", "Secrets are encrypted with the customer key", "CKV_AWS_149", (SECRET,),

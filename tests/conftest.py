@@ -27,3 +27,12 @@ def prod(plans: dict[str, Plan]) -> Plan:
 @pytest.fixture(scope="session")
 def staging(plans: dict[str, Plan]) -> Plan:
     return plans["staging"]
+
+
+# What a throw-away stack with allowHttpOnly looks like (no checked-in stack is one).
+HTTP_ONLY_OVERRIDES = {"allowHttpOnly": True, "domainName": "", "hostedZoneId": ""}
+
+
+@pytest.fixture(scope="session")
+def http_only_staging() -> Plan:
+    return run_program("staging", overrides=HTTP_ONLY_OVERRIDES)

@@ -10,6 +10,7 @@ from Secrets Manager at run time:
 | `rotation_handler` | MASTER_SECRET_ARN, DB_HOST, DB_PORT, DB_NAME | Secrets Manager's four rotation steps for the application's, the monitoring, the backup and the drill database credentials (alternating users) |
 | `redis_rotation_handler` | REDIS_REPLICATION_GROUP_ID, REDIS_HOST, REDIS_PORT | the four rotation steps for the Redis AUTH token (two valid tokens during the change) |
 | `rotation_check_handler` | ROTATED_SECRET_ARNS, METRIC_NAMESPACE, MARGIN_DAYS | hourly: publishes how many rotated secrets are overdue (scripts/dbops/rotation_check.py) |
+| `generated_rotation_handler` | (none) | the four rotation steps for the Django SECRET_KEY (announced next key, previous key kept as a fallback) and the Grafana admin password |
 
 `migrate_handler` and `health_handler` answer `{"ok": bool, ...}`; a known failure is
 `{"ok": false, "error": "<one line>"}`. The rotation handlers raise on failure, as Secrets
@@ -29,6 +30,7 @@ import psycopg
 from scripts.dbops import checks as smoke
 from scripts.dbops.credentials import ensure_role_matches_secret
 from scripts.dbops.elasticache import AuthTokens, Deadline, ElastiCacheAuthTokens
+from scripts.dbops.generated_rotation import GeneratedSecretRotation
 from scripts.dbops.migrations import (
     DEFAULT_LOCK_ATTEMPTS,
     DEFAULT_LOCK_TIMEOUT_SECONDS,
@@ -204,3 +206,18 @@ def rotation_check_handler(event: Optional[dict[str, Any]], context: Any = None)
         logger.warning(masker(f"rotation overdue: {name}: {reason}"))
     _log(f"rotation check: {answer['checked']} secret(s), {len(answer['overdue'])} overdue")
     return answer
+
+
+def generated_rotation_handler(event: dict[str, Any], context: Any = None) -> None:
+    """Secrets Manager's rotation contract for the Django secret and Grafana's admin secret:
+    {"SecretId", "ClientRequestToken", "Step"} (scripts/dbops/generated_rotation.py)."""
+    try:
+        secret_id, token, step = event["SecretId"], event["ClientRequestToken"], event["Step"]
+    except KeyError as missing:
+        raise ValueError(f"rotation event lacks {missing}") from None
+    _log(f"generated-secret rotation step {step} for version {token}")
+    try:
+        with aws.one_line_errors():
+            GeneratedSecretRotation(aws.client("secretsmanager"), secret_id, token, log=_log).run(step)
+    except ScriptError as err:
+        raise RuntimeError(masker(str(err))) from None

@@ -96,7 +96,10 @@ EXPECTED: dict[str, set[str]] = {
     "bad-access-log-bucket-unencrypted-bucket": {"s3-kms-encryption"},
     "bad-bucket-http-allowed-bucket": {"s3-tls-only"},
     "bad-bucket-no-lifecycle-bucket": {"s3-lifecycle"},
+    "bad-bucket-not-access-logged-bucket": {"s3-access-logging"},
     "bad-secret-aws-managed-key": {"secrets-customer-key"},
+    "bad-app-secret-not-rotated": {"secrets-rotation"},
+    "bad-operator-secret-not-rotated": {"secrets-rotation"},
     "bad-db-secret-not-rotated": {"secrets-rotation"},
     "bad-rotation-every-180-days": {"secrets-rotation"},
     "bad-key-no-rotation": {"kms-key-rotation"},
@@ -104,6 +107,7 @@ EXPECTED: dict[str, set[str]] = {
 }
 EXPECTED_PROD_ONLY: dict[str, set[str]] = {
     "bad-alb-deletable": {"alb-deletion-protection-prod"},
+    "bad-alb-without-waf": {"alb-waf-prod"},
     "http-only-listener": {"http-redirects-to-https"},
     "bad-db-single-az": {"rds-multi-az-prod"},
     "bad-db-deletable": {"rds-deletion-protection-prod"},
@@ -321,8 +325,13 @@ class _Declare:
             load_balancer_type="application", internal=False, security_groups=[self.alb_sg.id],
             subnets=[self.subnet.id], drop_invalid_header_fields=True, enable_deletion_protection=True,
             access_logs=aws.lb.LoadBalancerAccessLogsArgs(bucket="access-logs", prefix="alb", enabled=True))
+        waf = overrides.pop("waf", True)  # every balancer gets a web ACL unless told otherwise
         args.update(overrides)
-        return aws.lb.LoadBalancer(name, aws.lb.LoadBalancerArgs(**args), self.opts)
+        balancer = aws.lb.LoadBalancer(name, aws.lb.LoadBalancerArgs(**args), self.opts)
+        if waf:
+            aws.wafv2.WebAclAssociation(f"{name}-waf", aws.wafv2.WebAclAssociationArgs(
+                resource_arn=balancer.arn, web_acl_arn=self.web_acl_arn), self.opts)
+        return balancer
 
     def listener(self, name: str, alb: aws.lb.LoadBalancer, protocol: str, **overrides: Any) -> None:
         forward = [aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=self.target_group.arn)]
@@ -335,6 +344,7 @@ class _Declare:
         aws.lb.Listener(name, aws.lb.ListenerArgs(**args), self.opts)
 
     def load_balancer(self) -> None:
+        self.web_acl_arn = "arn:aws:wafv2:eu-central-1:123456789012:regional/webacl/good-acl/0a1b2c3d"
         alb = self.alb("good-alb")
         redirect = [aws.lb.ListenerDefaultActionArgs(type="redirect", redirect=aws.lb.ListenerDefaultActionRedirectArgs(
             protocol="HTTPS", port="443", status_code="HTTP_301"))]
@@ -346,6 +356,8 @@ class _Declare:
         self.alb("bad-alb-keeps-invalid-headers", drop_invalid_header_fields=False)
         self.alb("bad-alb-no-access-logs", access_logs=None)
         self.alb("bad-alb-deletable", enable_deletion_protection=False)
+        self.alb("bad-alb-without-waf", waf=False)
+        self.alb("good-internal-alb-without-waf", internal=True, waf=False)
         # Staging may serve plain HTTP when it has no certificate; prod never.
         http_only = self.alb("http-only-alb")
         self.listener("http-only-listener", http_only, "HTTP")
@@ -402,8 +414,11 @@ class _Declare:
     # --- S3 ---------------------------------------------------------------------------------------
     def bucket(self, name: str, *, purpose: str = "data", public_access: Optional[dict[str, bool]] = None,
                versioning: str = "Enabled", sse: Optional[str] = "aws:kms", tls_only: bool = True,
-               lifecycle: bool = True) -> None:
+               lifecycle: bool = True, access_logged: bool = True) -> None:
         bucket = aws.s3.Bucket(f"{name}-bucket", aws.s3.BucketArgs(tags={"purpose": purpose}), self.opts)
+        if access_logged and purpose != "load-balancer-access-logs":
+            aws.s3.BucketLogging(f"{name}-access-logging", aws.s3.BucketLoggingInitArgs(
+                bucket=bucket.id, target_bucket="access-logs", target_prefix=f"s3/{name}/"), self.opts)
         flags = {"block_public_acls": True, "block_public_policy": True, "ignore_public_acls": True,
                  "restrict_public_buckets": True}
         if public_access is not None:
@@ -449,6 +464,7 @@ class _Declare:
         self.bucket("bad-access-log-bucket-unencrypted", purpose="load-balancer-access-logs", sse=None)
         self.bucket("bad-bucket-http-allowed", tls_only=False)
         self.bucket("bad-bucket-no-lifecycle", lifecycle=False)
+        self.bucket("bad-bucket-not-access-logged", access_logged=False)
 
     # --- Secrets Manager --------------------------------------------------------------------------
     def secrets(self) -> None:
@@ -462,9 +478,12 @@ class _Declare:
                 rotation_rules=aws.secretsmanager.SecretRotationRotationRulesArgs(automatically_after_days=days)), self.opts)
 
         rotation("good-rotation", secret("good-db-secret", "database"), 30)
-        secret("good-app-secret", "app")
+        rotation("good-app-rotation", secret("good-app-secret", "app"), 90)
         secret("good-integration-secret", "integration")
-        secret("bad-secret-aws-managed-key", "app", kms=False)
+        secret("bad-secret-aws-managed-key", "integration", kms=False)
+        # Generated values (the Django key, a UI's admin password) rotate like credentials.
+        secret("bad-app-secret-not-rotated", "app")
+        secret("bad-operator-secret-not-rotated", "operator")
         secret("bad-db-secret-not-rotated", "database")
         rotation("bad-rotation-every-180-days", secret("good-db-secret-slow", "database"), 180)
 

@@ -31,7 +31,7 @@ def test_prod_cannot_be_http_only() -> None:
 
 
 def test_staging_without_certificate_needs_allow_http_only() -> None:
-    found = problems("staging", {"allowHttpOnly": False})
+    found = problems("staging", {**NO_CERTIFICATE, "allowHttpOnly": False})
     assert "psychology-api:certificateArn" in found
     assert "allowHttpOnly" in found["psychology-api:certificateArn"]
 

@@ -46,10 +46,10 @@ def test_prod_needs_multi_az_postgres() -> None:
     assert "true when environment is prod" in line
 
 
-@pytest.mark.parametrize("days", [0, 45, 10000])
-def test_data_log_retention_must_be_a_cloudwatch_value(days: int) -> None:
+@pytest.mark.parametrize("days", [0, 45, 10000, 30, 180])
+def test_data_log_retention_must_be_a_cloudwatch_value_of_at_least_a_year(days: int) -> None:
     line = refused("staging", "dataLogRetentionDays", days)
-    assert "one of 1, 3, 5, 7, 14, 30" in line
+    assert "one of 365, 400, 545, 731" in line
 
 
 def test_staging_may_run_a_single_az_database_and_one_redis_node() -> None:

@@ -228,7 +228,7 @@ def test_performance_insights_enhanced_monitoring_and_log_exports(plan: Plan) ->
         group = plan.named(f"postgres-log-{kind}")
         assert group.inputs["name"] == f"/aws/rds/instance/{db.inputs['identifier']}/{kind}"
         assert group.inputs["kmsKeyId"] == data_key_arn(plan)
-        assert group.inputs["retentionInDays"] == (365 if plan.stack == "prod" else 30)
+        assert group.inputs["retentionInDays"] == 365  # security-relevant: a year in both stacks
         assert group.name in db.depends_on  # exists before RDS would create it unencrypted
 
 

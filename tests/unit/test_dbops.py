@@ -1,6 +1,6 @@
 """The database-operations functions, their roles, the credential secrets and the rotation of
-every secret that rotates (database credentials and the Redis AUTH token), in the real plan of
-both stacks under the mock engine."""
+every secret that rotates (database credentials, the Redis AUTH token, the Django SECRET_KEY and
+Grafana's admin password), in the real plan of both stacks under the mock engine."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ FUNCTION = "aws:lambda/function:Function"
 ROTATION = "aws:secretsmanager/secretRotation:SecretRotation"
 PERMISSION = "aws:lambda/permission:Permission"
 HANDLERS = {"dbops-migrate": "migrate_handler", "dbops-health": "health_handler", "dbops-rotate": "rotation_handler",
-            "dbops-rotate-redis": "redis_rotation_handler", "dbops-check-rotation": "rotation_check_handler"}
-FUNCTION_KEYS = ("migrate", "health", "rotate", "rotate-redis", "check-rotation")
+            "dbops-rotate-redis": "redis_rotation_handler", "dbops-check-rotation": "rotation_check_handler",
+            "dbops-rotate-generated": "generated_rotation_handler"}
+FUNCTION_KEYS = ("migrate", "health", "rotate", "rotate-redis", "check-rotation", "rotate-generated")
 
 
 def key_arn(plan: Plan) -> str:
@@ -65,9 +66,10 @@ def secret_document(plan: Plan, version: str) -> dict[str, Any]:
     return dict(json.loads(wrapped["value"]))
 
 
-def test_four_functions_in_the_private_subnets_with_the_dbops_group(plan: Plan) -> None:
+def test_every_function_runs_in_the_private_subnets_with_the_dbops_group(plan: Plan) -> None:
     functions = {r.name: r for r in plan.of_type(FUNCTION)}
-    assert set(functions) == {"dbops-migrate", "dbops-health", "dbops-rotate", "dbops-rotate-redis", "dbops-check-rotation"}
+    assert set(functions) == {"dbops-migrate", "dbops-health", "dbops-rotate", "dbops-rotate-redis", "dbops-check-rotation",
+                              "dbops-rotate-generated"}
     private = sorted(r.id for r in plan.of_type("aws:ec2/subnet:Subnet") if r.inputs["tags"]["tier"] == "private")
     dbops_group = plan.named("sg-dbops").id
     package = build_lambda_package()
@@ -119,8 +121,11 @@ def test_environment_holds_arns_and_endpoint_only(plan: Plan) -> None:
     # The group comes from the environment, never from a secret: the role may change only it.
     assert env["dbops-rotate-redis"] == redis_endpoint
     check = env.pop("dbops-check-rotation")   # ARNs, a metric namespace and a number of days
-    assert set(check["ROTATED_SECRET_ARNS"].split(",")) == {app, monitor, backup, drill, redis}
+    generated = {plan.outputs["app_secret_arn"], plan.outputs["grafana_admin_secret_arn"]}
+    assert set(check["ROTATED_SECRET_ARNS"].split(",")) == {app, monitor, backup, drill, redis, *generated}
     assert check["METRIC_NAMESPACE"] == f"psychology-api/{plan.stack}/rotation" and check["MARGIN_DAYS"] == "2"
+    # Nothing to reach but Secrets Manager: the secret to rotate comes with each event.
+    assert env["dbops-rotate-generated"] == {}
     for variables in env.values():
         for key, value in variables.items():
             assert "PASSWORD" not in key and "TOKEN" not in key and "[secret]" not in value
@@ -129,7 +134,7 @@ def test_environment_holds_arns_and_endpoint_only(plan: Plan) -> None:
 
 def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
     roles = {fn.name: fn.inputs["role"] for fn in plan.of_type(FUNCTION)}
-    assert len(set(roles.values())) == 5
+    assert len(set(roles.values())) == len(FUNCTION_KEYS)
     for name in FUNCTION_KEYS:
         role = plan.named(f"dbops-{name}-role")
         trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
@@ -144,7 +149,8 @@ def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
             if statement["Resource"] == "*" and name == "check-rotation":
                 assert statement["Action"] == "cloudwatch:PutMetricData" and "cloudwatch:namespace" in str(statement)
             elif statement["Resource"] == "*":
-                assert name in ("rotate", "rotate-redis") and statement["Action"] == "secretsmanager:GetRandomPassword"
+                assert name in ("rotate", "rotate-redis", "rotate-generated")
+                assert statement["Action"] == "secretsmanager:GetRandomPassword"
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             if any(action.startswith("kms:") for action in actions):
                 assert statement["Resource"] == key_arn(plan)
@@ -172,13 +178,19 @@ def test_each_function_has_its_own_least_privilege_role(plan: Plan) -> None:
         "elasticache:DescribeReplicationGroups": {redis_group_arn(plan)},
         "secretsmanager:GetRandomPassword": {"*"}, "kms:Decrypt": {key}, "kms:GenerateDataKey": {key}}
     assert redis_group_arn(plan).endswith(f":replicationgroup:psychology-api-{plan.stack}-redis")
+    # The generated secrets' rotation: exactly the Django and Grafana secrets, nothing of the database.
+    django, grafana = plan.outputs["app_secret_arn"], plan.outputs["grafana_admin_secret_arn"]
+    assert granted(plan, "rotate-generated") == {
+        "secretsmanager:DescribeSecret": {django, grafana}, "secretsmanager:GetSecretValue": {django, grafana},
+        "secretsmanager:PutSecretValue": {django, grafana}, "secretsmanager:UpdateSecretVersionStage": {django, grafana},
+        "secretsmanager:GetRandomPassword": {"*"}, "kms:Decrypt": {key}, "kms:GenerateDataKey": {key}}
 
 
 def test_log_groups_keep_logs_encrypted(plan: Plan) -> None:
     groups = {r.inputs["name"]: r for r in plan.of_type("aws:cloudwatch/logGroup:LogGroup") if r.name.startswith("dbops-")}
     assert set(groups) == {f"/aws/lambda/psychology-api-{plan.stack}-db-{f}" for f in FUNCTION_KEYS}
     for group in groups.values():
-        assert group.inputs["retentionInDays"] == (365 if plan.stack == "prod" else 30)
+        assert group.inputs["retentionInDays"] == 365  # rotation and migration records: a year in both stacks
         assert group.inputs["kmsKeyId"] == key_arn(plan)
 
 
@@ -216,7 +228,8 @@ def test_credential_secrets(plan: Plan) -> None:
 def test_pulumi_never_writes_over_a_rotated_value(plan: Plan) -> None:
     """Rotation owns every rotated value after the first version: Pulumi ignores later
     differences (README: rotation)."""
-    for version in ("dbops-app-credentials-first", "dbops-monitor-credentials-value", "redis-secret-value"):
+    for version in ("dbops-app-credentials-first", "dbops-monitor-credentials-value", "redis-secret-value",
+                    "secrets-app-value", "monitoring-grafana-value"):
         assert plan.named(version).ignore_changes == ["secretString", "versionStages"], version
     assert plan.named("redis-group").ignore_changes == ["authToken"]
 
@@ -236,11 +249,13 @@ def test_rotation_every_90_days_by_our_function(plan: Plan) -> None:
 
 
 def test_every_secret_that_must_rotate_does(plan: Plan) -> None:
-    """The application's and the monitoring role's credentials and the Redis token, each by
-    its function, with an invoke permission naming exactly that secret."""
+    """The application's and the monitoring role's credentials, the Redis token, the Django
+    SECRET_KEY and Grafana's admin password, each by its function, with an invoke permission
+    naming exactly that secret."""
     rotations = {r.name: r for r in plan.of_type(ROTATION)}
     assert set(rotations) == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation", "dbops-redis-rotation",
-                              "dbops-backup-credentials-rotation", "dbops-drill-credentials-rotation"}
+                              "dbops-backup-credentials-rotation", "dbops-drill-credentials-rotation",
+                              "dbops-django-secret-key-rotation", "dbops-grafana-admin-rotation"}
     expected = {
         # rotation: (secret resource id or ARN, function, permission, must wait for)
         "dbops-monitor-credentials-rotation": (plan.named("dbops-monitor-credentials").id, "dbops-rotate",
@@ -251,12 +266,19 @@ def test_every_secret_that_must_rotate_does(plan: Plan) -> None:
                                              "dbops-drill-rotation-invoke", "dbops-bootstrap"),
         "dbops-redis-rotation": (redis_secret_arn(plan), "dbops-rotate-redis", "dbops-redis-rotation-invoke",
                                  "redis-secret-value"),
+        # Once their first values exist (and, as for Redis, the network path of the function).
+        "dbops-django-secret-key-rotation": (plan.outputs["app_secret_arn"], "dbops-rotate-generated",
+                                             "dbops-django-secret-key-rotation-invoke", "secrets-app-value"),
+        "dbops-grafana-admin-rotation": (plan.outputs["grafana_admin_secret_arn"], "dbops-rotate-generated",
+                                         "dbops-grafana-admin-rotation-invoke", "monitoring-grafana-value"),
     }
     sources = {"dbops-monitor-rotation-invoke": secret_arn(plan, "dbops-monitor-credentials"),
                "dbops-redis-rotation-invoke": redis_secret_arn(plan),
                "dbops-rotation-invoke": secret_arn(plan, "dbops-app-credentials"),
                "dbops-backup-rotation-invoke": secret_arn(plan, "dbops-backup-credentials"),
-               "dbops-drill-rotation-invoke": secret_arn(plan, "dbops-drill-credentials")}
+               "dbops-drill-rotation-invoke": secret_arn(plan, "dbops-drill-credentials"),
+               "dbops-django-secret-key-rotation-invoke": plan.outputs["app_secret_arn"],
+               "dbops-grafana-admin-rotation-invoke": plan.outputs["grafana_admin_secret_arn"]}
     for name, (secret, function, permission, after) in expected.items():
         rotation = rotations[name]
         assert rotation.inputs["secretId"] == secret

@@ -330,6 +330,20 @@ def test_secret_values_survive_quoting(host: HostFiles, tmp_path: Path) -> None:
     assert sourced(result.stdout, tmp_path, ["SECRET_KEY", "EMPTY"]) == {"SECRET_KEY": HARD, "EMPTY": ""}
 
 
+def test_secret_key_fallbacks_become_one_comma_separated_variable(host: HostFiles, tmp_path: Path) -> None:
+    """The app secret after a rotation (scripts/dbops/generated_rotation.py): the signing key and
+    [announced next key, previous key], which settings split on commas."""
+    current, announced, previous = "k1!#%&*()-_=+[]{}<>:?" + "a" * 40, "n2" + "b" * 60, "p0" + "c" * 60
+    app = {"SECRET_KEY": current, "SECRET_KEY_FALLBACKS": [announced, previous]}
+    result = env_lines(host, app, "JQ_DIRECT", tmp_path)
+    assert result.returncode == 0, result.stderr
+    env = sourced(result.stdout, tmp_path, ["SECRET_KEY", "SECRET_KEY_FALLBACKS"])
+    assert env == {"SECRET_KEY": current, "SECRET_KEY_FALLBACKS": f"{announced},{previous}"}
+    assert [k for k in env["SECRET_KEY_FALLBACKS"].split(",") if k] == [announced, previous]
+    assert sourced(env_lines(host, {"SECRET_KEY": current, "SECRET_KEY_FALLBACKS": []}, "JQ_DIRECT", tmp_path).stdout,
+                   tmp_path, ["SECRET_KEY_FALLBACKS"]) == {"SECRET_KEY_FALLBACKS": ""}
+
+
 def test_database_and_redis_secrets_map_to_the_contract(host: HostFiles, tmp_path: Path) -> None:
     db = {"engine": "postgres", "host": "db.internal", "port": 5432, "dbname": "psychology",
           "username": "app_b", "password": HARD}
@@ -353,6 +367,7 @@ def test_database_and_redis_secrets_map_to_the_contract(host: HostFiles, tmp_pat
     ("JQ_REDIS", {"host": "r", "port": 6379, "tls": True}),                          # no token
     ("JQ_DIRECT", {"NOT A NAME": "x"}),
     ("JQ_DIRECT", {"MULTILINE": "line1\nline2"}),
+    ("JQ_DIRECT", {"SECRET_KEY_FALLBACKS": ["x\"line2,", "y"]}),
 ])
 def test_malformed_secrets_fail_without_printing_values(host: HostFiles, tmp_path: Path,
                                                         program: str, secret: dict[str, Any]) -> None:

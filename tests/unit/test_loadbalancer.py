@@ -7,6 +7,7 @@ import pytest
 from components.loadbalancer import FIXED_RESPONSE_LIMIT, HSTS_HEADER, maintenance_page
 from infra.config import TLS13_POLICIES
 from infra.mock_engine import Plan, PlannedResource, run_program
+from tests.conftest import HTTP_ONLY_OVERRIDES
 
 LB = "aws:lb/loadBalancer:LoadBalancer"
 LISTENER = "aws:lb/listener:Listener"
@@ -34,9 +35,14 @@ def maintenance_staging() -> Plan:
 
 
 @pytest.fixture(scope="module")
+def maintenance_http_only() -> Plan:
+    return run_program("staging", overrides={"maintenance": True, **HTTP_ONLY_OVERRIDES})
+
+
+@pytest.fixture(scope="module")
 def staging_with_certificate() -> Plan:
     return run_program("staging", overrides={"certificateArn": CERT_ARN, "domainName": "api.staging.example.com",
-                                             "allowHttpOnly": False})
+                                             "hostedZoneId": ""})
 
 
 def test_load_balancer_is_public_dual_stack_in_the_public_subnets(plan: Plan) -> None:
@@ -111,14 +117,42 @@ def test_prod_alias_records_point_at_the_load_balancer(prod: Plan) -> None:
         assert record["aliases"] == [{"name": lb["dnsName"], "zoneId": lb["zoneId"], "evaluateTargetHealth": True}]
 
 
-def test_staging_is_http_only_as_configured(staging: Plan) -> None:
-    assert [r.inputs["port"] for r in staging.of_type(LISTENER)] == [80]
-    http = listener(staging, 80).inputs
+def test_staging_serves_https_and_http_only_redirects(staging: Plan) -> None:
+    assert sorted(r.inputs["port"] for r in staging.of_type(LISTENER)) == [80, 443]
+    https = listener(staging, 443).inputs
+    assert https["protocol"] == "HTTPS" and https["sslPolicy"] in TLS13_POLICIES
+    assert https["certificateArn"] == staging.one("aws:acm/certificateValidation:CertificateValidation").outputs["certificateArn"]
+    assert https["routingHttpResponseStrictTransportSecurityHeaderValue"] == HSTS_HEADER
+    assert https["defaultActions"] == [{"type": "forward", "targetGroupArn": staging.one(TG).outputs["arn"]}]
+    (action,) = listener(staging, 80).inputs["defaultActions"]
+    assert action == {"type": "redirect", "redirect": {"protocol": "HTTPS", "port": "443", "statusCode": "HTTP_301"}}
+    cert = staging.one(CERT).inputs
+    assert cert["domainName"] == "api.staging.psychology.example.com" and cert["validationMethod"] == "DNS"
+    assert staging.named("alb-certificate-validation").inputs["zoneId"] == "Z0123456789EXAMPLE0AB"
+    aliases = {r.inputs["type"]: r.inputs["name"] for r in staging.of_type(RECORD) if r.inputs.get("aliases")}
+    assert aliases == {"A": "api.staging.psychology.example.com", "AAAA": "api.staging.psychology.example.com"}
+    assert staging.outputs["api_url"] == "https://api.staging.psychology.example.com"
+
+
+def test_checked_in_stacks_never_serve_plain_http() -> None:
+    import yaml
+
+    from infra.mock_engine import ROOT_DIR
+
+    for stack in ("staging", "prod"):
+        config = yaml.safe_load((ROOT_DIR / f"Pulumi.{stack}.yaml").read_text())["config"]
+        assert config.get("psychology-api:allowHttpOnly", False) is False, stack
+
+
+def test_http_only_stack_forwards_plain_http(http_only_staging: Plan) -> None:
+    plan = http_only_staging
+    assert [r.inputs["port"] for r in plan.of_type(LISTENER)] == [80]
+    http = listener(plan, 80).inputs
     assert http["defaultActions"][0]["type"] == "forward"
     # HSTS over plain HTTP means nothing and must not be claimed.
     assert "routingHttpResponseStrictTransportSecurityHeaderValue" not in http
-    assert not staging.of_type(CERT)
-    assert staging.outputs["api_url"] == f"http://{staging.outputs['alb_dns_name']}"
+    assert not plan.of_type(CERT)
+    assert plan.outputs["api_url"] == f"http://{plan.outputs['alb_dns_name']}"
 
 
 def test_staging_with_certificate_arn_serves_https(staging_with_certificate: Plan) -> None:
@@ -150,7 +184,7 @@ def test_no_maintenance_rule_by_default(plan: Plan) -> None:
     assert plan.outputs["maintenance_mode"] is False
 
 
-@pytest.mark.parametrize("variant", ["maintenance_prod", "maintenance_staging"])
+@pytest.mark.parametrize("variant", ["maintenance_prod", "maintenance_staging", "maintenance_http_only"])
 def test_maintenance_rule_answers_503_first(variant: str, request: pytest.FixtureRequest) -> None:
     plan: Plan = request.getfixturevalue(variant)
     rule = plan.one(RULE).inputs
@@ -161,7 +195,7 @@ def test_maintenance_rule_answers_503_first(variant: str, request: pytest.Fixtur
     assert action["fixedResponse"]["statusCode"] == "503"
     assert action["fixedResponse"]["contentType"] == "text/html"
     assert "<html" in action["fixedResponse"]["messageBody"]
-    serving = listener(plan, 443 if plan.stack == "prod" else 80)
+    serving = listener(plan, 443 if plan.outputs["api_url"].startswith("https://") else 80)
     assert rule["listenerArn"] == serving.outputs["arn"]
     assert plan.outputs["maintenance_mode"] is True
 
@@ -179,5 +213,5 @@ def test_outputs(plan: Plan) -> None:
     assert plan.outputs["alb_arn_suffix"].startswith("app/")
     assert plan.outputs["target_group_arn"] == tg["arn"]
     assert plan.outputs["target_group_arn_suffix"].startswith("targetgroup/")
-    expected_url = {"prod": "https://api.psychology.example.com", "staging": f"http://{lb['dnsName']}"}
+    expected_url = {"prod": "https://api.psychology.example.com", "staging": "https://api.staging.psychology.example.com"}
     assert plan.outputs["api_url"] == expected_url[plan.stack]

@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from components.monitoring_render import BOOTSTRAP_PATH, CLOUDWATCH_NAMESPACE, EXPORTER_SECRETS_PATH
+from components.monitoring_render import (
+    BOOTSTRAP_PATH,
+    CLOUDWATCH_NAMESPACE,
+    EXPORTER_SECRETS_PATH,
+    GRAFANA_ADMIN_PASSWORD_PATH,
+)
 from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data, user_data_size
 from infra.mock_engine import MOCK_ACCOUNT_ID, Plan, PlannedResource, run_program
 
@@ -293,6 +298,27 @@ def test_grafana_password_is_generated_and_kept_in_secrets_manager(plan: Plan) -
     assert plan.outputs["grafana_admin_secret_arn"] == secret.outputs["arn"]
 
 
+def test_rotated_grafana_password_reaches_grafana_within_the_hour(plan: Plan) -> None:
+    """The rotation function writes a new version; an hourly timer on the host applies AWSCURRENT
+    with grafana cli (the script itself runs in tests/integration/test_grafana_admin_password.py)."""
+    files = written_files(plan)
+    secret = plan.one(SECRET, "monitoring-grafana").outputs["arn"]
+    script = files[GRAFANA_ADMIN_PASSWORD_PATH]
+    assert f"readonly GRAFANA_SECRET_ARN={secret}\n" in script
+    assert "admin reset-admin-password --password-from-stdin" in script
+    service = files["/etc/systemd/system/psychology-grafana-admin-password.service"]
+    assert f"ExecStart={GRAFANA_ADMIN_PASSWORD_PATH}\n" in service and "Type=oneshot\n" in service
+    assert "ReadWritePaths=/etc/grafana/secrets /var/lib/monitoring/grafana" in service
+    timer = files["/etc/systemd/system/psychology-grafana-admin-password.timer"]
+    assert "OnCalendar=hourly\n" in timer and "Persistent=true\n" in timer
+    assert "systemctl enable --now psychology-grafana-admin-password.timer" in files[BOOTSTRAP_PATH]
+    assert secret in statement(plan, "ReadOwnSecrets")["Resource"]
+    rotation = plan.named("dbops-grafana-admin-rotation")
+    assert rotation.inputs["secretId"] == secret
+    assert rotation.inputs["rotationLambdaArn"] == plan.named("dbops-rotate-generated").outputs["arn"]
+    assert plan.named("monitoring-grafana-value").ignore_changes == ["secretString", "versionStages"]
+
+
 def test_alerting_secret_exists_only_when_a_channel_is_configured(plan: Plan, with_channels: Plan) -> None:
     assert not [r for r in plan.of_type(SECRET) if r.name == "monitoring-alerting"]
     secret = with_channels.one(SECRET, "monitoring-alerting")
@@ -378,24 +404,27 @@ def test_prometheus_discovers_api_hosts_of_this_stack(plan: Plan) -> None:
             "instance-state-name": ["running"]}
     assert config["global"]["external_labels"] == {"cluster": f"psychology-api-{plan.stack}", "environment": plan.stack}
     targets = jobs["blackbox-http"]["static_configs"][0]["targets"]
-    if plan.stack == "prod":
-        assert targets == ["https://api.psychology.example.com/health/", "https://api.psychology.example.com/api/v1/health/"]
-    else:
-        assert all(t.startswith("http://psychology-api-staging-alb-") for t in targets)
+    host_name = {"prod": "api.psychology.example.com", "staging": "api.staging.psychology.example.com"}[plan.stack]
+    assert targets == [f"https://{host_name}/health/", f"https://{host_name}/api/v1/health/"]
 
 
-def test_blackbox_requires_tls_when_the_stack_serves_https(plan: Plan) -> None:
+def test_blackbox_requires_tls_when_the_stack_serves_https(plan: Plan, http_only_staging: Plan) -> None:
+    # Both checked-in stacks serve HTTPS; only a throw-away allowHttpOnly stack does not.
     blackbox = yaml.safe_load(written_files(plan)["/etc/blackbox_exporter/blackbox.yml"])
-    assert blackbox["modules"]["http_2xx"]["http"]["fail_if_not_ssl"] is (plan.stack == "prod")
+    assert blackbox["modules"]["http_2xx"]["http"]["fail_if_not_ssl"] is True
+    plain = yaml.safe_load(written_files(http_only_staging)["/etc/blackbox_exporter/blackbox.yml"])
+    assert plain["modules"]["http_2xx"]["http"]["fail_if_not_ssl"] is False
 
 
-def test_staging_without_tls_may_probe_port_80(plan: Plan) -> None:
-    rules = [r for r in plan.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
-             if r.name == "monitoring-probe-http-out"]
-    if plan.stack == "prod":
-        assert rules == []
-    else:
-        assert rules[0].inputs["fromPort"] == 80 and rules[0].inputs["securityGroupId"] == host(plan).inputs["vpcSecurityGroupIds"][0]
+def test_only_a_stack_without_tls_may_probe_port_80(plan: Plan, http_only_staging: Plan) -> None:
+    def probe_rules(p: Plan) -> list[PlannedResource]:
+        return [r for r in p.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+                if r.name == "monitoring-probe-http-out"]
+
+    assert probe_rules(plan) == []
+    rules = probe_rules(http_only_staging)
+    assert rules[0].inputs["fromPort"] == 80
+    assert rules[0].inputs["securityGroupId"] == host(http_only_staging).inputs["vpcSecurityGroupIds"][0]
 
 
 def test_alerts_go_to_sns_without_channels_and_to_channels_when_set(plan: Plan, with_channels: Plan) -> None:
@@ -507,7 +536,8 @@ def expected_alarm_roles(stack: str) -> set[str]:
     roles = {"alb-5xx-rate", "alb-unhealthy-hosts", "alb-no-healthy-hosts", "alb-latency-p95", "api-cpu",
              "rds-cpu", "rds-free-storage", "rds-connections", "monitoring-system-check",
              "monitoring-instance-check", "monitoring-heartbeat", "monitoring-data-disk",
-             "rotation-errors-rotate", "rotation-errors-rotate-redis", "rotation-overdue"}
+             "rotation-errors-rotate", "rotation-errors-rotate-redis", "rotation-errors-rotate-generated",
+             "rotation-overdue", "waf-blocked-requests"}
     for i in range(1, nodes + 1):
         roles |= {f"redis-memory-{i:03d}", f"redis-evictions-{i:03d}"}
     return roles

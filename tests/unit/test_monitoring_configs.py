@@ -285,6 +285,12 @@ def test_host_applies_security_updates_daily() -> None:
     assert script.index("releasever") < script.index("dnf install") < script.index("dnf-automatic.timer")
 
 
+def test_shellcheck_passes_the_grafana_admin_password_script(variant: MonitoringSettings, tmp_path: Path) -> None:
+    script = tmp_path / "grafana-admin-password.sh"
+    script.write_text(render.grafana_admin_password_script(variant))
+    run(tool("shellcheck"), "--severity=style", "--shell=bash", str(script))
+
+
 def test_boot_script_verifies_every_download() -> None:
     script = render.bootstrap_script(settings())
     for name, release in render.releases().items():
@@ -309,7 +315,7 @@ def systemd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for binary in ("usr/local/bin/prometheus", "usr/local/bin/alertmanager", "usr/local/bin/node_exporter",
                    "usr/local/bin/postgres_exporter", "usr/local/bin/redis_exporter", "usr/local/bin/blackbox_exporter",
                    "opt/grafana/bin/grafana", "opt/psychology-ops/venv/bin/python", "bin/kill", "usr/bin/install",
-                   "usr/local/sbin/psychology-exporter-secrets"):
+                   "usr/local/sbin/psychology-exporter-secrets", "usr/local/sbin/psychology-grafana-admin-password"):
         path = root / binary
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("#!/bin/sh\n")

@@ -88,7 +88,7 @@ def test_egress_is_limited_to_what_the_spec_names(plan: Plan) -> None:
     assert matrix(plan, EGRESS, "api") == https | dns | {
         ("tcp", 587, "0.0.0.0/0"), ("tcp", 25, "0.0.0.0/0"), ("tcp", 5432, "database"), ("tcp", 6379, "redis")}
     assert matrix(plan, EGRESS, "dbops") == https | dns | {("tcp", 5432, "database"), ("tcp", 6379, "redis")}
-    # A stack serving plain HTTP (staging with allowHttpOnly) is probed by blackbox on port 80
+    # A stack serving plain HTTP (a throw-away allowHttpOnly stack) is probed by blackbox on port 80
     # through its public address; with HTTPS nothing leaves on 80.
     plain_http_probe = {("tcp", 80, "0.0.0.0/0")} if plan.outputs["api_url"].startswith("http://") else set()
     assert matrix(plan, EGRESS, "monitoring") == https | dns | plain_http_probe | {

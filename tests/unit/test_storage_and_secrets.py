@@ -82,7 +82,8 @@ def test_access_log_bucket_lets_alb_log_delivery_write_its_prefix_only(plan: Pla
     # ALB access logs only support SSE-S3.
     assert sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"] == {"sseAlgorithm": "AES256"}
     policy = json.loads(bucket_side(plan, "access_log_bucket_name", "aws:s3/bucketPolicy:BucketPolicy").inputs["policy"])
-    writers = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
+    # The S3 server access log statement of the backups bucket is checked on its own below.
+    writers = [s for s in policy["Statement"] if s["Effect"] == "Allow" and s["Principal"] != S3_LOGGING]
     bucket = plan.outputs["access_log_bucket_name"]
     assert {json.dumps(s["Principal"], sort_keys=True) for s in writers} == {
         json.dumps({"AWS": "arn:aws:iam::054676820928:root"}),
@@ -92,6 +93,37 @@ def test_access_log_bucket_lets_alb_log_delivery_write_its_prefix_only(plan: Pla
         assert statement["Resource"] == f"arn:aws:s3:::{bucket}/alb/AWSLogs/123456789012/*"
     block = bucket_side(plan, "access_log_bucket_name", "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
     assert all(block.inputs[f] for f in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+
+
+S3_LOGGING = {"Service": "logging.s3.amazonaws.com"}
+
+
+def test_backups_bucket_access_is_logged_to_the_access_log_bucket(plan: Plan) -> None:
+    backups, logs = plan.outputs["backup_bucket_name"], plan.outputs["access_log_bucket_name"]
+    logging = plan.one("aws:s3/bucketLogging:BucketLogging")
+    assert logging.inputs == {"bucket": backups, "targetBucket": logs, "targetPrefix": "s3/backups/"}
+    assert logging.parent == "backups"
+    # S3 checks that it may deliver before it accepts the setting: the policy comes first.
+    assert {"access-logs-policy", "access-logs-bucket"} <= set(logging.depends_on)
+    policy = json.loads(bucket_side(plan, "access_log_bucket_name", "aws:s3/bucketPolicy:BucketPolicy").inputs["policy"])
+    (statement,) = [s for s in policy["Statement"] if s["Principal"] == S3_LOGGING]
+    assert statement["Effect"] == "Allow" and statement["Action"] == "s3:PutObject"
+    assert statement["Resource"] == f"arn:aws:s3:::{logs}/s3/backups/*"
+    # Only the backups bucket of this account may deliver there (confused-deputy guard).
+    assert statement["Condition"] == {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{backups}"},
+                                      "StringEquals": {"aws:SourceAccount": "123456789012"}}
+    # Server access log delivery supports SSE-S3 on the target, not a customer KMS key.
+    sse = bucket_side(plan, "access_log_bucket_name",
+                      "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    assert sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"] == {"sseAlgorithm": "AES256"}
+
+
+def test_access_log_bucket_keeps_every_log_for_the_configured_retention(plan: Plan) -> None:
+    lifecycle = bucket_side(plan, "access_log_bucket_name", "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+    expire = next(r for r in lifecycle.inputs["rules"] if r["id"] == "expire-current-objects")
+    # The whole bucket, so the load balancer's logs and the backups bucket's expire alike.
+    assert expire["filter"] == {"prefix": ""}
+    assert expire["expiration"]["days"] == 365
 
 
 def test_secrets_are_encrypted_with_the_data_key(plan: Plan) -> None:
@@ -110,6 +142,26 @@ def test_django_secret_key_is_generated_and_never_plain(plan: Plan) -> None:
     version = plan.one("aws:secretsmanager/secretVersion:SecretVersion", "secrets-app-value")
     assert version.inputs["secretString"] == SECRET_MASK
     assert plan.outputs["app_secret_arn"].startswith("arn:aws:secretsmanager:")
+
+
+def test_django_secret_starts_with_an_announced_next_key_and_then_belongs_to_rotation(plan: Plan) -> None:
+    """The first version signs with one key and already announces the next, so the first
+    rotation changes the signing key without a session lost (scripts/dbops/generated_rotation.py)."""
+    from tests.unit.test_dbops import secret_document
+
+    keys = {name: plan.one("random:index/randomPassword:RandomPassword", name).outputs["result"]
+            for name in ("secrets-django-secret-key", "secrets-django-next-secret-key")}
+    document = secret_document(plan, "secrets-app-value")
+    assert document == {"SECRET_KEY": keys["secrets-django-secret-key"],
+                        "SECRET_KEY_FALLBACKS": [keys["secrets-django-next-secret-key"]]}
+    for name in keys:
+        inputs = plan.one("random:index/randomPassword:RandomPassword", name).inputs
+        assert inputs["length"] == 64 and not set(inputs["overrideSpecial"]) & set("\"'\\`$, ")
+    version = plan.one("aws:secretsmanager/secretVersion:SecretVersion", "secrets-app-value")
+    assert version.ignore_changes == ["secretString", "versionStages"]
+    rotation = plan.named("dbops-django-secret-key-rotation")
+    assert rotation.inputs["secretId"] == plan.outputs["app_secret_arn"]
+    assert rotation.inputs["rotationRules"] == {"automaticallyAfterDays": 90}
 
 
 def test_integration_secrets_come_from_secret_config_only() -> None:
