@@ -116,9 +116,9 @@ def test_prod_with_its_own_values_passes_the_placeholder_rule(rds_ca_bundle: Pat
     ("alarmEmail", "ops@example.org"), ("adminCidrs", ["198.51.100.0/24"]), ("domainName", "staging.api.test"),
 ])
 def test_staging_warns_about_placeholders_and_plans(key: str, value: object, rds_ca_bundle: Path) -> None:
-    overrides: dict[str, object] = {key: value}
-    if key == "domainName":
-        overrides["hostedZoneId"] = "Z08154711ABCDEF"
+    # The stack's own domain and zone (the checked-in file holds the documented examples), then one placeholder.
+    overrides: dict[str, object] = {"domainName": "api.staging.psychology-platform.de", "hostedZoneId": "Z08154711ABCDEF",
+                                    key: value}
     plan = run_program("staging", overrides=overrides, program=lambda: main(placeholders="refuse"))
     assert len(plan.warnings) == 1
     assert plan.warnings[0].startswith(f"placeholder value psychology-api:{key} = ")

@@ -299,7 +299,10 @@ def test_every_secret_that_must_rotate_does(plan: Plan) -> None:
 def test_rotation_period_follows_the_config() -> None:
     plan = run_program("staging", overrides={"secretRotationDays": 30})
     rotations = plan.of_type(ROTATION)
-    assert len(rotations) == 5
+    assert {r.name for r in rotations} == {
+        "dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation", "dbops-backup-credentials-rotation",
+        "dbops-drill-credentials-rotation", "dbops-redis-rotation", "dbops-django-secret-key-rotation",
+        "dbops-grafana-admin-rotation"}
     assert all(r.inputs["rotationRules"] == {"automaticallyAfterDays": 30} for r in rotations)
 
 
@@ -397,7 +400,7 @@ def test_without_the_replication_group_the_redis_secret_does_not_rotate_here(mis
                          db_host="db.internal", db_port=5432, db_name="psychology", rotation_days=90,
                          recovery_window_days=7, redis_secret_arn="arn:aws:secretsmanager:eu-central-1:1:secret:redis-x",
                          redis_replication_group_id="g", redis_replication_group_arn="arn:aws:elasticache:x", redis_host="h")
-        DbOps("dbops", dataclasses.replace(args, **{missing: None}))
+        DbOps("dbops", dataclasses.replace(args, **{missing: None})).watch_rotations()
         pulumi.export("ok", True)
 
     plan = run_program("staging", program=program)
@@ -405,3 +408,5 @@ def test_without_the_replication_group_the_redis_secret_does_not_rotate_here(mis
                                                         "dbops-check-rotation"}
     assert {r.name for r in plan.of_type(ROTATION)} == {"dbops-app-credentials-rotation", "dbops-monitor-credentials-rotation",
                                                         "dbops-backup-credentials-rotation", "dbops-drill-credentials-rotation"}
+    watched = plan.named("dbops-check-rotation").inputs["environment"]["variables"]["ROTATED_SECRET_ARNS"].split(",")
+    assert len(watched) == 4 and not any("redis" in arn for arn in watched)

@@ -19,7 +19,7 @@ def alarm(plan: Plan, role: str) -> dict:
 
 def test_each_rotation_function_has_an_errors_alarm(plan: Plan) -> None:
     topic = plan.outputs["alerts_topic_arn"]
-    for key in ("rotate", "rotate-redis"):
+    for key in ("rotate", "rotate-redis", "rotate-generated"):
         inputs = alarm(plan, f"rotation-errors-{key}")
         function = plan.named(f"dbops-{key}")
         assert inputs["namespace"] == "AWS/Lambda" and inputs["metricName"] == "Errors"
@@ -28,7 +28,7 @@ def test_each_rotation_function_has_an_errors_alarm(plan: Plan) -> None:
             "Sum", 1, "GreaterThanOrEqualToThreshold")
         assert inputs["alarmActions"] == [topic] and inputs["okActions"] == [topic]
     rotating = {r.inputs["rotationLambdaArn"] for r in plan.of_type("aws:secretsmanager/secretRotation:SecretRotation")}
-    assert rotating == {plan.named("dbops-rotate").outputs["arn"], plan.named("dbops-rotate-redis").outputs["arn"]}
+    assert rotating == {plan.named(f"dbops-{key}").outputs["arn"] for key in ("rotate", "rotate-redis", "rotate-generated")}
 
 
 def test_overdue_alarm_watches_the_check_and_its_silence(plan: Plan) -> None:
