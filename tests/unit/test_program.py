@@ -96,6 +96,16 @@ def test_readme_documents_every_config_key_and_output(plans: dict[str, Plan]) ->
             assert f"`{output}`" in outputs_section, f"README's output table lacks {output}"
 
 
+def test_the_program_exports_exactly_the_output_contract(plans: dict[str, Plan]) -> None:
+    from infra.outputs import CONDITIONAL_OUTPUTS, OUTPUTS
+
+    exported = set().union(*(plan.outputs for plan in plans.values()))
+    assert exported == set(OUTPUTS), "infra/outputs.py and the program's exports differ"
+    for plan in plans.values():
+        assert set(OUTPUTS) - set(plan.outputs) <= CONDITIONAL_OUTPUTS, plan.stack
+        assert not plan.secret_outputs, "the contract holds no secret value"
+
+
 def test_stack_files_hold_no_plain_secrets() -> None:
     from infra.config import SECRET_KEYS
 
