@@ -306,6 +306,7 @@ def test_rotated_grafana_password_reaches_grafana_within_the_hour(plan: Plan) ->
     script = files[GRAFANA_ADMIN_PASSWORD_PATH]
     assert f"readonly GRAFANA_SECRET_ARN={secret}\n" in script
     assert "admin reset-admin-password --password-from-stdin" in script
+    assert "readonly GRAFANA_USER=grafana\n" in script and 'runuser -u "$GRAFANA_USER"' in script
     service = files["/etc/systemd/system/psychology-grafana-admin-password.service"]
     assert f"ExecStart={GRAFANA_ADMIN_PASSWORD_PATH}\n" in service and "Type=oneshot\n" in service
     assert "ReadWritePaths=/etc/grafana/secrets /var/lib/monitoring/grafana" in service
