@@ -1,5 +1,5 @@
 """Every systemd service we ship (the API hosts' and the monitoring host's), taken from each
-stack's rendered user data and scored offline by `systemd-analyze security`: the overall
+stack's plan (the API hosts' user data, the monitoring host's operations bundle) and scored offline by `systemd-analyze security`: the overall
 exposure must be at most 4.5. The services keep what they need: tested here as the settings
 that grant it (write paths, address families, capabilities)."""
 
