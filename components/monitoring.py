@@ -6,8 +6,9 @@ Grafana's database and the backup metrics live on a separate encrypted EBS volum
 replacement instance re-attaches. That is what makes `user_data_replace_on_change` the right
 choice: cloud-init applies user data once per instance, so an in-place change would leave
 the running host on the old configuration; replacing it makes every configuration change
-(and every change of the operations bundle, whose key is in the user data) take effect, and
-loses no history.
+(and every change of the operations bundle, whose SHA-256 is in the user data) take effect,
+and loses no history. The user data carries only the boot script and the bundle's installer;
+the bundle, rendered per stack, carries every other file the host runs.
 
 Secrets never travel in user data: the host reads them at boot with its own role, by ARN.
 """
@@ -26,8 +27,8 @@ from components.common import assume_role_policy, name_tag, physical_prefix, pol
 from components.monitoring_render import (
     CLOUDWATCH_NAMESPACE,
     MonitoringSettings,
-    bundle_files,
     bundle_key,
+    ops_bundle,
     user_data_base64,
 )
 from components.storage import BACKUP_PREFIX
@@ -95,7 +96,7 @@ class MonitoringHost(pulumi.ComponentResource):
     grafana_admin_secret_version: pulumi.Resource  # the first value; rotation waits for it
     alerting_secret_arn: Optional[pulumi.Output[str]]
     grafana_url: pulumi.Output[str]
-    bundle_key: str
+    bundle_key: pulumi.Output[str]
 
     def __init__(self, name: str, args: MonitoringHostArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(type_token("monitoring", "MonitoringHost"), name, None, opts)
@@ -137,13 +138,27 @@ class MonitoringHost(pulumi.ComponentResource):
                 secret_id=alerting_secret.id,
                 secret_string=pulumi.Output.secret(pulumi.Output.json_dumps(alerting_document))), child))
 
-        # --- the operations bundle: scripts, pinned requirements, rules, dashboards ---------
-        files = bundle_files()
-        self.bundle_key = bundle_key(files)
+        # --- storage -------------------------------------------------------------------------
+        data_volume = aws.ebs.Volume(f"{name}-data", aws.ebs.VolumeArgs(
+            availability_zone=args.availability_zone,
+            size=args.volume_gb,
+            type="gp3",
+            encrypted=True,
+            kms_key_id=args.kms_key_arn,
+            final_snapshot=args.final_snapshot,
+            tags=name_tag("monitoring-data", {"role": "monitoring"})), child)
+
+        # --- what the host runs: rendered from ids and ARNs, never from a secret value -------
+        settings = host_settings(args, grafana_secret_name, grafana_secret.arn,
+                                 alerting_secret.arn if alerting_secret is not None else None, data_volume.id)
+
+        # --- the operations bundle: host files, scripts, pinned requirements, rules, dashboards
+        files = settings.apply(ops_bundle)
+        self.bundle_key = files.apply(bundle_key)
         bundle = aws.s3.BucketObjectv2(f"{name}-ops-bundle", aws.s3.BucketObjectv2Args(
             bucket=args.backup_bucket_name,
             key=self.bundle_key,
-            source=pulumi.AssetArchive({path: pulumi.StringAsset(text) for path, text in files.items()}),
+            source=files.apply(lambda f: pulumi.AssetArchive({path: pulumi.StringAsset(text) for path, text in f.items()})),
             content_type="application/zip",
             # The bucket refuses objects not encrypted with KMS.
             server_side_encryption="aws:kms",
@@ -173,16 +188,6 @@ class MonitoringHost(pulumi.ComponentResource):
         profile = aws.iam.InstanceProfile(f"{name}-profile", aws.iam.InstanceProfileArgs(
             name=f"{physical_prefix()}-monitoring", role=role.name, tags=name_tag("monitoring-profile")), child)
 
-        # --- storage -------------------------------------------------------------------------
-        data_volume = aws.ebs.Volume(f"{name}-data", aws.ebs.VolumeArgs(
-            availability_zone=args.availability_zone,
-            size=args.volume_gb,
-            type="gp3",
-            encrypted=True,
-            kms_key_id=args.kms_key_arn,
-            final_snapshot=args.final_snapshot,
-            tags=name_tag("monitoring-data", {"role": "monitoring"})), child)
-
         # --- probing the public URL over plain HTTP needs port 80 out (staging without TLS) ---
         if not args.https:
             aws.vpc.SecurityGroupEgressRule(f"{name}-probe-http-out", aws.vpc.SecurityGroupEgressRuleArgs(
@@ -194,30 +199,6 @@ class MonitoringHost(pulumi.ComponentResource):
                 tags=name_tag("monitoring-out-80")), child)
 
         # --- the instance --------------------------------------------------------------------
-        alerting_arn: pulumi.Input[Optional[str]] = alerting_secret.arn if alerting_secret is not None else None
-        inputs = pulumi.Output.all(
-            public_url=args.public_url, topic=args.alerts_topic_arn, bucket=args.backup_bucket_name,
-            key=args.kms_key_arn, db_host=args.db_address, backup_login=args.db_backup_secret_arn,
-            drill_login=args.db_drill_secret_arn,
-            grafana=grafana_secret.arn, volume=data_volume.id, monitor=args.db_monitor_secret_arn,
-            redis=args.redis_secret_arn, alerting=alerting_arn)
-
-        def render(v: dict[str, Any]) -> str:
-            return user_data_base64(MonitoringSettings(
-                project=pulumi.get_project(), stack=pulumi.get_stack(), environment=args.environment,
-                region=args.region, public_url=v["public_url"], https=args.https,
-                alerts_topic_arn=v["topic"], backup_bucket=v["bucket"], kms_key_arn=v["key"],
-                db_host=v["db_host"], db_port=args.db_port, db_name=args.db_name, db_backup_secret_arn=v["backup_login"],
-                db_drill_secret_arn=v["drill_login"],
-                grafana_secret_arn=v["grafana"], grafana_secret_name=grafana_secret_name,
-                data_volume_id=v["volume"], volume_gb=args.volume_gb,
-                backup_schedule=args.backup_schedule, restore_drill_schedule=args.restore_drill_schedule,
-                bundle_key=self.bundle_key, db_monitor_secret_arn=v["monitor"], redis_secret_arn=v["redis"],
-                alerting_secret_arn=v["alerting"], webhook_enabled=args.alert_webhook_url is not None,
-                pagerduty_enabled=args.pagerduty_routing_key is not None,
-                postgres_client_major=args.postgres_major_version,
-                probe_paths=tuple(dict.fromkeys((args.health_check_path, "/api/v1/health/")))))
-
         instance = aws.ec2.Instance(f"{name}-host", aws.ec2.InstanceArgs(
             ami=args.ami_id,
             instance_type=args.instance_type,
@@ -233,7 +214,7 @@ class MonitoringHost(pulumi.ComponentResource):
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 volume_type="gp3", volume_size=ROOT_VOLUME_GB, encrypted=True, kms_key_id=args.kms_key_arn,
                 delete_on_termination=True, tags=name_tag("monitoring-root", {"role": "monitoring"})),
-            user_data_base64=inputs.apply(render),
+            user_data_base64=settings.apply(user_data_base64),
             user_data_replace_on_change=True,
             tags=name_tag("monitoring", {"role": "monitoring"}),
         ), pulumi.ResourceOptions(
@@ -271,6 +252,36 @@ class MonitoringHost(pulumi.ComponentResource):
             "data_volume_id": self.data_volume_id, "grafana_admin_secret_arn": self.grafana_admin_secret_arn,
             "grafana_url": self.grafana_url, "bundle_key": self.bundle_key,
         })
+
+
+def host_settings(args: MonitoringHostArgs, grafana_secret_name: str, grafana_secret_arn: pulumi.Input[str],
+                  alerting_secret_arn: Optional[pulumi.Input[str]],
+                  data_volume_id: pulumi.Input[str]) -> pulumi.Output[MonitoringSettings]:
+    """Everything the host's files are rendered from, once its inputs are known (one value for
+    the user data and the operations bundle, so the two always agree)."""
+    inputs = pulumi.Output.all(
+        public_url=args.public_url, topic=args.alerts_topic_arn, bucket=args.backup_bucket_name,
+        key=args.kms_key_arn, db_host=args.db_address, backup_login=args.db_backup_secret_arn,
+        drill_login=args.db_drill_secret_arn, grafana=grafana_secret_arn, volume=data_volume_id,
+        monitor=args.db_monitor_secret_arn, redis=args.redis_secret_arn, alerting=alerting_secret_arn)
+
+    def settings(v: dict[str, Any]) -> MonitoringSettings:
+        return MonitoringSettings(
+            project=pulumi.get_project(), stack=pulumi.get_stack(), environment=args.environment,
+            region=args.region, public_url=v["public_url"], https=args.https,
+            alerts_topic_arn=v["topic"], backup_bucket=v["bucket"], kms_key_arn=v["key"],
+            db_host=v["db_host"], db_port=args.db_port, db_name=args.db_name, db_backup_secret_arn=v["backup_login"],
+            db_drill_secret_arn=v["drill_login"],
+            grafana_secret_arn=v["grafana"], grafana_secret_name=grafana_secret_name,
+            data_volume_id=v["volume"], volume_gb=args.volume_gb,
+            backup_schedule=args.backup_schedule, restore_drill_schedule=args.restore_drill_schedule,
+            db_monitor_secret_arn=v["monitor"], redis_secret_arn=v["redis"],
+            alerting_secret_arn=v["alerting"], webhook_enabled=args.alert_webhook_url is not None,
+            pagerduty_enabled=args.pagerduty_routing_key is not None,
+            postgres_client_major=args.postgres_major_version,
+            probe_paths=tuple(dict.fromkeys((args.health_check_path, "/api/v1/health/"))))
+
+    return inputs.apply(settings)
 
 
 def host_policy(args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[str]]) -> pulumi.Output[str]:

@@ -8,14 +8,17 @@ promtool, amtool, cloud-init, shellcheck and systemd-analyze. Templates live in
 `components/templates/monitoring/` and are rendered with StrictUndefined: a missing value is an
 error, never an empty string in a config file.
 
-Two delivery paths, chosen by size:
-* the user data (cloud-init, gzip + base64, under EC2's 16 KB limit) carries everything that
-  differs per stack: configs, units and timers, the boot script;
-* the operations bundle (a zip in the backups bucket under `ops/`, its name carrying the
-  SHA-256 of its content) carries what is the same everywhere: the backup/restore scripts
-  with their pinned requirements, the alert rule files and the dashboards.
-Any change to either changes the user data (the bundle key is in it), so the host is
-replaced and boots with exactly what the repository holds.
+Two delivery paths:
+* the user data (cloud-init, gzip + base64, under EC2's 16 KB limit) carries only what runs
+  before the bundle is there: the boot script and the script that installs the bundle, which
+  pins the bundle's SHA-256;
+* the operations bundle (a zip in the backups bucket under `ops/`, rendered per stack, its name
+  carrying the SHA-256 of its checksum list) carries everything else: the host's rendered files
+  (configs, systemd units and timers, the credential scripts; installed from its manifest),
+  the backup/restore scripts with their pinned requirements, the alert rule files and the
+  dashboards. The host refuses a bundle whose files do not match the pinned checksum list.
+Any change to any file changes the bundle's SHA-256 and so the user data: the host is replaced
+and boots with exactly what the repository holds.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ RULES_DIR = "/etc/prometheus/rules"
 ALERTMANAGER_TEMPLATES_DIR = "/etc/alertmanager/templates"
 DASHBOARDS_DIR = f"{OPS_DIR}/current/monitoring/dashboards"
 BOOTSTRAP_PATH = "/usr/local/sbin/psychology-monitoring-bootstrap"
+BUNDLE_INSTALL_PATH = "/usr/local/sbin/psychology-monitoring-bundle"
 EXPORTER_SECRETS_PATH = "/usr/local/sbin/psychology-exporter-secrets"
 # The RDS certificate authorities, from the operations bundle (the scripts use the same file).
 DB_CA_BUNDLE = f"{OPS_DIR}/current/{rds_ca.PACKAGE_PATH}"
@@ -92,6 +96,16 @@ UNIT_TEMPLATES = (
 )
 DASHBOARD_FILES = ("golden-paths.json", "errors-latency.json", "integrations-health.json")
 
+# The operations bundle's own files: the checksum list (its SHA-256 is pinned in the user data),
+# the manifest of host files ("MODE OWNER:GROUP PATH" lines) and the folder those files are in.
+CHECKSUMS_FILE = "SHA256SUMS"
+HOST_FILES_MANIFEST = "host-files.txt"
+HOST_FILES_DIR = "host"
+HOST_FILES_OWNER = "root:root"
+# What the shell on the host handles without quoting (sha256sum lists, `read`, install's arguments).
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9._/-]+")
+_MODE = re.compile(r"0[0-7]{3}")
+
 
 @dataclass(frozen=True)
 class MonitoringSettings:
@@ -116,7 +130,6 @@ class MonitoringSettings:
     volume_gb: int
     backup_schedule: str
     restore_drill_schedule: str
-    bundle_key: str
     db_port: int = 5432
     db_monitor_secret_arn: Optional[str] = None
     redis_secret_arn: Optional[str] = None
@@ -302,25 +315,45 @@ def grafana_admin_password_script(s: MonitoringSettings, *, password_file: str =
 def bootstrap_script(s: MonitoringSettings) -> str:
     return render_template(
         "host/bootstrap.sh.j2", **_common(s),
-        backup_bucket=s.backup_bucket, bundle_key=s.bundle_key, data_volume_id=s.data_volume_id,
+        data_volume_id=s.data_volume_id,
         grafana_secret_arn=s.grafana_secret_arn, alerting_secret_arn=s.alerting_secret_arn or "",
         db_monitor_secret_arn=s.db_monitor_secret_arn or "", redis_secret_arn=s.redis_secret_arn or "",
         db_host=s.db_host, db_port=s.db_port, db_name=s.db_name,
         webhook_enabled=s.webhook_enabled, pagerduty_enabled=s.pagerduty_enabled,
         postgres_client_package=postgres_client_package(s.postgres_client_major),
-        exporter_secrets_path=EXPORTER_SECRETS_PATH,
+        exporter_secrets_path=EXPORTER_SECRETS_PATH, bundle_install_path=BUNDLE_INSTALL_PATH,
         releases=releases())
 
 
+def bundle_install_script(s: MonitoringSettings, *, ops_dir: str = OPS_DIR, host_root: str = "",
+                          python: str = "python3.11") -> str:
+    """The script that downloads, verifies and installs this stack's operations bundle (the
+    tests render it with a scratch directory as the host's root and run it)."""
+    digest = bundle_digest(ops_bundle(s))
+    return render_template(
+        "host/bundle-install.sh.j2", **{**_common(s), "ops_dir": ops_dir},
+        backup_bucket=s.backup_bucket, bundle_key=bundle_key_of(digest), bundle_sha256=digest,
+        host_root=host_root, python=python, checksums_file=CHECKSUMS_FILE, manifest_file=HOST_FILES_MANIFEST,
+        host_files_dir=HOST_FILES_DIR)
+
+
+def boot_files(s: MonitoringSettings) -> dict[str, tuple[str, str]]:
+    """What cloud-init writes: only what runs before the operations bundle is on the host."""
+    return {
+        BOOTSTRAP_PATH: (bootstrap_script(s), "0755"),
+        BUNDLE_INSTALL_PATH: (bundle_install_script(s), "0755"),
+    }
+
+
 def host_files(s: MonitoringSettings) -> dict[str, tuple[str, str]]:
-    """Every file cloud-init writes: path -> (content, permissions). None holds a secret."""
+    """Every rendered file the operations bundle installs on the host, root-owned:
+    path -> (content, permissions). None holds a secret."""
     files: dict[str, tuple[str, str]] = {
         "/etc/prometheus/prometheus.yml": (prometheus_config(s), "0644"),
         "/etc/alertmanager/alertmanager.yml": (alertmanager_config(s), "0644"),
         "/etc/blackbox_exporter/blackbox.yml": (blackbox_config(s), "0644"),
         "/etc/psychology/cloudwatch-agent.json": (render_template(
             "host/cloudwatch-agent.json.j2", cloudwatch_namespace=CLOUDWATCH_NAMESPACE, data_dir=DATA_DIR), "0644"),
-        BOOTSTRAP_PATH: (bootstrap_script(s), "0755"),
         EXPORTER_SECRETS_PATH: (exporter_secrets_script(s), "0755"),
         "/etc/dnf/automatic.conf": (render_template("host/dnf-automatic.conf.j2"), "0644"),
         GRAFANA_ADMIN_PASSWORD_PATH: (grafana_admin_password_script(s), "0755"),
@@ -348,7 +381,7 @@ def cloud_config(s: MonitoringSettings) -> str:
     document = {
         "write_files": [
             {"path": path, "owner": "root:root", "permissions": mode, "content": content}
-            for path, (content, mode) in sorted(host_files(s).items())
+            for path, (content, mode) in sorted(boot_files(s).items())
         ],
         "runcmd": [[BOOTSTRAP_PATH]],
     }
@@ -409,7 +442,8 @@ def is_ops_script(relative_path: str) -> bool:
 
 
 def bundle_files() -> dict[str, str]:
-    """Archive path -> text of every file in the operations bundle (sorted, deterministic)."""
+    """Archive path -> text of the part of the operations bundle that is the same for every
+    stack (sorted, deterministic); `ops_bundle` adds the stack's rendered files."""
     files: dict[str, str] = {}
     scripts = ROOT_DIR / "scripts"
     for path in sorted(scripts.rglob("*.py")):
@@ -426,14 +460,48 @@ def bundle_files() -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-def bundle_digest(files: Mapping[str, str]) -> str:
-    digest = hashlib.sha256()
+def host_files_manifest(files: Mapping[str, tuple[str, str]]) -> str:
+    """"MODE OWNER:GROUP PATH" lines, what the bundle's install script reads."""
+    lines = []
+    for path, (_, mode) in sorted(files.items()):
+        if not (path.startswith("/") and _PLAIN_PATH.fullmatch(path) and ".." not in path.split("/") and _MODE.fullmatch(mode)):
+            raise ValueError(f"host file {path!r} (mode {mode!r}) needs an absolute plain path and an octal mode")
+        lines.append(f"{mode} {HOST_FILES_OWNER} {path}\n")
+    return "".join(lines)
+
+
+def ops_bundle(s: MonitoringSettings) -> dict[str, str]:
+    """Archive path -> text of the stack's whole operations bundle: the shared files
+    (`bundle_files`), the host's rendered files with their manifest, and the checksum list."""
+    rendered = host_files(s)
+    files = dict(bundle_files())
+    for path, (content, _) in rendered.items():
+        files[f"{HOST_FILES_DIR}{path}"] = content
+    files[HOST_FILES_MANIFEST] = host_files_manifest(rendered)
+    files[CHECKSUMS_FILE] = bundle_checksums(files)
+    return dict(sorted(files.items()))
+
+
+def bundle_checksums(files: Mapping[str, str]) -> str:
+    """`sha256sum` lines of every file but the list itself (what `sha256sum --check` reads)."""
+    lines = []
     for name in sorted(files):
-        data = files[name].encode()
-        digest.update(f"{name}\0{len(data)}\0".encode())
-        digest.update(data)
-    return digest.hexdigest()
+        if name == CHECKSUMS_FILE:
+            continue
+        if not _PLAIN_PATH.fullmatch(name) or name.startswith("/") or ".." in name.split("/"):
+            raise ValueError(f"bundle member {name!r} needs a plain relative path")
+        lines.append(f"{hashlib.sha256(files[name].encode()).hexdigest()}  {name}\n")
+    return "".join(lines)
+
+
+def bundle_digest(files: Mapping[str, str]) -> str:
+    """The SHA-256 of the checksum list: it covers every member's name and content."""
+    return hashlib.sha256(bundle_checksums(files).encode()).hexdigest()
+
+
+def bundle_key_of(digest: str) -> str:
+    return f"ops/monitoring-bundle-{digest[:16]}.zip"
 
 
 def bundle_key(files: Mapping[str, str]) -> str:
-    return f"ops/monitoring-bundle-{bundle_digest(files)[:16]}.zip"
+    return bundle_key_of(bundle_digest(files))

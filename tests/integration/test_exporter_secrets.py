@@ -81,8 +81,7 @@ def render_settings() -> render.MonitoringSettings:
         db_name="psychology", db_backup_secret_arn="arn:aws:secretsmanager:eu-central-1:1:secret:b",
         db_drill_secret_arn="arn:aws:secretsmanager:eu-central-1:1:secret:d",
         grafana_secret_arn="arn:aws:secretsmanager:eu-central-1:1:secret:g", grafana_secret_name="g",
-        data_volume_id="vol-0", volume_gb=50, backup_schedule="daily", restore_drill_schedule="monthly",
-        bundle_key="ops/x.zip")
+        data_volume_id="vol-0", volume_gb=50, backup_schedule="daily", restore_drill_schedule="monthly")
 
 
 def test_boot_writes_what_the_exporters_read_and_restarts_nothing(host: Host) -> None:

@@ -126,6 +126,22 @@ def test_when_grafana_cli_fails_the_previous_password_stays_and_the_next_run_ret
     assert len(host.cli_calls()) == 2
 
 
+def test_when_the_script_cannot_look_as_grafana_it_changes_nothing(sm: Any, host: Host) -> None:
+    """On the host the script keeps no capability to read Grafana's own directory as root: it
+    asks as Grafana. When that fails, it must not take the database for missing (Grafana would
+    keep the old password while the file says new)."""
+    assert host.run().returncode == 0
+    rotate(sm, ROTATED)
+    user = f"readonly GRAFANA_USER={getpass.getuser()}\n"
+    assert user in host.script.read_text()
+    host.script.write_text(host.script.read_text().replace(user, "readonly GRAFANA_USER=psychology-no-such-user\n"))
+    result = host.run()
+    assert result.returncode == 1 and result.stdout == ""
+    assert "cannot look into Grafana's data directory" in result.stderr
+    assert host.password_file.read_text() == FIRST["admin_password"]
+    assert host.cli_calls() == []
+
+
 @pytest.mark.parametrize("broken", ["unreadable", "no password"])
 def test_a_secret_that_cannot_be_used_changes_nothing(sm: Any, host: Host, broken: str) -> None:
     assert host.run().returncode == 0

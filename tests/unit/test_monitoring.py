@@ -1,22 +1,33 @@
 """The monitoring host, the alerts topic and the CloudWatch alarms under the mock engine.
 
 Everything runs against the plans of the real program (fixtures `plans`/`plan` of
-tests/conftest.py), so the monitoring part is checked as it is wired.
+tests/conftest.py), so the monitoring part is checked as it is wired. The plan names an
+archive's members only, so the operations bundle's files are taken from the component as it
+renders them (`_record_bundles`, in place from this module's import on, before any plan is
+made), found again by the key the plan holds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
 
+from components import monitoring, monitoring_render
 from components.monitoring_render import (
     BOOTSTRAP_PATH,
+    BUNDLE_INSTALL_PATH,
+    CHECKSUMS_FILE,
     CLOUDWATCH_NAMESPACE,
     EXPORTER_SECRETS_PATH,
     GRAFANA_ADMIN_PASSWORD_PATH,
+    HOST_FILES_DIR,
+    HOST_FILES_MANIFEST,
+    MonitoringSettings,
 )
 from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data, user_data_size
 from infra.mock_engine import MOCK_ACCOUNT_ID, Plan, PlannedResource, run_program
@@ -24,10 +35,29 @@ from infra.mock_engine import MOCK_ACCOUNT_ID, Plan, PlannedResource, run_progra
 STACKS = ("staging", "prod")
 INSTANCE = "aws:ec2/instance:Instance"
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+BUNDLE = "aws:s3/bucketObjectv2:BucketObjectv2"
 SECRET = "aws:secretsmanager/secret:Secret"
 REGION = "eu-central-1"
 WEBHOOK = "https://hooks.example.com/services/T000/B000/very-secret-webhook-token"
 PAGERDUTY_KEY = "pd-routing-key-0123456789abcdef0123"
+
+
+# bundle key -> archive path -> text, of every operations bundle the component rendered.
+_RENDERED_BUNDLES: dict[str, dict[str, str]] = {}
+
+
+def _record_bundles(render: Callable[[MonitoringSettings], dict[str, str]]) -> Callable[[MonitoringSettings], dict[str, str]]:
+    def record(settings: MonitoringSettings) -> dict[str, str]:
+        files = render(settings)
+        _RENDERED_BUNDLES[monitoring_render.bundle_key(files)] = files
+        return files
+
+    record.recording = True  # type: ignore[attr-defined]
+    return record
+
+
+if not getattr(monitoring.ops_bundle, "recording", False):
+    monitoring.ops_bundle = _record_bundles(monitoring.ops_bundle)  # type: ignore[assignment]
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +79,36 @@ def user_data(plan: Plan) -> str:
     return decode_user_data(host(plan).inputs["userDataBase64"])
 
 
-def written_files(plan: Plan) -> dict[str, str]:
+def user_data_files(plan: Plan) -> dict[str, str]:
+    """What cloud-init writes."""
     document = yaml.safe_load(user_data(plan))
     return {entry["path"]: entry["content"] for entry in document["write_files"]}
+
+
+def bundle_of(plan: Plan) -> dict[str, str]:
+    """The operations bundle the plan uploads: archive path -> text."""
+    key = plan.one(BUNDLE, "monitoring-ops-bundle").inputs["key"]
+    assert key in _RENDERED_BUNDLES, f"no program run of this process rendered {key}"
+    return _RENDERED_BUNDLES[key]
+
+
+def bundle_host_files(plan: Plan) -> dict[str, tuple[str, str]]:
+    """What the bundle installs on the host: path -> (text, "MODE OWNER")."""
+    bundle = bundle_of(plan)
+    files = {}
+    for line in bundle[HOST_FILES_MANIFEST].splitlines():
+        mode, owner, path = line.split()
+        files[path] = (bundle[f"{HOST_FILES_DIR}{path}"], f"{mode} {owner}")
+    return files
+
+
+def written_files(plan: Plan) -> dict[str, str]:
+    """Every file the host is given: by cloud-init, then from the operations bundle."""
+    files = user_data_files(plan)
+    for path, (content, _) in bundle_host_files(plan).items():
+        assert path not in files, path
+        files[path] = content
+    return files
 
 
 def role_policy(plan: Plan) -> list[dict[str, Any]]:
@@ -306,6 +363,7 @@ def test_rotated_grafana_password_reaches_grafana_within_the_hour(plan: Plan) ->
     script = files[GRAFANA_ADMIN_PASSWORD_PATH]
     assert f"readonly GRAFANA_SECRET_ARN={secret}\n" in script
     assert "admin reset-admin-password --password-from-stdin" in script
+    assert "readonly GRAFANA_USER=grafana\n" in script and 'runuser -u "$GRAFANA_USER"' in script
     service = files["/etc/systemd/system/psychology-grafana-admin-password.service"]
     assert f"ExecStart={GRAFANA_ADMIN_PASSWORD_PATH}\n" in service and "Type=oneshot\n" in service
     assert "ReadWritePaths=/etc/grafana/secrets /var/lib/monitoring/grafana" in service
@@ -443,8 +501,10 @@ def test_bootstrap_reads_secrets_by_arn_and_installs_the_bundle(plan: Plan) -> N
     script = files[BOOTSTRAP_PATH]
     bucket = plan.one("aws:s3/bucket:Bucket", "backups-bucket").outputs["bucket"]
     bundle = plan.one("aws:s3/bucketObjectv2:BucketObjectv2", "monitoring-ops-bundle")
-    assert f"readonly BACKUP_BUCKET={bucket}\n" in script
-    assert f"readonly BUNDLE_KEY={bundle.inputs['key']}\n" in script
+    installer = files[BUNDLE_INSTALL_PATH]
+    assert f"readonly BACKUP_BUCKET={bucket}\n" in installer
+    assert f"readonly BUNDLE_KEY={bundle.inputs['key']}\n" in installer
+    assert f"readonly BUNDLE_INSTALL={BUNDLE_INSTALL_PATH}\n" in script and '\n"$BUNDLE_INSTALL"\n' in script
     assert f"readonly DATA_VOLUME_ID={plan.one('aws:ebs/volume:Volume', 'monitoring-data').id}\n" in script
     assert "readonly GRAFANA_SECRET_ARN=" + plan.one(SECRET, "monitoring-grafana").outputs["arn"] in script
     assert "postgresql16" in script
@@ -482,6 +542,37 @@ def test_ops_bundle_is_encrypted_and_carries_scripts_rules_and_dashboards(plan: 
     assert {"scripts/lib/cli.py", "scripts/lib/db.py", "requirements-ops.txt", "monitoring/rules/backups.yml",
             "monitoring/dashboards/golden-paths.json", "monitoring/alertmanager/psychology.tmpl"} <= set(members)
     assert not [m for m in members if "__pycache__" in m]
+    # Rendered for this stack: units and timers, configuration, the credential scripts.
+    assert {"host/etc/systemd/system/prometheus.service", "host/etc/systemd/system/psychology-backup.timer",
+            "host/etc/prometheus/prometheus.yml", f"host{EXPORTER_SECRETS_PATH}", "host-files.txt", "SHA256SUMS"} <= set(members)
+    assert members == sorted(bundle_of(plan))
+
+
+def test_user_data_holds_only_what_runs_before_the_bundle(plan: Plan, with_channels: Plan) -> None:
+    """cloud-init writes the boot script and the bundle's installer; every other file reaches the
+    host in the operations bundle, root-owned with the mode it had in the user data before."""
+    for p in (plan, with_channels):
+        assert set(user_data_files(p)) == {BOOTSTRAP_PATH, BUNDLE_INSTALL_PATH}
+        installed = bundle_host_files(p)
+        units = [path for path in installed if path.startswith("/etc/systemd/system/")]
+        assert len(units) == 15 and all(installed[u][1] == "0644 root:root" for u in units)
+        for script in (EXPORTER_SECRETS_PATH, GRAFANA_ADMIN_PASSWORD_PATH):
+            assert installed[script][1] == "0755 root:root"
+        assert {"/etc/prometheus/prometheus.yml", "/etc/alertmanager/alertmanager.yml", "/etc/grafana/grafana.ini",
+                "/etc/dnf/automatic.conf", "/etc/psychology/cloudwatch-agent.json"} <= set(installed)
+
+
+def test_user_data_pins_the_bundle_it_installs(plan: Plan) -> None:
+    """The installer accepts the bundle only when its checksum list has the SHA-256 the user
+    data carries, so any change to any file of it changes the user data (and replaces the host)."""
+    bundle = bundle_of(plan)
+    installer = user_data_files(plan)[BUNDLE_INSTALL_PATH]
+    pinned = hashlib.sha256(bundle[CHECKSUMS_FILE].encode()).hexdigest()
+    assert f"readonly BUNDLE_SHA256={pinned}\n" in installer
+    listed = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in bundle[CHECKSUMS_FILE].splitlines()}
+    assert set(listed) == set(bundle) - {CHECKSUMS_FILE}
+    assert all(hashlib.sha256(bundle[name].encode()).hexdigest() == digest for name, digest in listed.items())
+    assert plan.one(BUNDLE, "monitoring-ops-bundle").inputs["key"] == f"ops/monitoring-bundle-{pinned[:16]}.zip"
 
 
 def test_backups_drills_and_the_exporter_verify_the_database(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,7 +76,6 @@ def settings(**changes: Any) -> MonitoringSettings:
         grafana_secret_name="psychology-api/prod/grafana",
         data_volume_id="vol-0123456789abcdef0", volume_gb=100,
         backup_schedule="*-*-* 02:00:00 Europe/Moscow", restore_drill_schedule="*-*-01 04:00:00 Europe/Moscow",
-        bundle_key=render.bundle_key(render.bundle_files()),
         db_monitor_secret_arn="arn:aws:secretsmanager:eu-central-1:123456789012:secret:psychology-api/prod/database/monitor-AbCdEf",
         redis_secret_arn="arn:aws:secretsmanager:eu-central-1:123456789012:secret:psychology-api/prod/redis-AbCdEf",
     )
@@ -260,6 +259,29 @@ def test_shellcheck_passes_the_boot_script(variant: MonitoringSettings, tmp_path
     script = tmp_path / "bootstrap.sh"
     script.write_text(render.bootstrap_script(variant))
     run(tool("shellcheck"), "--severity=style", "--shell=bash", str(script))
+
+
+def test_shellcheck_passes_the_bundle_installer(variant: MonitoringSettings, tmp_path: Path) -> None:
+    script = tmp_path / "bundle-install.sh"
+    script.write_text(render.bundle_install_script(variant))
+    run(tool("shellcheck"), "--severity=style", "--shell=bash", str(script))
+
+
+def test_boot_script_installs_the_bundle_before_anything_uses_its_files() -> None:
+    """cloud-init no longer writes the configuration, units and scripts: the installer puts them
+    in place first, and systemd reloads before any unit of the bundle is enabled."""
+    lines = render.bootstrap_script(settings()).splitlines()
+
+    def first(fragment: str) -> int:
+        return next(number for number, line in enumerate(lines) if fragment in line and not line.lstrip().startswith("#"))
+
+    installed = first('"$BUNDLE_INSTALL"')
+    for user in ("systemctl enable --now dnf-automatic.timer", "/etc/prometheus/", '"$EXPORTER_SECRETS"',
+                 "promtool check config", "amazon-cloudwatch-agent-ctl", "grafana cli"):
+        assert installed < first(user), user
+    enables = [n for n, line in enumerate(lines) if line.startswith("systemctl enable --now") and "dnf-automatic" not in line]
+    reloads = [n for n, line in enumerate(lines) if line == "systemctl daemon-reload"]
+    assert installed < reloads[0] and all(any(installed < r < n for r in reloads) for n in enables)
 
 
 def test_shellcheck_passes_the_exporter_secrets_script(variant: MonitoringSettings, tmp_path: Path) -> None:
@@ -505,6 +527,30 @@ def test_bundle_is_deterministic_and_named_by_content() -> None:
     assert first == second and render.bundle_key(first) == render.bundle_key(second)
     changed = dict(first, **{"monitoring/rules/api.yml": first["monitoring/rules/api.yml"] + "\n"})
     assert render.bundle_key(changed) != render.bundle_key(first)
+
+
+def test_stack_bundle_carries_the_rendered_files_and_a_change_reaches_the_user_data() -> None:
+    """The per-stack bundle holds the host's rendered files with their manifest and checksum
+    list; a change to any of them (here a schedule in a timer) changes the bundle's key and the
+    SHA-256 the user data pins."""
+    s = settings()
+    bundle = render.ops_bundle(s)
+    assert render.ops_bundle(s) == bundle and set(render.bundle_files().items()) <= set(bundle.items())
+    rendered = render.host_files(s)
+    assert {f"host{path}" for path in rendered} | set(render.bundle_files()) | {"host-files.txt", "SHA256SUMS"} == set(bundle)
+    assert bundle["host-files.txt"] == "".join(f"{mode} root:root {path}\n" for path, (_, mode) in sorted(rendered.items()))
+    assert bundle["host/etc/systemd/system/psychology-backup.timer"] == render.systemd_units(s)["psychology-backup.timer"]
+    rescheduled = render.ops_bundle(dataclasses.replace(s, backup_schedule="*-*-* 03:00:00 Europe/Moscow"))
+    assert render.bundle_key(rescheduled) != render.bundle_key(bundle)
+    pinned = f"readonly BUNDLE_SHA256={render.bundle_digest(bundle)}\n"
+    assert pinned in render.cloud_config(s)
+    assert pinned not in render.cloud_config(dataclasses.replace(s, backup_schedule="*-*-* 03:00:00 Europe/Moscow"))
+
+
+@pytest.mark.parametrize("path", ["etc/relative.conf", "/etc/two words.conf", "/etc/../root/.ssh/authorized_keys"])
+def test_host_files_need_plain_absolute_paths(path: str) -> None:
+    with pytest.raises(ValueError, match="absolute plain path"):
+        render.host_files_manifest({path: ("x", "0644")})
 
 
 def test_templates_fail_on_a_missing_value() -> None:

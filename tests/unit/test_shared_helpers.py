@@ -76,7 +76,7 @@ def test_both_hosts_use_the_one_encoder(monkeypatch: pytest.MonkeyPatch) -> None
         project="p", stack="s", environment="s", region="eu-central-1", public_url="https://api.example.com",
         https=True, alerts_topic_arn="arn:aws:sns:eu-central-1:1:t", backup_bucket="b", kms_key_arn="k", db_host="db.x",
         db_name="d", db_backup_secret_arn="m", db_drill_secret_arn="n", grafana_secret_arn="g", grafana_secret_name="p/s/grafana",
-        data_volume_id="vol-1", volume_gb=50, backup_schedule="daily", restore_drill_schedule="monthly", bundle_key="ops/b.zip")
+        data_volume_id="vol-1", volume_gb=50, backup_schedule="daily", restore_drill_schedule="monthly")
     encoded = monitoring_render.user_data_base64(settings)
     assert calls == ["monitoring host"]
     assert decode_user_data(encoded) == monitoring_render.cloud_config(settings)

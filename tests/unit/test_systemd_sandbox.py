@@ -1,5 +1,5 @@
 """Every systemd service we ship (the API hosts' and the monitoring host's), taken from each
-stack's rendered user data and scored offline by `systemd-analyze security`: the overall
+stack's plan (the API hosts' user data, the monitoring host's operations bundle) and scored offline by `systemd-analyze security`: the overall
 exposure must be at most 4.5. The services keep what they need: tested here as the settings
 that grant it (write paths, address families, capabilities)."""
 
@@ -64,6 +64,9 @@ def test_services_keep_what_they_need(plan: Plan, tmp_path: Path) -> None:
     assert writes["monitoring/psychology-backup.service"] == "/var/lib/node_exporter/textfile"
     assert "/restore-spool" in writes["monitoring/psychology-restore-drill.service"]
     assert writes["monitoring/psychology-exporter-secrets-refresh.service"] == "/etc/psychology/secrets"
+    # The Grafana admin password: its file, and Grafana's database and logs for `grafana cli`.
+    assert writes["monitoring/psychology-grafana-admin-password.service"] == \
+        "/etc/grafana/secrets /var/lib/monitoring/grafana /var/log/grafana"
     assert writes["api/psychology-api-secrets-refresh.service"] == "/etc/psychology-api"
     for name, unit in units.items():
         families = unit["RestrictAddressFamilies"][0].split()
@@ -72,4 +75,10 @@ def test_services_keep_what_they_need(plan: Plan, tmp_path: Path) -> None:
             assert "AF_NETLINK" in families and "ProcSubset" not in unit   # network and /proc collectors
     # Files handed to the exporters' groups: the only capability any of them keeps.
     assert units["monitoring/psychology-exporter-secrets-refresh.service"]["CapabilityBoundingSet"] == ["CAP_CHOWN"]
-    assert {u["CapabilityBoundingSet"][0] for n, u in units.items() if "exporter-secrets" not in n} == {""}
+    # The password file handed to Grafana's group, `grafana cli` run as grafana: runs as root
+    # (no User=) with exactly those three capabilities, no way to read past file permissions.
+    grafana_password = units["monitoring/psychology-grafana-admin-password.service"]
+    assert "User" not in grafana_password
+    assert grafana_password["CapabilityBoundingSet"] == ["CAP_CHOWN CAP_SETUID CAP_SETGID"]
+    assert {u["CapabilityBoundingSet"][0] for n, u in units.items()
+            if "exporter-secrets" not in n and "grafana-admin-password" not in n} == {""}
