@@ -28,7 +28,7 @@ shell or the comma-separated SECRET_KEY_FALLBACKS variable would need to quote.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 from scripts.dbops.rotation import RotationError, SecretRotation, StepResult
 from scripts.lib.cli import masker
@@ -130,11 +130,23 @@ class GeneratedSecretRotation(SecretRotation):
                 return value
         raise RotationError("GetRandomPassword kept returning a value already in use")
 
+    def stale_pending(self, pending: dict[str, Any], current: dict[str, Any]) -> Optional[str]:
+        """A staged value that copies the current one (what a RotateSecret without immediate
+        rotation leaves) is made again: it would rotate nothing."""
+        if pending == current:
+            return "a copy of the current value"
+        if is_grafana_document(current):
+            if not pending.get("admin_password") or pending.get("admin_password") == current.get("admin_password"):
+                return "no new Grafana admin password"
+            return None
+        if not pending.get("SECRET_KEY"):
+            return "no SECRET_KEY"
+        return None
+
     def create_secret(self) -> StepResult:
         _, current = self._current()
         kind = self._kind(current, "AWSCURRENT")
-        if self._pending_exists():
-            self.log(f"createSecret: version {self.token} already has a value")
+        if self._reuse_pending(current):
             return StepResult("createSecret", self.token, "already-done")
         if kind == "django":
             known = {str(current["SECRET_KEY"]), *fallbacks_of(current, "AWSCURRENT")}

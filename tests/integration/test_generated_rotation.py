@@ -181,3 +181,25 @@ def test_a_secret_of_another_kind_is_refused(sm: Any, moto_lambda: MotoServer) -
     token = stage_rotation(arn)
     with pytest.raises(RuntimeError, match="neither a Django secret"):
         handlers.generated_rotation_handler(event(arn, token, "createSecret"))
+
+
+@pytest.mark.parametrize("kind", ["django", "grafana"])
+def test_a_stale_pending_copy_of_the_current_value_is_made_again(sm: Any, moto_lambda: MotoServer, kind: str) -> None:
+    """RotateImmediately=false leaves AWSPENDING on a copy of AWSCURRENT (moto does): the steps
+    run with that version's token must make a new value, not promote the copy."""
+    value = ({"SECRET_KEY": FIRST_KEY, "SECRET_KEY_FALLBACKS": [ANNOUNCED_KEY]} if kind == "django"
+             else {"admin_user": "admin", "admin_password": FIRST_PASSWORD})
+    secret = str(sm.create_secret(Name=f"psychology-api/test/stale-{kind}", SecretString=json.dumps(value))["ARN"])
+    function = f"{FUNCTION}-stale-{kind}"
+    sm.rotate_secret(SecretId=secret, RotationLambdaARN=create_function(moto_lambda.endpoint_url, function),
+                     RotationRules={"AutomaticallyAfterDays": 90}, RotateImmediately=False)
+    stale = next(v for v, s in stages(sm, secret).items() if "AWSPENDING" in s and "AWSCURRENT" not in s)
+    assert read_version(sm, secret, VersionId=stale) == value
+    for step in STEPS:
+        handlers.generated_rotation_handler(event(secret, stale, step))
+    current = read_json(sm, secret)
+    if kind == "django":
+        assert current["SECRET_KEY"] == ANNOUNCED_KEY and FIRST_KEY in current["SECRET_KEY_FALLBACKS"]
+    else:
+        assert current["admin_password"] != FIRST_PASSWORD
+    assert not any("AWSPENDING" in s for s in stages(sm, secret).values())
