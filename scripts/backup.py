@@ -559,7 +559,7 @@ def _toc_entry_count(toc: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m scripts.backup",
         description="Stream pg_dump (custom format) into an SSE-KMS multipart upload in S3, verify it, and mark it "
                     "complete with a manifest. Nothing unencrypted is written to disk.")

@@ -36,8 +36,8 @@ from scripts.lib.secrets import read_secret_json
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scripts.migrate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m scripts.migrate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_arguments(parser)
     parser.add_argument("--dir", type=Path, default=None,
                         help=f"directory of NNNN_name.sql files (default: {default_directory()})")

@@ -355,7 +355,7 @@ def skipped_note(result: RestoreResult) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m scripts.restore",
         description="Restore a verified backup from S3 into a PostgreSQL database and compare every table with the backup's manifest.")
     parser.add_argument("--bucket", required=True, help="backups bucket (stack output backup_bucket_name)")

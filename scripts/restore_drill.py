@@ -96,7 +96,7 @@ def run_drill(source: DbTarget, s3: Any, *, bucket: str, prefix: str, scratch: s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m scripts.restore_drill",
         description="Restore the newest backup of the source database into a scratch database on the same server, "
                     "compare every table with the backup, drop the scratch database, record the result.")

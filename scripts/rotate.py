@@ -42,8 +42,8 @@ DEFAULT_TIMEOUT_SECONDS = 1800.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scripts.rotate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m scripts.rotate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--secret-id", required=True,
                         help="the secret to rotate (name or ARN): database credentials or the Redis secret")
     parser.add_argument("--step", choices=[*STEPS, "all"], default="all", help="which step to run (default: all)")

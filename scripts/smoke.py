@@ -35,8 +35,8 @@ from scripts.lib.secrets import read_secret_json
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scripts.smoke", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m scripts.smoke", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     http = parser.add_argument_group("HTTP")
     http.add_argument("--url", default=None, help="base URL of the API, e.g. https://api.example.com")
     http.add_argument("--http-url", default=None,

@@ -134,8 +134,8 @@ def markdown_summary(outputs: dict[str, Any], stack: str) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.stack_outputs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m scripts.stack_outputs", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     smoke = commands.add_parser("smoke", help="exit 0 only when smoke_test_report says every check passed")
     smoke.add_argument("--outputs", type=Path, required=True, help="file written by `pulumi stack output --json`")
