@@ -373,10 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "is owned by the restoring user, no grants")
     parser.add_argument("--jobs", type=int, default=1,
                         help="pg_restore parallel jobs; 1 (default) restores in one transaction, all or nothing")
-    parser.add_argument("--spool-dir", default=None,
+    parser.add_argument("--spool-dir", type=cli.existing_dir, default=None,
                         help="directory for the downloaded (compressed, custom-format) archive; default TMPDIR")
     parser.add_argument("--no-analyze", dest="analyze", action="store_false", help="skip ANALYZE after the restore")
-    parser.add_argument("--pg-bin", default=None, help="directory of pg_restore (default: PG_BIN or PATH)")
+    parser.add_argument("--pg-bin", type=cli.existing_dir, default=None,
+                        help="directory of pg_restore (default: PG_BIN or PATH)")
     cli.add_common_arguments(parser, endpoint=True)
     return parser
 

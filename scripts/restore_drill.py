@@ -107,12 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="database created, restored into and dropped by the drill (default %(default)s)")
     parser.add_argument("--textfile", type=Path, default=None,
                         help="write the psychology_restore_drill_* metrics to this node_exporter textfile (atomically)")
-    parser.add_argument("--jobs", type=int, default=1, help="pg_restore parallel jobs (default 1: one transaction)")
-    parser.add_argument("--spool-dir", default=None, help="directory for the downloaded archive (default TMPDIR)")
+    parser.add_argument("--jobs", type=cli.int_range(1, 32), default=1,
+                        help="pg_restore parallel jobs, 1-32 (default 1: one transaction)")
+    parser.add_argument("--spool-dir", type=cli.existing_dir, default=None,
+                        help="directory for the downloaded archive (default TMPDIR)")
     parser.add_argument("--no-source-counts", dest="source_counts", action="store_false",
                         help="do not count the live source tables (they are informational only)")
     parser.add_argument("--keep-scratch", action="store_true", help="leave the scratch database for inspection")
-    parser.add_argument("--pg-bin", default=None, help="directory of pg_restore (default: PG_BIN or PATH)")
+    parser.add_argument("--pg-bin", type=cli.existing_dir, default=None,
+                        help="directory of pg_restore (default: PG_BIN or PATH)")
     cli.add_common_arguments(parser, endpoint=True)
     return parser
 
