@@ -403,14 +403,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         cli.emit_json(result.report())
     rows = sum(c.actual_rows or 0 for c in result.comparisons)
     bad = mismatches(result.comparisons)
-    summary = (f"restored s3://{result.manifest.bucket}/{result.manifest.key} into {target.dbname}: "
-               f"{len(result.comparisons)} tables, {rows:,} rows, {result.timings['total_seconds']:.1f} s"
-               + skipped_note(result))
-    if bad:
-        cli.verdict(False, summary + f"; {len(bad)} tables differ from the backup: {', '.join(c.table for c in bad[:5])}")
-        return cli.EXIT_FAILURE
-    cli.verdict(True, summary + "; every table matches the backup")
-    return cli.EXIT_OK
+    # The outcome first, the backup's (long) name last: the verdict line is cut at its end.
+    outcome = (f"{len(bad)} tables differ from the backup: {', '.join(c.table for c in bad[:5])}" if bad
+               else "every table matches the backup")
+    cli.verdict(not bad, f"restore into {target.dbname}: {outcome}{skipped_note(result)}; "
+                         f"{len(result.comparisons)} tables, {rows:,} rows, {result.timings['total_seconds']:.1f} s; "
+                         f"from s3://{result.manifest.bucket}/{result.manifest.key}")
+    return cli.EXIT_FAILURE if bad else cli.EXIT_OK
 
 
 if __name__ == "__main__":

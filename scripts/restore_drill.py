@@ -157,13 +157,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         cli.emit_json(report)
     bad = mismatches(result.comparisons)
     age_hours = (time.time() - _epoch(result.manifest.finished_at)) / 3600
-    summary = (f"restore drill of s3://{result.manifest.bucket}/{result.manifest.key} (backup {age_hours:.1f} h old): "
-               f"{len(result.comparisons)} tables, {result.timings['total_seconds']:.1f} s" + skipped_note(result))
-    if bad:
-        cli.verdict(False, summary + f"; {len(bad)} tables differ from the backup: {', '.join(c.table for c in bad[:5])}")
-        return cli.EXIT_FAILURE
-    cli.verdict(True, summary + "; every table matches the backup")
-    return cli.EXIT_OK
+    # The outcome first, the backup's (long) name last: the verdict line is cut at its end.
+    outcome = (f"{len(bad)} tables differ from the backup: {', '.join(c.table for c in bad[:5])}" if bad
+               else "every table matches the backup")
+    cli.verdict(not bad, f"restore drill: {outcome}{skipped_note(result)}; {len(result.comparisons)} tables, "
+                         f"{result.timings['total_seconds']:.1f} s; backup {age_hours:.1f} h old, "
+                         f"s3://{result.manifest.bucket}/{result.manifest.key}")
+    return cli.EXIT_FAILURE if bad else cli.EXIT_OK
 
 
 def _epoch(iso_text: str) -> float:

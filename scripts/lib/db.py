@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -149,6 +150,11 @@ def target_from_secret(secret_id: str, *, host: Optional[str] = None, port: Opti
     return target_from_document(doc, source=f"secret {secret_id}", host=host, port=port, dbname=dbname)
 
 
+# libpq repeats the server the target already names ("connection failed: connection to server at
+# "db" (10.0.1.5), port 5432 failed: ..."): the reason after it is what the one line needs.
+_LIBPQ_SERVER_PREFIX = re.compile(r'^(?:connection failed: )?connection to server at "[^"]*"(?: \([^)]*\))?, port \d+ failed: ')
+
+
 class DbConnectError(ScriptError):
     """A failed connection, with the one-line (masked) reason; `auth_failed` tells a rejected
     password apart from an unreachable server. PostgreSQL reports an unknown role and a wrong
@@ -164,7 +170,8 @@ def connect(target: DbTarget, *, autocommit: bool = False, application_name: str
         return psycopg.connect(target.conninfo(application_name), autocommit=autocommit)
     except psycopg.OperationalError as err:
         # libpq messages can echo connection parameters; mask before anyone prints them.
-        raise DbConnectError(f"cannot connect to {target.describe()}: {masker(str(err)).strip().splitlines()[0]}") from None
+        reason = _LIBPQ_SERVER_PREFIX.sub("", masker(str(err)).strip().splitlines()[0])
+        raise DbConnectError(f"cannot connect to {target.describe()}: {reason}") from None
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
