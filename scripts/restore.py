@@ -386,6 +386,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if not 1 <= args.jobs <= 32:
         raise cli.ScriptError("--jobs must be between 1 and 32", 2)
+    if args.source_db and not args.latest:
+        raise cli.ScriptError("--source-db narrows --latest; with --key it would be ignored", cli.EXIT_USAGE)
     target = target_from_args(args)
     assert target is not None
     s3 = aws.client("s3", region=args.region, endpoint_url=args.endpoint_url)

@@ -44,6 +44,13 @@ def http_url(text: str) -> str:
     return text
 
 
+def url_path(text: str) -> str:
+    """An argparse type: a path on the API's host, starting with /."""
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"expected a path starting with /, not {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(prog="python -m scripts.smoke", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     http.add_argument("--url", type=http_url, default=None, help="base URL of the API, e.g. https://api.example.com")
     http.add_argument("--http-url", type=http_url, default=None,
                       help="where plain HTTP answers, for the redirect check (default: the --url host on port 80)")
-    http.add_argument("--static-path", default=smoke.DEFAULT_STATIC_PATH,
+    http.add_argument("--static-path", type=url_path, default=smoke.DEFAULT_STATIC_PATH,
                       help="a static file that must be served with public cache headers (default %(default)s)")
     http.add_argument("--ca-bundle", type=cli.existing_file, default=None,
                       help="CA bundle to verify the server's certificate with")
@@ -110,6 +117,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.ca_bundle and args.insecure:
         cli.fail("give either --ca-bundle or --insecure", cli.EXIT_USAGE)
+    if args.summary_only and not args.json:
+        cli.fail("--summary-only shapes the --json document: give --json too", cli.EXIT_USAGE)
     if args.redis_url and args.redis_secret_id:
         cli.fail("give either --redis-url or --redis-secret-id", cli.EXIT_USAGE)
     policy = smoke.RetryPolicy(attempts=args.attempts, initial_wait=args.initial_wait, max_wait=args.max_wait)
