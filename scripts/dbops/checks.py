@@ -132,8 +132,9 @@ def summary_line(results: Sequence[CheckResult]) -> str:
         return shorten(f"{passed}/{len(results)} smoke checks passed: " + ", ".join(r.name for r in results), SUMMARY_LIMIT)
     prefix = f"{passed}/{len(results)} smoke checks passed; failed: "
     room = SUMMARY_LIMIT - len(prefix) - sum(len(r.name) + 5 for r in failed)
-    reason_length = max(SHORTEST_REASON, room // len(failed))
-    reasons = "; ".join(f"{r.name} ({shorten(_reason(r.error), reason_length)})" for r in failed)
+    if room // len(failed) < SHORTEST_REASON:  # too many to say why: the names, the reasons are above
+        return shorten(prefix + ", ".join(r.name for r in failed) + " (see the checks' errors)", SUMMARY_LIMIT)
+    reasons = "; ".join(f"{r.name} ({shorten(_reason(r.error), room // len(failed))})" for r in failed)
     return shorten(prefix + reasons, SUMMARY_LIMIT)
 
 
