@@ -559,7 +559,7 @@ def _toc_entry_count(toc: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m scripts.backup",
         description="Stream pg_dump (custom format) into an SSE-KMS multipart upload in S3, verify it, and mark it "
                     "complete with a manifest. Nothing unencrypted is written to disk.")
@@ -577,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify", choices=("full", "toc"), default="full",
                         help="full: read and decompress the whole archive with pg_restore while streaming; toc: only its table of contents")
     parser.add_argument("--compress", default=None, help="pg_dump --compress value (default: pg_dump's own)")
-    parser.add_argument("--pg-bin", default=None, help="directory of pg_dump/pg_restore (default: PG_BIN or PATH)")
+    parser.add_argument("--pg-bin", type=cli.existing_dir, default=None,
+                        help="directory of pg_dump/pg_restore (default: PG_BIN or PATH)")
     cli.add_common_arguments(parser, endpoint=True)
     return parser
 

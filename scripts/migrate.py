@@ -36,13 +36,13 @@ from scripts.lib.secrets import read_secret_json
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scripts.migrate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m scripts.migrate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_arguments(parser)
-    parser.add_argument("--dir", type=Path, default=None,
+    parser.add_argument("--dir", type=cli.existing_dir, default=None,
                         help=f"directory of NNNN_name.sql files (default: {default_directory()})")
     parser.add_argument("--dry-run", action="store_true", help="list what would be applied; change nothing")
-    parser.add_argument("--lock-wait", type=int, default=DEFAULT_LOCK_WAIT_SECONDS, metavar="SECONDS",
+    parser.add_argument("--lock-wait", type=cli.int_range(0), default=DEFAULT_LOCK_WAIT_SECONDS, metavar="SECONDS",
                         help="how long to wait for another run's migration lock (default %(default)s)")
     parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT_SECONDS, metavar="SECONDS",
                         help="lock_timeout of each file: how long its DDL may wait for a table lock, and so how long "
@@ -74,7 +74,8 @@ def _run(args: argparse.Namespace) -> int:
     assert target is not None
     cli.info(f"migrating {target.describe()}" + (" (dry run)" if args.dry_run else ""))
     try:
-        result = migrate(target, args.dir, dry_run=args.dry_run, lock_wait_seconds=args.lock_wait, timeouts=timeouts,
+        result = migrate(target, Path(args.dir) if args.dir else None, dry_run=args.dry_run,
+                         lock_wait_seconds=args.lock_wait, timeouts=timeouts,
                          allow_out_of_order=args.allow_out_of_order, log=cli.info)
     except MigrationFailed as err:
         if args.json:

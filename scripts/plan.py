@@ -119,9 +119,9 @@ def _print_report(report: Report) -> None:
         cli.console.print(f"  not judged: {note}", markup=False)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.plan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python -m scripts.plan", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", required=True, help="stack name: staging or prod (reads Pulumi.<stack>.yaml)")
     parser.add_argument("--config-file", type=Path, default=None,
                         help="plan this stack file instead of Pulumi.<stack>.yaml")
@@ -135,6 +135,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="with --provider-check: keep main.tf.json, the plan and its JSON in this folder")
     cli.add_common_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if (args.checkov or args.workdir) and not args.provider_check:
         parser.error("--checkov and --workdir need --provider-check")

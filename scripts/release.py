@@ -34,6 +34,8 @@ from scripts.lib import aws, cli
 # Instance refresh states (EC2 Auto Scaling API).
 REFRESH_RUNNING = {"Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking"}
 REFRESH_FAILED = {"Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed"}
+# Snapshot states from which it never becomes available (botocore's db_snapshot_available waiter).
+SNAPSHOT_FAILED = {"deleted", "deleting", "failed", "incompatible-restore", "incompatible-parameters"}
 POLL_SECONDS = 15
 # How the snapshot step marks its snapshots; pruning deletes nothing without both tags.
 SNAPSHOT_MANAGED_BY = ("managed-by", "pulumi-release-step")
@@ -139,12 +141,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     rds.create_db_snapshot(DBSnapshotIdentifier=ident, DBInstanceIdentifier=args.db_instance,
                            Tags=[{"Key": SNAPSHOT_PURPOSE_TAG, "Value": args.label},
                                  {"Key": SNAPSHOT_MANAGED_BY[0], "Value": SNAPSHOT_MANAGED_BY[1]}])
-    waiter = rds.get_waiter("db_snapshot_available")
-    try:
-        waiter.wait(DBSnapshotIdentifier=ident, WaiterConfig={"Delay": args.poll_seconds,
-                                                              "MaxAttempts": max(1, args.wait_minutes * 60 // args.poll_seconds)})
-    except Exception as err:  # noqa: BLE001 - botocore's WaiterError; one line for the operator
-        cli.fail(f"snapshot {ident} did not become available within {args.wait_minutes} min: {str(err).splitlines()[0]}")
+    wait_snapshot_available(rds, ident, timeout_minutes=args.wait_minutes, poll_seconds=args.poll_seconds)
     doc: dict[str, Any] = {"ok": True, "snapshot_id": ident, "db_instance": args.db_instance, "kept": args.keep,
                            "pruned": []}
     summary = f"snapshot {ident} of {args.db_instance} is available"
@@ -162,11 +159,37 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             doc["pruned"] = pruned
             if skipped:
                 doc["prune_skipped"] = skipped
-            summary += (f"; pruned {len(pruned)} older: {', '.join(pruned)}" if pruned
-                        else f"; nothing to prune (keeping the newest {args.keep})")
+            # The verdict names the oldest only (the line stays short); each deletion has its own line above.
+            oldest = sorted(pruned)[0] if pruned else ""
+            summary += (f"; pruned {len(pruned)} older: {oldest}" + (f" and {len(pruned) - 1} newer" if len(pruned) > 1 else "")
+                        if pruned else f"; nothing to prune (keeping the newest {args.keep})")
     _emit(doc)
     cli.verdict(True, summary)
     return cli.EXIT_OK
+
+
+def wait_snapshot_available(rds: Any, ident: str, *, timeout_minutes: int, poll_seconds: float,
+                            clock: Callable[[], float] = time.monotonic,
+                            sleep: Callable[[float], None] = time.sleep) -> None:
+    """Poll until the snapshot is available, with a progress line per poll (the snapshot of a
+    large database takes many minutes); raise ScriptError when it fails or the time is up."""
+    started = clock()
+    while True:
+        snapshots = rds.describe_db_snapshots(DBSnapshotIdentifier=ident).get("DBSnapshots", [])
+        snapshot = snapshots[0] if snapshots else {}
+        status = str(snapshot.get("Status", "missing"))
+        if status == "available":
+            return
+        if status in SNAPSHOT_FAILED:
+            raise cli.ScriptError(f"snapshot {ident} ended {status}, not available")
+        elapsed = clock() - started
+        if elapsed >= timeout_minutes * 60:
+            raise cli.ScriptError(f"snapshot {ident} did not become available within {timeout_minutes} min: "
+                                  f"it is {status}")
+        progress = snapshot.get("PercentProgress")
+        cli.info(f"waiting: snapshot {ident} is {status}" + (f" ({progress}%)" if progress is not None else "")
+                 + f", {int(elapsed)} s of at most {timeout_minutes} min; next look in {poll_seconds:g} s")
+        sleep(poll_seconds)
 
 
 @dataclass(frozen=True)
@@ -263,20 +286,22 @@ def cmd_wait_healthy(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scripts.release", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m scripts.release", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     invoke = sub.add_parser("invoke", help="invoke an in-VPC function and fail on its failure")
     invoke.add_argument("--function", required=True, help="function name or ARN")
-    invoke.add_argument("--payload", default=None, help="JSON event (default {})")
+    invoke.add_argument("--payload", default=None, help="JSON event (default {}); not JSON is a usage error")
     invoke.set_defaults(handler=cmd_invoke)
 
     snapshot = sub.add_parser("snapshot", help="manual RDS snapshot, waited for")
     snapshot.add_argument("--db-instance", required=True, help="RDS instance identifier")
     snapshot.add_argument("--label", default="pre-release", help="part of the snapshot name and its purpose tag")
-    snapshot.add_argument("--wait-minutes", type=int, default=60)
-    snapshot.add_argument("--poll-seconds", type=int, default=30)
+    snapshot.add_argument("--wait-minutes", type=cli.int_range(1), default=60, metavar="M",
+                          help="fail when the snapshot is not available after M minutes (default %(default)s)")
+    snapshot.add_argument("--poll-seconds", type=cli.int_range(1), default=30, metavar="S",
+                          help="look at the snapshot's state every S seconds, with a progress line (default %(default)s)")
     snapshot.add_argument("--keep", type=int, default=DEFAULT_KEEP_SNAPSHOTS, metavar="N",
                           help="after the new snapshot, delete this step's older snapshots of the instance and label "
                                "beyond the newest N, the new one included (default %(default)s; 0 keeps all). "
@@ -284,18 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot.set_defaults(handler=cmd_snapshot)
 
     wait = sub.add_parser("wait-healthy", help="wait for healthy targets after the hosts rolled")
-    wait.add_argument("--target-group-arn", required=True)
+    wait.add_argument("--target-group-arn", required=True, help="the load balancer's target group of the API hosts")
     wait.add_argument("--asg-name", default=None, help="Auto Scaling group whose instance refresh must have finished")
-    wait.add_argument("--min-healthy", type=int, default=0, help="healthy targets needed (default: the group's desired capacity)")
+    wait.add_argument("--min-healthy", type=cli.int_range(0), default=0,
+                      help="healthy targets needed (default 0: the group's desired capacity with --asg-name, else 1)")
     wait.add_argument("--launch-template-version", default=None, metavar="V",
                       help="the launch template version this release runs: a refresh whose desired configuration "
                            "names another version is not this release's")
-    wait.add_argument("--refresh-lookback-minutes", type=int, default=30, metavar="M",
+    wait.add_argument("--refresh-lookback-minutes", type=cli.int_range(0), default=30, metavar="M",
                       help="a refresh (without a desired configuration) counts as this release's when it started at "
                            "most M minutes before this step (default %(default)s: pulumi up starts it when it updates "
                            "the group, before this step); older ones are ignored")
-    wait.add_argument("--timeout-minutes", type=int, default=30)
-    wait.add_argument("--poll-seconds", type=int, default=POLL_SECONDS)
+    wait.add_argument("--timeout-minutes", type=cli.int_range(0), default=30, metavar="M",
+                      help="fail when the hosts are not healthy after M minutes (default %(default)s; 0: look once)")
+    wait.add_argument("--poll-seconds", type=cli.int_range(1), default=POLL_SECONDS, metavar="S",
+                      help="look again every S seconds, with a progress line (default %(default)s)")
     wait.set_defaults(handler=cmd_wait_healthy)
 
     for sp in (invoke, snapshot, wait):

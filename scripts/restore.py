@@ -355,7 +355,7 @@ def skipped_note(result: RestoreResult) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m scripts.restore",
         description="Restore a verified backup from S3 into a PostgreSQL database and compare every table with the backup's manifest.")
     parser.add_argument("--bucket", required=True, help="backups bucket (stack output backup_bucket_name)")
@@ -373,10 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "is owned by the restoring user, no grants")
     parser.add_argument("--jobs", type=int, default=1,
                         help="pg_restore parallel jobs; 1 (default) restores in one transaction, all or nothing")
-    parser.add_argument("--spool-dir", default=None,
+    parser.add_argument("--spool-dir", type=cli.existing_dir, default=None,
                         help="directory for the downloaded (compressed, custom-format) archive; default TMPDIR")
     parser.add_argument("--no-analyze", dest="analyze", action="store_false", help="skip ANALYZE after the restore")
-    parser.add_argument("--pg-bin", default=None, help="directory of pg_restore (default: PG_BIN or PATH)")
+    parser.add_argument("--pg-bin", type=cli.existing_dir, default=None,
+                        help="directory of pg_restore (default: PG_BIN or PATH)")
     cli.add_common_arguments(parser, endpoint=True)
     return parser
 
@@ -385,6 +386,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if not 1 <= args.jobs <= 32:
         raise cli.ScriptError("--jobs must be between 1 and 32", 2)
+    if args.source_db and not args.latest:
+        raise cli.ScriptError("--source-db narrows --latest; with --key it would be ignored", cli.EXIT_USAGE)
     target = target_from_args(args)
     assert target is not None
     s3 = aws.client("s3", region=args.region, endpoint_url=args.endpoint_url)
@@ -402,14 +405,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         cli.emit_json(result.report())
     rows = sum(c.actual_rows or 0 for c in result.comparisons)
     bad = mismatches(result.comparisons)
-    summary = (f"restored s3://{result.manifest.bucket}/{result.manifest.key} into {target.dbname}: "
-               f"{len(result.comparisons)} tables, {rows:,} rows, {result.timings['total_seconds']:.1f} s"
-               + skipped_note(result))
-    if bad:
-        cli.verdict(False, summary + f"; {len(bad)} tables differ from the backup: {', '.join(c.table for c in bad[:5])}")
-        return cli.EXIT_FAILURE
-    cli.verdict(True, summary + "; every table matches the backup")
-    return cli.EXIT_OK
+    # The outcome first, the backup's (long) name last: the verdict line is cut at its end.
+    outcome = (f"{len(bad)} tables differ from the backup: {', '.join(c.table for c in bad[:5])}" if bad
+               else "every table matches the backup")
+    cli.verdict(not bad, f"restore into {target.dbname}: {outcome}{skipped_note(result)}; "
+                         f"{len(result.comparisons)} tables, {rows:,} rows, {result.timings['total_seconds']:.1f} s; "
+                         f"from s3://{result.manifest.bucket}/{result.manifest.key}")
+    return cli.EXIT_FAILURE if bad else cli.EXIT_OK
 
 
 if __name__ == "__main__":

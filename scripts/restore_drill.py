@@ -96,7 +96,7 @@ def run_drill(source: DbTarget, s3: Any, *, bucket: str, prefix: str, scratch: s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m scripts.restore_drill",
         description="Restore the newest backup of the source database into a scratch database on the same server, "
                     "compare every table with the backup, drop the scratch database, record the result.")
@@ -107,12 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="database created, restored into and dropped by the drill (default %(default)s)")
     parser.add_argument("--textfile", type=Path, default=None,
                         help="write the psychology_restore_drill_* metrics to this node_exporter textfile (atomically)")
-    parser.add_argument("--jobs", type=int, default=1, help="pg_restore parallel jobs (default 1: one transaction)")
-    parser.add_argument("--spool-dir", default=None, help="directory for the downloaded archive (default TMPDIR)")
+    parser.add_argument("--jobs", type=cli.int_range(1, 32), default=1,
+                        help="pg_restore parallel jobs, 1-32 (default 1: one transaction)")
+    parser.add_argument("--spool-dir", type=cli.existing_dir, default=None,
+                        help="directory for the downloaded archive (default TMPDIR)")
     parser.add_argument("--no-source-counts", dest="source_counts", action="store_false",
                         help="do not count the live source tables (they are informational only)")
     parser.add_argument("--keep-scratch", action="store_true", help="leave the scratch database for inspection")
-    parser.add_argument("--pg-bin", default=None, help="directory of pg_restore (default: PG_BIN or PATH)")
+    parser.add_argument("--pg-bin", type=cli.existing_dir, default=None,
+                        help="directory of pg_restore (default: PG_BIN or PATH)")
     cli.add_common_arguments(parser, endpoint=True)
     return parser
 
@@ -154,13 +157,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         cli.emit_json(report)
     bad = mismatches(result.comparisons)
     age_hours = (time.time() - _epoch(result.manifest.finished_at)) / 3600
-    summary = (f"restore drill of s3://{result.manifest.bucket}/{result.manifest.key} (backup {age_hours:.1f} h old): "
-               f"{len(result.comparisons)} tables, {result.timings['total_seconds']:.1f} s" + skipped_note(result))
-    if bad:
-        cli.verdict(False, summary + f"; {len(bad)} tables differ from the backup: {', '.join(c.table for c in bad[:5])}")
-        return cli.EXIT_FAILURE
-    cli.verdict(True, summary + "; every table matches the backup")
-    return cli.EXIT_OK
+    # The outcome first, the backup's (long) name last: the verdict line is cut at its end.
+    outcome = (f"{len(bad)} tables differ from the backup: {', '.join(c.table for c in bad[:5])}" if bad
+               else "every table matches the backup")
+    cli.verdict(not bad, f"restore drill: {outcome}{skipped_note(result)}; {len(result.comparisons)} tables, "
+                         f"{result.timings['total_seconds']:.1f} s; backup {age_hours:.1f} h old, "
+                         f"s3://{result.manifest.bucket}/{result.manifest.key}")
+    return cli.EXIT_FAILURE if bad else cli.EXIT_OK
 
 
 def _epoch(iso_text: str) -> float:

@@ -42,8 +42,8 @@ DEFAULT_TIMEOUT_SECONDS = 1800.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scripts.rotate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m scripts.rotate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--secret-id", required=True,
                         help="the secret to rotate (name or ARN): database credentials or the Redis secret")
     parser.add_argument("--step", choices=[*STEPS, "all"], default="all", help="which step to run (default: all)")
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="database: master credentials secret, when the secret has no masterarn")
     parser.add_argument("--replication-group-id", default=None,
                         help="Redis: the ElastiCache replication group whose AUTH token changes (setSecret needs it)")
-    parser.add_argument("--redis-ca-bundle", default=None,
+    parser.add_argument("--redis-ca-bundle", type=cli.existing_file, default=None,
                         help="Redis: CA certificates (PEM) for a server with a private CA; default: the system's")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
                         help="Redis: stop waiting for the replication group's token changes after this many seconds "
@@ -72,7 +72,7 @@ def _rotation(args: argparse.Namespace, sm: Any, token: str, deadline: Deadline)
         if args.replication_group_id:
             tokens = ElastiCacheAuthTokens(
                 aws.client("elasticache", region=args.region, endpoint_url=args.endpoint_url), args.replication_group_id,
-                deadline=deadline)
+                deadline=deadline, log=cli.info)
         return RedisRotation(sm, args.secret_id, token, tokens=tokens, ca_bundle=args.redis_ca_bundle, manual=True,
                              log=cli.info)
     return Rotation(sm, args.secret_id, token, master_secret_id=args.master_secret_id, manual=True, log=cli.info)

@@ -27,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 from scripts.dbops import checks as smoke
 from scripts.lib import aws, cli
@@ -34,16 +35,33 @@ from scripts.lib.db import add_target_arguments, target_from_args
 from scripts.lib.secrets import read_secret_json
 
 
+def http_url(text: str) -> str:
+    """An argparse type: an http:// or https:// URL with a host (anything else would fail every
+    HTTP check only after all its retries)."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, not {text!r}")
+    return text
+
+
+def url_path(text: str) -> str:
+    """An argparse type: a path on the API's host, starting with /."""
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"expected a path starting with /, not {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scripts.smoke", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m scripts.smoke", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     http = parser.add_argument_group("HTTP")
-    http.add_argument("--url", default=None, help="base URL of the API, e.g. https://api.example.com")
-    http.add_argument("--http-url", default=None,
+    http.add_argument("--url", type=http_url, default=None, help="base URL of the API, e.g. https://api.example.com")
+    http.add_argument("--http-url", type=http_url, default=None,
                       help="where plain HTTP answers, for the redirect check (default: the --url host on port 80)")
-    http.add_argument("--static-path", default=smoke.DEFAULT_STATIC_PATH,
+    http.add_argument("--static-path", type=url_path, default=smoke.DEFAULT_STATIC_PATH,
                       help="a static file that must be served with public cache headers (default %(default)s)")
-    http.add_argument("--ca-bundle", default=None, help="CA bundle to verify the server's certificate with")
+    http.add_argument("--ca-bundle", type=cli.existing_file, default=None,
+                      help="CA bundle to verify the server's certificate with")
     http.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
     http.add_argument("--expect-maintenance", action="store_true",
                       help="maintenance mode is on: expect 503 from /health/ instead of the application checks")
@@ -51,17 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     redis_group = parser.add_argument_group("Redis")
     redis_group.add_argument("--redis-url", default=os.environ.get("SMOKE_REDIS_URL"),
                              help="redis:// or rediss:// URL with the password (or SMOKE_REDIS_URL, which keeps it out of ps)")
-    redis_group.add_argument("--redis-ca-bundle", default=None,
+    redis_group.add_argument("--redis-ca-bundle", type=cli.existing_file, default=None,
                              help="CA bundle for rediss:// with a private CA (ElastiCache's certificates are public)")
     redis_group.add_argument("--redis-secret-id", default=None,
                              help="Redis secret ({host, port, auth_token, tls}) instead of --redis-url")
     parser.add_argument("--via-function", default=None, metavar="NAME",
                         help="run the database and Redis checks in this in-VPC function instead of from here")
-    parser.add_argument("--migrations-dir", type=Path, default=None, help="migrations to compare the database with")
+    parser.add_argument("--migrations-dir", type=cli.existing_dir, default=None,
+                        help="migrations to compare the database with (default: migrations/ of this code)")
     retry = parser.add_argument_group("retries")
-    retry.add_argument("--attempts", type=int, default=6, help="attempts per check (default %(default)s)")
-    retry.add_argument("--initial-wait", type=float, default=1.0, help="first backoff in seconds (default %(default)s)")
-    retry.add_argument("--max-wait", type=float, default=20.0, help="longest backoff in seconds (default %(default)s)")
+    retry.add_argument("--attempts", type=cli.int_range(1), default=6, help="attempts per check (default %(default)s)")
+    retry.add_argument("--initial-wait", type=cli.float_range(0), default=1.0,
+                       help="first backoff in seconds (default %(default)s)")
+    retry.add_argument("--max-wait", type=cli.float_range(0), default=20.0,
+                       help="longest backoff in seconds (default %(default)s)")
     parser.add_argument("--summary-only", action="store_true",
                         help="with --json: print only {ok, summary, checks: {name: verdict}} (the stack output)")
     cli.add_common_arguments(parser, endpoint=True)
@@ -96,6 +117,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.ca_bundle and args.insecure:
         cli.fail("give either --ca-bundle or --insecure", cli.EXIT_USAGE)
+    if args.summary_only and not args.json:
+        cli.fail("--summary-only shapes the --json document: give --json too", cli.EXIT_USAGE)
     if args.redis_url and args.redis_secret_id:
         cli.fail("give either --redis-url or --redis-secret-id", cli.EXIT_USAGE)
     policy = smoke.RetryPolicy(attempts=args.attempts, initial_wait=args.initial_wait, max_wait=args.max_wait)
@@ -109,10 +132,13 @@ def _run(args: argparse.Namespace) -> int:
     if local_data:
         db_target = target_from_args(args)
         if db_target is not None:
-            checks.append(smoke.database_check(db_target, args.migrations_dir))
+            checks.append(smoke.database_check(db_target, Path(args.migrations_dir) if args.migrations_dir else None))
         if args.redis_url:
             cli.masker.add(args.redis_url)
-            redis_target = smoke.RedisTarget.from_url(args.redis_url)
+            try:
+                redis_target = smoke.RedisTarget.from_url(args.redis_url)
+            except ValueError as err:
+                cli.fail(f"--redis-url: {err}", cli.EXIT_USAGE)
             if args.redis_ca_bundle:
                 redis_target = dataclasses.replace(redis_target, ca_bundle=args.redis_ca_bundle)
             checks.append(smoke.redis_check(redis_target))
@@ -129,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
              + f", up to {policy.attempts} attempts each")
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        local_future = pool.submit(smoke.run_checks, checks, policy)
+        local_future = pool.submit(smoke.run_checks, checks, policy, cli.info)
         remote_future = pool.submit(_invoke_function, args.via_function, policy, region=args.region,
                                     endpoint_url=args.endpoint_url) if args.via_function else None
         results = local_future.result() + (remote_future.result() if remote_future else [])

@@ -4,7 +4,8 @@
     python -m scripts.stack_outputs summary --outputs outputs.json --stack prod [--summary-file PATH]
 
 `smoke` judges the `smoke_test_report` output: exit 0 when every check passed, 1 when one
-failed or the report is missing, secret or unreadable (CI cannot tell, so it does not pass).
+failed or the report is missing, secret or unreadable (CI cannot tell, so it does not pass),
+2 when the --outputs file is missing or not the JSON object `pulumi stack output --json` prints.
 The report is an object with a boolean `passed` (or `ok`/`success`, or `status` "passed"),
 optionally with `checks`/`results`, a list of objects or a map whose items carry `passed`/`ok`;
 every one of them must be true.
@@ -41,10 +42,11 @@ def load_outputs(path: Path) -> dict[str, Any]:
         document = json.loads(path.read_text())
     except FileNotFoundError:
         cli.fail(f"--outputs {path}: no such file", cli.EXIT_USAGE)
-    except ValueError as err:
-        cli.fail(f"--outputs {path}: not JSON ({err.__class__.__name__})")
+    except (OSError, ValueError) as err:
+        cli.fail(f"--outputs {path}: not JSON ({err.__class__.__name__}); expected what `pulumi stack output --json` "
+                 "prints", cli.EXIT_USAGE)
     if not isinstance(document, dict):
-        cli.fail(f"--outputs {path}: expected the JSON object `pulumi stack output --json` prints")
+        cli.fail(f"--outputs {path}: expected the JSON object `pulumi stack output --json` prints", cli.EXIT_USAGE)
     return document
 
 
@@ -133,9 +135,9 @@ def markdown_summary(outputs: dict[str, Any], stack: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.stack_outputs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python -m scripts.stack_outputs", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     smoke = commands.add_parser("smoke", help="exit 0 only when smoke_test_report says every check passed")
     smoke.add_argument("--outputs", type=Path, required=True, help="file written by `pulumi stack output --json`")
@@ -143,9 +145,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary = commands.add_parser("summary", help="Markdown table of the outputs; ::add-mask:: for sensitive values")
     summary.add_argument("--outputs", type=Path, required=True, help="file written by `pulumi stack output --json`")
     summary.add_argument("--stack", required=True, help="stack name shown in the heading")
-    summary.add_argument("--summary-file", type=Path, default=None,
+    summary.add_argument("--summary-file", type=cli.file_to_write, default=None,
                          help="append the table here (CI: $GITHUB_STEP_SUMMARY); default: stdout")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
 
     outputs = load_outputs(args.outputs)
     if args.command == "smoke":

@@ -14,6 +14,7 @@ or locally against local services.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,10 +24,10 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from tenacity import Retrying, stop_after_attempt, wait_exponential
+from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential
 
 from scripts.dbops.migrations import migration_status
-from scripts.lib.cli import masker
+from scripts.lib.cli import SHORT_LINE, masker, shorten
 from scripts.lib.db import DbTarget, connect
 
 HTTP_TIMEOUT_SECONDS = 10
@@ -34,6 +35,12 @@ USER_AGENT = "psychology-api-smoke/1"
 DEFAULT_STATIC_PATH = "/static/admin/css/base.css"
 HEALTH_PATH = "/health/"
 API_HEALTH_PATH = "/api/v1/health/"
+# The summary is the verdict line after "FAIL: " and the stack output's one-line summary; each
+# check's full error stays in its result (the human lines, --json, the function's answer).
+SUMMARY_LIMIT = SHORT_LINE - len("FAIL: ")
+SHORTEST_REASON = 24
+
+Progress = Callable[[str], None]
 
 
 class CheckFailed(Exception):
@@ -77,11 +84,23 @@ def _one_line(err: BaseException) -> str:
     return masker(text.splitlines()[0])[:500]
 
 
-def run_check(check: Check, policy: RetryPolicy) -> CheckResult:
+def _announce_retry(check: Check, policy: RetryPolicy, progress: Progress) -> Callable[[RetryCallState], None]:
+    """A line per failed attempt before the wait, so that a long run of retries is never silent."""
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        reason = shorten(_one_line(error), 100) if error else "failed"
+        wait = state.next_action.sleep if state.next_action else 0
+        progress(f"{check.name}: attempt {state.attempt_number}/{policy.attempts} failed ({reason}); "
+                 f"next attempt in {wait:.1f} s")
+    return before_sleep
+
+
+def run_check(check: Check, policy: RetryPolicy, progress: Optional[Progress] = None) -> CheckResult:
     started = time.monotonic()
     attempts = 0
     retrying = Retrying(stop=stop_after_attempt(max(1, policy.attempts)),
-                        wait=wait_exponential(multiplier=policy.initial_wait, max=policy.max_wait), reraise=True)
+                        wait=wait_exponential(multiplier=policy.initial_wait, max=policy.max_wait), reraise=True,
+                        before_sleep=_announce_retry(check, policy, progress) if progress else None)
     try:
         detail = ""
         for attempt in retrying:
@@ -93,23 +112,41 @@ def run_check(check: Check, policy: RetryPolicy) -> CheckResult:
         return CheckResult(check.name, False, int((time.monotonic() - started) * 1000), attempts, _one_line(err))
 
 
-def run_checks(checks: Sequence[Check], policy: RetryPolicy = RetryPolicy()) -> list[CheckResult]:
-    """All checks at once, one thread each; results in the order the checks were given."""
+def run_checks(checks: Sequence[Check], policy: RetryPolicy = RetryPolicy(),
+               progress: Optional[Progress] = None) -> list[CheckResult]:
+    """All checks at once, one thread each; results in the order the checks were given.
+    `progress` gets a line for every failed attempt that will be retried."""
     if not checks:
         return []
     with ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="smoke") as pool:
-        futures = [pool.submit(run_check, check, policy) for check in checks]
+        futures = [pool.submit(run_check, check, policy, progress) for check in checks]
         return [f.result() for f in futures]
+
+
+def summary_line(results: Sequence[CheckResult]) -> str:
+    """How many passed and, for each failed check, its name and the start of its error: at most
+    SUMMARY_LIMIT characters, however many checks failed and however long their errors."""
+    failed = [r for r in results if not r.ok]
+    passed = len(results) - len(failed)
+    if not failed:
+        return shorten(f"{passed}/{len(results)} smoke checks passed: " + ", ".join(r.name for r in results), SUMMARY_LIMIT)
+    prefix = f"{passed}/{len(results)} smoke checks passed; failed: "
+    room = SUMMARY_LIMIT - len(prefix) - sum(len(r.name) + 5 for r in failed)
+    if room // len(failed) < SHORTEST_REASON:  # too many to say why: the names, the reasons are above
+        return shorten(prefix + ", ".join(r.name for r in failed) + " (see the checks' errors)", SUMMARY_LIMIT)
+    reasons = "; ".join(f"{r.name} ({shorten(_reason(r.error), room // len(failed))})" for r in failed)
+    return shorten(prefix + reasons, SUMMARY_LIMIT)
+
+
+def _reason(error: Optional[str]) -> str:
+    """An error without the request line that starts it: the check's name says which URL."""
+    return re.sub(r"^GET \S+?:? ", "", masker(error or "failed"))
 
 
 def report(results: Sequence[CheckResult], elapsed_ms: Optional[int] = None) -> dict[str, Any]:
     failed = [r for r in results if not r.ok]
     passed = len(results) - len(failed)
-    if failed:
-        summary = f"{passed}/{len(results)} smoke checks passed; failed: " + "; ".join(f"{r.name} ({r.error})" for r in failed)
-    else:
-        summary = f"{passed}/{len(results)} smoke checks passed: " + ", ".join(r.name for r in results)
-    doc: dict[str, Any] = {"ok": not failed and bool(results), "summary": masker(summary),
+    doc: dict[str, Any] = {"ok": not failed and bool(results), "summary": summary_line(results),
                            "passed": passed, "failed": [r.name for r in failed],
                            "checks": [r.to_json() for r in results]}
     if elapsed_ms is not None:
@@ -146,12 +183,37 @@ class HttpTarget:
         return urlunsplit(("http", parts.hostname or "", path, "", ""))
 
 
+def _innermost(err: BaseException) -> BaseException:
+    """The cause at the bottom of requests' wrapping (ConnectionError > MaxRetryError > ...)."""
+    seen: set[int] = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        nested = getattr(err, "reason", None)
+        if not isinstance(nested, BaseException):
+            nested = next((a for a in err.args if isinstance(a, BaseException)), None)
+        if nested is None:
+            break
+        err = nested
+    return err
+
+
+def _request_failure(url: str, err: BaseException) -> CheckFailed:
+    """What went wrong, without urllib3's pool and connection descriptions around it."""
+    reason = re.sub(r"^\w+\(host=[^)]*\): ", "", str(_innermost(err)).strip()) or type(err).__name__
+    return CheckFailed(f"GET {url}: {reason}")
+
+
 def _get(target: HttpTarget, url: str, *, allow_redirects: bool = True) -> Any:
     import requests
 
     headers = {"User-Agent": USER_AGENT, **(target.headers or {})}
-    return requests.get(url, timeout=HTTP_TIMEOUT_SECONDS, allow_redirects=allow_redirects,
-                        verify=target.verify, headers=headers)
+    try:
+        return requests.get(url, timeout=HTTP_TIMEOUT_SECONDS, allow_redirects=allow_redirects,
+                            verify=target.verify, headers=headers)
+    except requests.Timeout:
+        raise CheckFailed(f"GET {url}: no answer within {HTTP_TIMEOUT_SECONDS} s") from None
+    except requests.ConnectionError as err:  # SSLError included
+        raise _request_failure(url, err) from None
 
 
 def _expect_status(response: Any, status: int) -> None:
@@ -260,12 +322,15 @@ class RedisTarget:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError(f"a Redis URL starts with redis:// or rediss://, not {parts.scheme}://")
-        db = int(parts.path.strip("/") or 0)
+        db_number = parts.path.strip("/") or "0"
+        if not db_number.isdigit():
+            raise ValueError(f"the database after the port is a number, not {db_number!r}")
         from urllib.parse import unquote
 
         return cls(host=parts.hostname or "localhost", port=parts.port or 6379,
                    password=unquote(parts.password) if parts.password else None,
-                   username=unquote(parts.username) if parts.username else None, tls=parts.scheme == "rediss", db=db)
+                   username=unquote(parts.username) if parts.username else None, tls=parts.scheme == "rediss",
+                   db=int(db_number))
 
     @classmethod
     def from_secret(cls, doc: dict[str, Any]) -> RedisTarget:

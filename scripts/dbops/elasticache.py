@@ -91,7 +91,8 @@ class AuthTokens(Protocol):
 class ElastiCacheAuthTokens:
     def __init__(self, client: Any, replication_group_id: str, *, poll_seconds: float = DEFAULT_POLL_SECONDS,
                  wait_seconds: float = DEFAULT_WAIT_SECONDS, deadline: Optional[Deadline] = None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+                 log: Callable[[str], None] = lambda _line: None):
         if not replication_group_id:
             raise ScriptError("no replication group id for the Redis token rotation")
         self.client = client
@@ -101,6 +102,7 @@ class ElastiCacheAuthTokens:
         self.deadline = deadline or Deadline.never()
         self.sleep = sleep
         self.clock = clock
+        self.log = log  # a line per poll: a token change takes minutes, and a hand run must not look stuck
 
     def rotate_in(self, token: str) -> None:
         self._modify(token, "ROTATE")
@@ -132,7 +134,8 @@ class ElastiCacheAuthTokens:
     def wait_available(self) -> None:
         # Not the stock waiter: right after a change the group may still read `available` for a
         # moment while the token change is already pending, which the waiter would accept.
-        limit = self.clock() + self.wait_seconds
+        started = self.clock()
+        limit = started + self.wait_seconds
         while True:
             status, pending = self.state()
             if status == "available" and not pending:
@@ -147,4 +150,8 @@ class ElastiCacheAuthTokens:
                 raise ScriptError(f"replication group {self.replication_group_id} is still {detail} after "
                                   f"{int(self.wait_seconds)} s; the rotation step can be retried")
             # Never sleep past either limit: the last look comes exactly at the deadline.
-            self.sleep(max(0.0, min(self.poll_seconds, limit - now, self.deadline.at - now)))
+            pause = max(0.0, min(self.poll_seconds, limit - now, self.deadline.at - now))
+            self.log(f"waiting: replication group {self.replication_group_id} is {detail} "
+                     f"({int(now - started)} s of at most {int(min(limit, self.deadline.at) - started)} s); "
+                     f"next look in {pause:g} s")
+            self.sleep(pause)

@@ -10,7 +10,8 @@
       Account scan: `pulumi stack export` files against live AWS via boto3, no Pulumi CLI.
       Reports MISSING, CHANGED (safety properties) and UNMANAGED resources and a coverage figure.
 
-Exit codes: 0 no drift, 2 drift found, 1 error (one line on stderr).
+Exit codes: 0 no drift, 3 drift found, 1 the check itself failed, 2 usage error (a bad option,
+a --state file that is not a stack export); errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
 from scripts.drift import engine, report, scan, state
 from scripts.lib import cli
@@ -26,17 +27,9 @@ from scripts.lib import cli
 MODES = ("engine", "scan")
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors end with exit 1: exit 2 means "drift found" to the nightly job."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        raise cli.ScriptError(f"{self.prog}: {message}", cli.EXIT_FAILURE)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m scripts.drift", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m scripts.drift", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     modes = parser.add_subparsers(dest="mode", metavar="{engine,scan}")
 
     engine_parser = modes.add_parser("engine", help="read-only refresh preview through the Automation API (default mode)")
@@ -60,8 +53,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     if args.mode is None:
-        parser.print_help(sys.stderr)
-        return cli.EXIT_FAILURE
+        parser.error("choose a mode: engine (--stack STACK) or scan (--state EXPORT.json)")
 
     if args.mode == "engine":
         result = engine.run_engine(args.stack, args.work_dir.resolve())

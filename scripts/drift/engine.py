@@ -246,7 +246,8 @@ def aws_credentials_available() -> bool:
 def preflight(stack: str, work_dir: Path) -> None:
     """Everything the Automation API would otherwise fail on with a long CommandError."""
     if not (work_dir / "Pulumi.yaml").is_file():
-        raise cli.ScriptError(f"--work-dir {work_dir}: no Pulumi.yaml (not a Pulumi project directory)")
+        raise cli.ScriptError(f"--work-dir {work_dir}: no Pulumi.yaml (not a Pulumi project directory)",
+                              cli.EXIT_USAGE)
     if shutil.which("pulumi") is None:
         raise cli.ScriptError("the pulumi CLI is not on PATH: install it (https://www.pulumi.com/docs/install/) "
                               "or use the CLI-free `python -m scripts.drift scan --state EXPORT.json`")

@@ -12,7 +12,9 @@ from typing import Any, Optional
 from scripts.lib import cli
 
 EXIT_NO_DRIFT = 0
-EXIT_DRIFT = 2
+# Its own code, apart from the contract's 1 (the check failed) and 2 (usage error): the nightly
+# job opens an issue for drift only.
+EXIT_DRIFT = 3
 
 
 @dataclass

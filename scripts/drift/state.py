@@ -21,6 +21,7 @@ from scripts.drift import masking
 from scripts.lib import cli
 
 SUPPORTED_VERSIONS = (1, 2, 3)
+EXPECTED = "expected the output of `pulumi stack export`"
 PROVIDER_PREFIX = "pulumi:providers:"
 
 
@@ -92,18 +93,38 @@ def _clean(bag: Mapping[str, Any], secret_names: frozenset[str]) -> dict[str, An
     return cleaned
 
 
-def deployment_of(document: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The deployment object of an export (or the object itself if it is already one)."""
+def deployment_of(document: Mapping[str, Any], *, strict: bool = False) -> Mapping[str, Any]:
+    """The deployment object of an export (or the object itself if it is already one).
+
+    `strict` (a file an operator names): the document must be an export, `{"version": 1-3,
+    "deployment": {..., "resources": [...]}}`, or a bare deployment with a resources list; a
+    deployment without one (a stack never deployed) or any other JSON object is refused, where
+    a scan would otherwise find nothing to compare and report 100% coverage."""
     if "deployment" in document:
         version = document.get("version")
         if version not in SUPPORTED_VERSIONS:
             raise cli.ScriptError(f"unsupported stack export version {version!r} (supported: 1-3)")
         deployment = document["deployment"]
+    elif strict and "resources" not in document:
+        found = ", ".join(sorted(map(str, document))[:3]) or "nothing"
+        raise cli.ScriptError(f"not a Pulumi stack export: no deployment or resources key (found {found}); {EXPECTED}")
     else:
         deployment = document
-    if not isinstance(deployment, Mapping) or not isinstance(deployment.get("resources", []), list):
+    if not isinstance(deployment, Mapping):
+        raise cli.ScriptError(f"not a Pulumi stack export: the deployment is not an object; {EXPECTED}")
+    if strict and "resources" not in deployment:
+        raise cli.ScriptError("the deployment has no resources list (an empty deployment: a stack never deployed?)")
+    if not isinstance(deployment.get("resources", []), list):
         raise cli.ScriptError("not a Pulumi stack export: no deployment.resources list")
+    if strict:
+        _check_resources(deployment["resources"])
     return deployment
+
+
+def _check_resources(resources: list[Any]) -> None:
+    for number, item in enumerate(resources, start=1):
+        if not isinstance(item, Mapping) or not isinstance(item.get("urn"), str) or not isinstance(item.get("type"), str):
+            raise cli.ScriptError(f"not a Pulumi stack export: resource {number} has no urn and type")
 
 
 def secret_paths(deployment: Mapping[str, Any]) -> dict[str, frozenset[str]]:
@@ -111,8 +132,8 @@ def secret_paths(deployment: Mapping[str, Any]) -> dict[str, frozenset[str]]:
     return {r["urn"]: secret_properties(r) for r in deployment_of(deployment).get("resources") or [] if "urn" in r}
 
 
-def parse_stack(document: Mapping[str, Any], source: str = "<export>") -> StackState:
-    deployment = deployment_of(document)
+def parse_stack(document: Mapping[str, Any], source: str = "<export>", *, strict: bool = False) -> StackState:
+    deployment = deployment_of(document, strict=strict)
     raw = deployment.get("resources") or []
     resources: list[StateResource] = []
     provider_region: Optional[str] = None
@@ -162,15 +183,22 @@ def _provider_default_tags(provider: StateResource) -> dict[str, str]:
 
 
 def load_exports(paths: Iterable[Path]) -> list[StackState]:
+    """The stack exports named by --state; a file that is missing, unreadable or not an export
+    is a usage error (exit 2) naming the file and what was expected."""
     states = []
     for path in paths:
         try:
             document = json.loads(Path(path).read_text())
         except FileNotFoundError:
-            raise cli.ScriptError(f"--state {path}: no such file") from None
+            raise cli.ScriptError(f"--state {path}: no such file", cli.EXIT_USAGE) from None
         except (OSError, ValueError) as err:
-            raise cli.ScriptError(f"--state {path}: not readable JSON ({err.__class__.__name__})") from None
+            raise cli.ScriptError(f"--state {path}: not readable JSON ({err.__class__.__name__}); {EXPECTED}",
+                                  cli.EXIT_USAGE) from None
         if not isinstance(document, dict):
-            raise cli.ScriptError(f"--state {path}: not a Pulumi stack export")
-        states.append(parse_stack(document, source=str(path)))
+            raise cli.ScriptError(f"--state {path}: not a Pulumi stack export but a JSON {type(document).__name__}; "
+                                  f"{EXPECTED}", cli.EXIT_USAGE)
+        try:
+            states.append(parse_stack(document, source=str(path), strict=True))
+        except cli.ScriptError as err:
+            raise cli.ScriptError(f"--state {path}: {err}", cli.EXIT_USAGE) from None
     return states

@@ -1,7 +1,11 @@
 """Command-line conventions shared by every script.
 
+* Exit codes: 0 success, 1 runtime failure, 2 usage error (an unknown or missing option, a value
+  of the wrong type or out of range, a missing file or a file of the wrong kind named by an
+  option). A tool may add its own verdict code above these (`scripts.drift`: 3, drift found).
 * `--json` prints exactly one JSON document on stdout; progress and human text go to stderr.
-* Failures end with one line `error: ...` on stderr and a non-zero exit code.
+* A run ends with one short line on stderr (at most SHORT_LINE characters): the verdict
+  `PASS: ...`/`FAIL: ...` or `error: ...`. A longer text is printed in full on the line above.
 * Known secret values are masked in everything the scripts print.
 """
 
@@ -9,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 from rich.console import Console
@@ -20,6 +26,8 @@ from rich.console import Console
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# The last line of a run (verdict or error) is read at a glance: what failed, how many.
+SHORT_LINE = 200
 
 # Human output; stderr so that stdout stays clean for --json.
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -65,6 +73,76 @@ class Masker:
 masker = Masker()
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse under the scripts' contract: a usage error prints the usage, then ends like every
+    other failure, with one `error:` line (through `run`) and exit 2. Subcommand parsers are of
+    this class too (argparse makes them of their parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise ScriptError(f"{self.prog}: {message}", EXIT_USAGE)
+
+
+# --- argument types: a wrong value is a usage error at parse time, before anything connects ---
+
+def _bounded(kind: Callable[[str], Any], name: str, minimum: Optional[float], maximum: Optional[float]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {name} value: {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"invalid {name} value: {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, not {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, not {text}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def int_range(minimum: Optional[int] = None, maximum: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse type: an integer within [minimum, maximum]."""
+    return _bounded(int, "int", minimum, maximum)
+
+
+def float_range(minimum: Optional[float] = None, maximum: Optional[float] = None) -> Callable[[str], float]:
+    """An argparse type: a finite number within [minimum, maximum]."""
+    return _bounded(float, "float", minimum, maximum)
+
+
+def existing_file(text: str) -> str:
+    """An argparse type: a file that exists (a CA bundle, an input document)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a file but a directory: {text}")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    """An argparse type: a directory that exists (tools, migrations, spool space)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such directory: {text}")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a directory: {text}")
+    return text
+
+
+def file_to_write(text: str) -> Path:
+    """An argparse type: a file this run writes, in a directory that exists."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"a directory, not a file: {text}")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: {path.parent}")
+    return path
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, *, endpoint: bool = False) -> None:
     parser.add_argument("--json", action="store_true", help="print one machine-readable JSON document on stdout")
     if endpoint:
@@ -82,10 +160,22 @@ def emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
+def shorten(text: str, limit: int = SHORT_LINE) -> str:
+    """`text` cut to at most `limit` characters, marked with "..." where it was cut."""
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _last_line(prefix: str, text: str, style: str) -> None:
+    """The run's last line, at most SHORT_LINE characters; a longer text goes in full above it."""
+    text = masker(" ".join(text.splitlines()))
+    if len(prefix) + len(text) > SHORT_LINE:
+        console.print(f"details: {text}", markup=False)
+    console.print(shorten(prefix + text), markup=False, style=style)
+
+
 def verdict(ok: bool, summary: str) -> None:
     """The last line of every run: PASS/FAIL and a one-line summary."""
-    console.print(("PASS: " if ok else "FAIL: ") + masker(summary), markup=False,
-                  style="bold green" if ok else "bold red")
+    _last_line("PASS: " if ok else "FAIL: ", summary, "bold green" if ok else "bold red")
 
 
 def fail(message: str, exit_code: int = EXIT_FAILURE) -> NoReturn:
@@ -114,7 +204,7 @@ def run(main: Callable[[Optional[list[str]]], int], argv: Optional[Iterable[str]
     try:
         code = main(list(argv) if argv is not None else None)
     except ScriptError as err:
-        console.print(f"error: {masker(str(err))}", markup=False, style="red")
+        _last_line("error: ", str(err), "red")
         code = err.exit_code
     except KeyboardInterrupt:
         console.print("error: interrupted", markup=False, style="red")
@@ -126,6 +216,6 @@ def run(main: Callable[[Optional[list[str]]], int], argv: Optional[Iterable[str]
     except Exception as err:  # noqa: BLE001 - the last line of defence of every script
         if os.environ.get("PSYCHOLOGY_API_DEBUG"):
             console.print_exception()
-        console.print(f"error: {one_line(err)}", markup=False, style="red")
+        _last_line("error: ", one_line(err), "red")
         code = EXIT_FAILURE
     sys.exit(code)

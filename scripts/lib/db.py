@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -21,7 +22,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from scripts.lib import rds_ca
-from scripts.lib.cli import ScriptError, masker
+from scripts.lib.cli import EXIT_USAGE, ScriptError, int_range, masker
 from scripts.lib.secrets import read_secret_json
 
 # Every libpq mode short of verifying the certificate AND the host name is raised to this one:
@@ -102,15 +103,20 @@ class DbTarget:
 
 def target_from_dsn(dsn: str, *, source: str = "--dsn") -> DbTarget:
     """A target from a connection string. A DSN without a password gives a target without one,
-    so libpq looks for it in PGPASSWORD or the password file (~/.pgpass, PGPASSFILE)."""
+    so libpq looks for it in PGPASSWORD or the password file (~/.pgpass, PGPASSFILE). The DSN is
+    the operator's input: a malformed one is a usage error (exit 2)."""
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as err:
-        raise ScriptError(f"{source} is not a valid PostgreSQL connection string: {masker(str(err))}") from None
+        raise ScriptError(f"{source} is not a valid PostgreSQL connection string: {masker(str(err)).strip()}",
+                          EXIT_USAGE) from None
     missing = [k for k in ("host", "dbname", "user") if not params.get(k)]
     if missing:
-        raise ScriptError(f"{source} lacks {', '.join(missing)}")
-    return DbTarget(host=str(params["host"]), port=int(params.get("port") or 5432), dbname=str(params["dbname"]),
+        raise ScriptError(f"{source} lacks {', '.join(missing)}", EXIT_USAGE)
+    port = str(params.get("port") or 5432)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ScriptError(f"{source} has the port {port!r}: expected a number from 1 to 65535", EXIT_USAGE)
+    return DbTarget(host=str(params["host"]), port=int(port), dbname=str(params["dbname"]),
                     user=str(params["user"]), password=str(params.get("password") or ""),
                     # The DSN's sslmode is ignored: whatever it asks for, verify-full applies.
                     sslrootcert=params.get("sslrootcert"))  # type: ignore[arg-type]
@@ -144,6 +150,11 @@ def target_from_secret(secret_id: str, *, host: Optional[str] = None, port: Opti
     return target_from_document(doc, source=f"secret {secret_id}", host=host, port=port, dbname=dbname)
 
 
+# libpq repeats the server the target already names ("connection failed: connection to server at
+# "db" (10.0.1.5), port 5432 failed: ..."): the reason after it is what the one line needs.
+_LIBPQ_SERVER_PREFIX = re.compile(r'^(?:connection failed: )?connection to server at "[^"]*"(?: \([^)]*\))?, port \d+ failed: ')
+
+
 class DbConnectError(ScriptError):
     """A failed connection, with the one-line (masked) reason; `auth_failed` tells a rejected
     password apart from an unreachable server. PostgreSQL reports an unknown role and a wrong
@@ -159,7 +170,8 @@ def connect(target: DbTarget, *, autocommit: bool = False, application_name: str
         return psycopg.connect(target.conninfo(application_name), autocommit=autocommit)
     except psycopg.OperationalError as err:
         # libpq messages can echo connection parameters; mask before anyone prints them.
-        raise DbConnectError(f"cannot connect to {target.describe()}: {masker(str(err)).strip().splitlines()[0]}") from None
+        reason = _LIBPQ_SERVER_PREFIX.sub("", masker(str(err)).strip().splitlines()[0])
+        raise DbConnectError(f"cannot connect to {target.describe()}: {reason}") from None
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -172,7 +184,7 @@ def add_target_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
     group.add_argument("--secret-id", default=None,
                        help="read the credentials from this Secrets Manager secret instead of --dsn")
     group.add_argument("--db-host", default=None, help="host, when the secret has none (the RDS master secret)")
-    group.add_argument("--db-port", type=int, default=None, help="port (default: the secret's, else 5432)")
+    group.add_argument("--db-port", type=int_range(1, 65535), default=None, help="port (default: the secret's, else 5432)")
     group.add_argument("--db-name", default=None, help="database name, when the secret has none")
     parser.set_defaults(_db_target_required=required)
 
@@ -181,7 +193,7 @@ def target_from_args(args: argparse.Namespace) -> Optional[DbTarget]:
     """--dsn, else --secret-id, else $PSYCHOLOGY_API_DSN (an explicit option wins over the
     environment, so a shell that exports the variable can still name a secret)."""
     if args.dsn and args.secret_id:
-        raise ScriptError("give either --dsn or --secret-id, not both", 2)
+        raise ScriptError("give either --dsn or --secret-id, not both", EXIT_USAGE)
     if args.dsn:
         return target_from_dsn(args.dsn)
     if args.secret_id:
@@ -191,5 +203,5 @@ def target_from_args(args: argparse.Namespace) -> Optional[DbTarget]:
     if from_environment:
         return target_from_dsn(from_environment, source=f"${DSN_ENVIRONMENT_VARIABLE}")
     if getattr(args, "_db_target_required", True):
-        raise ScriptError(f"a database is required: --dsn DSN, --secret-id ARN or ${DSN_ENVIRONMENT_VARIABLE}", 2)
+        raise ScriptError(f"a database is required: --dsn DSN, --secret-id ARN or ${DSN_ENVIRONMENT_VARIABLE}", EXIT_USAGE)
     return None

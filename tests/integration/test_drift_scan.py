@@ -366,7 +366,7 @@ def run_scan(state_file: Path, endpoint: str, *extra: str) -> subprocess.Complet
 
 def scan_json(state_file: Path, endpoint: str) -> tuple[int, dict[str, Any]]:
     result = run_scan(state_file, endpoint, "--json")
-    assert result.returncode in (0, 2), result.stderr
+    assert result.returncode in (0, 3), result.stderr
     return result.returncode, json.loads(result.stdout)
 
 
@@ -397,7 +397,7 @@ def test_scan_finds_each_kind_of_drift_and_nothing_else(moto: MotoServer, tmp_pa
     rogue = ec2.create_security_group(GroupName="debug", Description="made by hand", VpcId=vpc)["GroupId"]
 
     result = run_scan(state_file, moto.endpoint_url, "--json")
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 3, result.stderr
     report = json.loads(result.stdout)
 
     assert [(f["type"], f["id"]) for f in report["missing"]] == [
@@ -420,7 +420,7 @@ def test_scan_finds_each_kind_of_drift_and_nothing_else(moto: MotoServer, tmp_pa
     assert "v1:" not in result.stdout and "ciphertext" not in result.stdout
 
     human = run_scan(state_file, moto.endpoint_url)
-    assert human.returncode == 2
+    assert human.returncode == 3
     assert "MISSING" in human.stdout and "CHANGED" in human.stdout and "UNMANAGED" in human.stdout
     assert "sseAlgorithm: \"aws:kms\" -> null" in human.stdout
     assert human.stderr.strip().splitlines()[-1].startswith("FAIL: 1 missing, 1 changed, 2 unmanaged")
@@ -441,7 +441,7 @@ def test_more_safety_properties_are_compared(moto: MotoServer, tmp_path: Path) -
     world.ec2.modify_subnet_attribute(SubnetId=world.ids["subnets"][1], MapPublicIpOnLaunch={"Value": True})
 
     code, report = scan_json(state_file, moto.endpoint_url)
-    assert code == 2 and report["missing"] == [] and report["unmanaged"] == []
+    assert code == 3 and report["missing"] == [] and report["unmanaged"] == []
     changed = {f["type"].split(":")[-1]: {c["property"]: (c["state"], c["live"]) for c in f["changes"]}
                for f in report["changed"]}
     assert changed == {
@@ -472,10 +472,10 @@ def test_api_calls_stay_flat_when_resources_grow_tenfold(moto: MotoServer, tmp_p
 
 def test_scan_errors_are_one_line(moto: MotoServer, tmp_path: Path) -> None:
     missing = run_scan(tmp_path / "nope.json", moto.endpoint_url)
-    assert missing.returncode == 1 and missing.stderr.strip() == f"error: --state {tmp_path / 'nope.json'}: no such file"
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: --state {tmp_path / 'nope.json'}: no such file"
     (tmp_path / "bad.json").write_text(json.dumps({"version": 9, "deployment": {}}))
     bad = run_scan(tmp_path / "bad.json", moto.endpoint_url)
-    assert bad.returncode == 1 and "unsupported stack export version 9" in bad.stderr
+    assert bad.returncode == 2 and "unsupported stack export version 9" in bad.stderr
     assert "Traceback" not in bad.stderr
     unreachable = run_scan(World(moto).state.write(tmp_path / "empty.json"), "http://127.0.0.1:9", "--json")
     assert unreachable.returncode == 1 and unreachable.stdout == ""
@@ -493,5 +493,5 @@ def test_other_stacks_resources_are_not_unmanaged(moto: MotoServer, tmp_path: Pa
     world.s3.create_bucket(Bucket=f"{PROJECT}-scratch", CreateBucketConfiguration={"LocationConstraint": REGION})
     world.s3.put_bucket_tagging(Bucket=f"{PROJECT}-scratch", Tagging={"TagSet": [{"Key": "project", "Value": PROJECT}]})
     code, report = scan_json(world.state.write(tmp_path / "prod.json"), moto.endpoint_url)
-    assert code == 2
+    assert code == 3
     assert [(f["type"], f["id"]) for f in report["unmanaged"]] == [("aws:s3/bucket:Bucket", f"{PROJECT}-scratch")]

@@ -279,9 +279,9 @@ def test_engine_mode_against_a_real_cli_and_an_empty_local_stack(tmp_path: Path)
     assert json.loads(result.stdout)["drifted"] is False
 
 
-def test_usage_errors_exit_1_not_the_drift_code() -> None:
+def test_usage_errors_exit_2_not_the_drift_code() -> None:
     for args in (["scan"], ["--bogus"], []):
         result = subprocess.run([sys.executable, "-m", "scripts.drift", *args], cwd=ROOT, capture_output=True, text=True,
                                 timeout=120)
-        assert result.returncode == 1, (args, result.stderr)
+        assert result.returncode == 2 and EXIT_DRIFT == 3, (args, result.stderr)
         assert result.stdout == "" and "Traceback" not in result.stderr

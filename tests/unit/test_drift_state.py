@@ -73,6 +73,31 @@ def test_export_errors_are_one_line(tmp_path: Path) -> None:
     assert state.load_exports([tmp_path / "bare.json"])[0].resources == []
 
 
+@pytest.mark.parametrize(("content", "says"), [
+    ("not json", "not readable JSON (JSONDecodeError); expected the output of `pulumi stack export`"),
+    (json.dumps({"foo": 1}), "not a Pulumi stack export: no deployment or resources key (found foo)"),
+    (json.dumps([1, 2]), "not a Pulumi stack export but a JSON list"),
+    (json.dumps({"version": 3, "deployment": {}}), "the deployment has no resources list"),
+    (json.dumps({"version": 3, "deployment": {"manifest": {}}}), "the deployment has no resources list"),
+    (json.dumps({"version": 3, "deployment": []}), "the deployment is not an object"),
+    (json.dumps({"version": 9, "deployment": {"resources": []}}), "unsupported stack export version 9"),
+    (json.dumps({"deployment": {"resources": []}}), "unsupported stack export version None"),
+    (json.dumps({"version": 3, "deployment": {"resources": [{"id": "x"}]}}), "resource 1 has no urn and type"),
+])
+def test_a_file_that_is_not_a_stack_export_is_a_usage_error(tmp_path: Path, content: str, says: str) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(content)
+    with pytest.raises(cli.ScriptError) as err:
+        state.load_exports([path])
+    assert err.value.exit_code == cli.EXIT_USAGE
+    assert str(err.value).startswith(f"--state {path}: ") and says in str(err.value)
+
+
+def test_the_engine_reads_an_empty_stacks_deployment() -> None:
+    """The Automation API's deployment of a stack never deployed has no resources: nothing is secret."""
+    assert state.secret_paths({"manifest": {}}) == {}
+
+
 def test_table_covers_the_types_the_platform_uses() -> None:
     required = {
         "aws:ec2/vpc:Vpc", "aws:ec2/subnet:Subnet", "aws:ec2/securityGroup:SecurityGroup",

@@ -75,6 +75,19 @@ def test_waits_until_available_and_no_token_change_is_pending(client: Any) -> No
     assert clock.sleeps == [15, 15, 15]
 
 
+def test_every_wait_is_announced(client: Any) -> None:
+    """A hand-run rotation (scripts.rotate) waits minutes for a token change: a line per poll."""
+    clock = Clock()
+    lines: list[str] = []
+    with Stubber(client) as stub:
+        for state in (group_state("modifying", "ROTATING"), group_state("modifying"), group_state("available")):
+            stub.add_response("describe_replication_groups", state, expected_params={"ReplicationGroupId": GROUP})
+        tokens(client, clock, poll_seconds=15, wait_seconds=60, log=lines.append).wait_available()
+    assert lines == [
+        f"waiting: replication group {GROUP} is modifying, token change ROTATING (0 s of at most 60 s); next look in 15 s",
+        f"waiting: replication group {GROUP} is modifying (15 s of at most 60 s); next look in 15 s"]
+
+
 def test_gives_up_after_the_wait_with_a_retryable_message(client: Any) -> None:
     clock = Clock()
     with Stubber(client) as stub:

@@ -306,7 +306,7 @@ def test_drift_runs_nightly_and_on_demand_for_both_stacks(workflows: dict[str, d
     report = drift["jobs"]["report"]
     assert report["needs"] == "drift" and "needs.drift.result == 'failure'" in report["if"]
     script = _step(report, "One issue per drifted stack")["with"]["script"]
-    assert "issues.create(" in script and "issues.createComment(" in script and "!== 2" in script
+    assert "issues.create(" in script and "issues.createComment(" in script and "!== 3" in script
 
 
 def _bash_script(run: str) -> str:
@@ -314,18 +314,22 @@ def _bash_script(run: str) -> str:
     return re.sub(r"\$\{\{[^}]*\}\}", "staging", run)
 
 
+# The drift tools' codes: 0 no drift, 3 drift found, 1 the check failed, 2 a usage error.
 @pytest.mark.parametrize(("engine", "scan", "expected"), [
-    ("0", "0", 0), ("2", "0", 2), ("0", "2", 2), ("2", "2", 2), ("1", "0", 1), ("0", "1", 1), ("1", "2", 2)])
+    ("0", "0", 0), ("3", "0", 3), ("0", "3", 3), ("3", "3", 3), ("1", "0", 1), ("0", "1", 1), ("1", "3", 3),
+    ("2", "0", 1), ("0", "2", 1), ("2", "3", 3)])
 def test_drift_verdict_step_exit_codes(workflows: dict[str, dict[str, Any]], engine: str, scan: str, expected: int) -> None:
     run = _step(workflows["drift"]["jobs"]["drift"], "Fail on drift")["run"]
     result = subprocess.run(["bash", "-e", "-c", _bash_script(run)], capture_output=True, text=True, timeout=30,
                             env={"PATH": os.environ["PATH"], "ENGINE_CODE": engine, "SCAN_CODE": scan, "STACK": "staging"})
     assert result.returncode == expected, result.stdout + result.stderr
-    if expected == 2:
+    if expected == 3:
         assert "::error::drift detected" in result.stdout
+    else:
+        assert "::error::drift detected" not in result.stdout
 
 
-@pytest.mark.parametrize("code", [0, 1, 2])
+@pytest.mark.parametrize("code", [0, 1, 2, 3])
 def test_drift_steps_capture_the_tool_exit_code(workflows: dict[str, dict[str, Any]], tmp_path: Path, code: int) -> None:
     """The engine step must not stop at a non-zero exit (bash -e): it records the code."""
     fake_python = tmp_path / "venv" / "bin" / "python"
