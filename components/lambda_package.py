@@ -47,8 +47,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = ROOT / "build" / "lambda"
 LAMBDA_PYTHON = "3.12"
 LAMBDA_PLATFORM = "manylinux2014_x86_64"
-# What the handlers import; everything else they need follows from these distributions.
-LAMBDA_REQUIREMENTS = ("psycopg", "boto3", "redis", "tenacity", "rich")
+# What the handlers import; everything else they need follows from these distributions. The
+# CLIs' libraries (rich for the console, typer...) stay out: scripts/lib/cli.py imports rich only
+# when a script prints (tests/unit/test_lambda_package.py imports every packaged module without it).
+LAMBDA_REQUIREMENTS = ("psycopg", "boto3", "redis", "tenacity")
 SOURCES = ("scripts/__init__.py", "scripts/lib", "scripts/dbops", "migrations")
 # pip's console scripts (top-level bin/) carry the local interpreter's path; nothing runs them.
 _SKIPPED_TOP_LEVEL = {"bin"}

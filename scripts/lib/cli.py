@@ -21,16 +21,32 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
-from rich.console import Console
-
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 # The last line of a run (verdict or error) is read at a glance: what failed, how many.
 SHORT_LINE = 200
 
-# Human output; stderr so that stdout stays clean for --json.
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _Console:
+    """rich's console on stderr (stdout stays clean for --json), made on first use: the
+    in-VPC functions import this module for its errors and masking, never print through it,
+    and so their package carries no rich (components/lambda_package.py)."""
+
+    def __init__(self) -> None:
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+        return getattr(self._console, name)
+
+
+# Human output of every script.
+console: Any = _Console()
 
 
 class ScriptError(Exception):
