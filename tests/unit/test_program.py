@@ -106,6 +106,32 @@ def test_the_program_exports_exactly_the_output_contract(plans: dict[str, Plan])
         assert not plan.secret_outputs, "the contract holds no secret value"
 
 
+def test_contract_exports_follow_the_contract_and_name_what_differs() -> None:
+    from infra.outputs import CONDITIONAL_OUTPUTS, OUTPUTS, OutputContractError, contract_exports
+
+    values = {name: f"value of {name}" for name in reversed(list(OUTPUTS))}
+    assert list(contract_exports(values)) == list(OUTPUTS)
+    required = {name: value for name, value in values.items() if name not in CONDITIONAL_OUTPUTS}
+    assert set(contract_exports(required)) == set(OUTPUTS) - CONDITIONAL_OUTPUTS
+    with pytest.raises(OutputContractError, match=r"missing \['vpc_id'\], not in the contract none"):
+        contract_exports({name: value for name, value in values.items() if name != "vpc_id"})
+    with pytest.raises(OutputContractError, match=r"missing none, not in the contract \['vpc_ids'\]"):
+        contract_exports({**values, "vpc_ids": []})
+
+
+def test_smtp_settings_leave_out_what_is_unset() -> None:
+    from infra.args import smtp_settings
+    from infra.config import parse_stack_config
+    from tests.unit.test_config import raw_config
+
+    unset = parse_stack_config(raw_config("staging", smtpHost="", smtpUser="", emailFrom=""))
+    assert smtp_settings(unset) == {}
+    partly = parse_stack_config(raw_config("staging", smtpHost="smtp.mail.invalid", smtpPort="587", smtpUser="",
+                                           emailFrom="noreply@mail.invalid"))
+    assert smtp_settings(partly) == {
+        "EMAIL_HOST": "smtp.mail.invalid", "EMAIL_PORT": "587", "DEFAULT_FROM_EMAIL": "noreply@mail.invalid"}
+
+
 def test_stack_files_hold_no_plain_secrets() -> None:
     from infra.config import SECRET_KEYS
 
