@@ -12,7 +12,7 @@ import difflib
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -385,134 +385,194 @@ def _network(text: str, version: Optional[int] = 4) -> Optional[ipaddress.IPv4Ne
     return net
 
 
-def check_rules(cfg: StackConfig) -> list[Problem]:
-    problems: list[Problem] = []
+_IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Rule = Callable[[StackConfig], Iterator[Problem]]
 
-    def bad(alias: str, value: Any, allowed: str) -> None:
-        problems.append(Problem(full_key(alias), value, allowed))
 
+def _bad(alias: str, value: Any, allowed: str) -> Problem:
+    return Problem(full_key(alias), value, allowed)
+
+
+def _vpc_rules(cfg: StackConfig) -> Iterator[Problem]:
     vpc = _network(cfg.vpc_cidr)
     if vpc is None or not 16 <= vpc.prefixlen <= 28:
-        bad("vpcCidr", cfg.vpc_cidr, _allowed_text("vpc_cidr"))
+        yield _bad("vpcCidr", cfg.vpc_cidr, _allowed_text("vpc_cidr"))
     elif not vpc.is_private:
-        bad("vpcCidr", cfg.vpc_cidr, "a private (RFC 1918) IPv4 network such as 10.20.0.0/16")
-
+        yield _bad("vpcCidr", cfg.vpc_cidr, "a private (RFC 1918) IPv4 network such as 10.20.0.0/16")
     if cfg.is_prod and cfg.az_count < 3:
-        bad("azCount", cfg.az_count, "at least 3 when environment is prod")
+        yield _bad("azCount", cfg.az_count, "at least 3 when environment is prod")
 
-    placed: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
-    for alias, cidrs, min_hosts in (
+
+def _subnet_tiers(cfg: StackConfig) -> tuple[tuple[str, tuple[str, ...], int], ...]:
+    """(key, CIDRs, fewest addresses per subnet) of each tier."""
+    return (
         # An application load balancer needs subnets of at least /27.
         ("publicSubnetCidrs", cfg.public_subnet_cidrs, 32),
         # The application tier holds the API hosts at their maximum, the monitoring host,
         # Lambda ENIs and interface endpoint ENIs: ask for at least a /24 per AZ.
         ("privateSubnetCidrs", cfg.private_subnet_cidrs, 256),
         ("databaseSubnetCidrs", cfg.database_subnet_cidrs, 16),
-    ):
+    )
+
+
+def _subnet_rules(cfg: StackConfig) -> Iterator[Problem]:
+    vpc = _network(cfg.vpc_cidr)
+    placed: list[tuple[str, _IPNetwork]] = []  # every subnet checked so far, across the tiers
+    for alias, cidrs, min_hosts in _subnet_tiers(cfg):
         if len(cidrs) != cfg.az_count:
-            bad(alias, cidrs, f"exactly one CIDR per AZ: {cfg.az_count} entries (azCount)")
+            yield _bad(alias, cidrs, f"exactly one CIDR per AZ: {cfg.az_count} entries (azCount)")
             continue
         for cidr in cidrs:
-            net = _network(cidr)
-            if net is None:
-                bad(alias, cidrs, f"IPv4 networks in CIDR form; {cidr!r} is not one")
+            problem = _subnet_problem(cidr, min_hosts, vpc, cfg.vpc_cidr, placed)
+            if problem is not None:
+                yield _bad(alias, cidrs, problem)
                 break
-            if not 16 <= net.prefixlen <= 28:
-                bad(alias, cidrs, f"subnet prefixes from /16 to /28; {cidr} is /{net.prefixlen}")
-                break
-            if net.num_addresses < min_hosts:
-                bad(alias, cidrs, f"subnets of at least {min_hosts} addresses for this tier; {cidr} has {net.num_addresses}")
-                break
-            if vpc is not None and not net.subnet_of(vpc):  # type: ignore[arg-type]
-                bad(alias, cidrs, f"subnets inside vpcCidr {cfg.vpc_cidr}; {cidr} is outside it")
-                break
-            clash = next((other for other, onet in placed if onet.overlaps(net)), None)
-            if clash is not None:
-                bad(alias, cidrs, f"non-overlapping subnets; {cidr} overlaps {clash}")
-                break
-            placed.append((cidr, net))
 
+
+def _subnet_problem(cidr: str, min_hosts: int, vpc: Optional[_IPNetwork], vpc_cidr: str,
+                    placed: list[tuple[str, _IPNetwork]]) -> Optional[str]:
+    """What is wrong with one subnet of a tier, or None (and the subnet joins `placed`)."""
+    net = _network(cidr)
+    if net is None:
+        return f"IPv4 networks in CIDR form; {cidr!r} is not one"
+    if not 16 <= net.prefixlen <= 28:
+        return f"subnet prefixes from /16 to /28; {cidr} is /{net.prefixlen}"
+    if net.num_addresses < min_hosts:
+        return f"subnets of at least {min_hosts} addresses for this tier; {cidr} has {net.num_addresses}"
+    if vpc is not None and not net.subnet_of(vpc):  # type: ignore[arg-type]
+        return f"subnets inside vpcCidr {vpc_cidr}; {cidr} is outside it"
+    clash = next((other for other, onet in placed if onet.overlaps(net)), None)
+    if clash is not None:
+        return f"non-overlapping subnets; {cidr} overlaps {clash}"
+    placed.append((cidr, net))
+    return None
+
+
+def _access_cidr_rules(cfg: StackConfig) -> Iterator[Problem]:
     for alias, cidrs in (("adminCidrs", cfg.admin_cidrs), ("sshCidrs", cfg.ssh_cidrs)):
         for cidr in cidrs:
             net = _network(cidr, version=None)
             if net is None:
-                bad(alias, cidrs, f"IPv4 or IPv6 networks in CIDR form (no host bits); {cidr!r} is not one")
+                yield _bad(alias, cidrs, f"IPv4 or IPv6 networks in CIDR form (no host bits); {cidr!r} is not one")
                 break
             if net.prefixlen == 0:
-                bad(alias, cidrs, f"specific networks; {cidr} opens the port to the whole internet")
+                yield _bad(alias, cidrs, f"specific networks; {cidr} opens the port to the whole internet")
                 break
 
+
+def _log_and_mail_rules(cfg: StackConfig) -> Iterator[Problem]:
     for alias, field_name in (("flowLogRetentionDays", "flow_log_retention_days"),
                               ("dataLogRetentionDays", "data_log_retention_days"),
                               ("wafLogRetentionDays", "waf_log_retention_days")):
         days = getattr(cfg, field_name)
         if days not in LOG_RETENTION_DAYS or days < SECURITY_LOG_MIN_DAYS:
-            bad(alias, days, _allowed_text(field_name))
-
+            yield _bad(alias, days, _allowed_text(field_name))
     if cfg.smtp_port not in (25, 587):
-        bad("smtpPort", cfg.smtp_port, _allowed_text("smtp_port"))
+        yield _bad("smtpPort", cfg.smtp_port, _allowed_text("smtp_port"))
 
+
+def _tls_rules(cfg: StackConfig) -> Iterator[Problem]:
     if cfg.allow_http_only and cfg.is_prod:
-        bad("allowHttpOnly", cfg.allow_http_only, "false when environment is prod: prod serves HTTPS only")
+        yield _bad("allowHttpOnly", cfg.allow_http_only, "false when environment is prod: prod serves HTTPS only")
     elif cfg.allow_http_only and cfg.https_enabled:
-        bad("allowHttpOnly", cfg.allow_http_only,
-            "false when a certificate is configured (certificateArn, or domainName + hostedZoneId): HTTP then only redirects")
+        yield _bad("allowHttpOnly", cfg.allow_http_only,
+                   "false when a certificate is configured (certificateArn, or domainName + hostedZoneId): "
+                   "HTTP then only redirects")
     if cfg.domain_name and not cfg.hosted_zone_id and not cfg.certificate_arn:
-        bad("hostedZoneId", cfg.hosted_zone_id,
-            "the Route 53 zone of domainName (or set certificateArn) so the certificate can be validated")
+        yield _bad("hostedZoneId", cfg.hosted_zone_id,
+                   "the Route 53 zone of domainName (or set certificateArn) so the certificate can be validated")
     if cfg.certificate_arn and not cfg.domain_name:
         # The hosts' ALLOWED_HOSTS, the health check's Host and the smoke tests' TLS checks all
         # need the name the certificate is for.
-        bad("domainName", cfg.domain_name, "the host name certificateArn is issued for")
+        yield _bad("domainName", cfg.domain_name, "the host name certificateArn is issued for")
     if not cfg.https_enabled and not cfg.allow_http_only:
-        bad("certificateArn", cfg.certificate_arn,
-            "an ACM certificate ARN, or domainName + hostedZoneId"
-            + ("" if cfg.is_prod else ", or allowHttpOnly true (staging only)"))
+        yield _bad("certificateArn", cfg.certificate_arn,
+                   "an ACM certificate ARN, or domainName + hostedZoneId"
+                   + ("" if cfg.is_prod else ", or allowHttpOnly true (staging only)"))
     if cfg.ssl_policy not in TLS13_POLICIES:
-        bad("sslPolicy", cfg.ssl_policy, _allowed_text("ssl_policy"))
+        yield _bad("sslPolicy", cfg.ssl_policy, _allowed_text("ssl_policy"))
+
+
+def _edge_rules(cfg: StackConfig) -> Iterator[Problem]:
+    """The web firewall, deletion protection (load balancer, database) and the port the
+    load balancer forwards to."""
     if cfg.is_prod and not cfg.waf_enabled:
-        bad("wafEnabled", cfg.waf_enabled, "true when environment is prod")
+        yield _bad("wafEnabled", cfg.waf_enabled, "true when environment is prod")
     if cfg.waf_mode not in WAF_MODES:
-        bad("wafMode", cfg.waf_mode, _allowed_text("waf_mode"))
+        yield _bad("wafMode", cfg.waf_mode, _allowed_text("waf_mode"))
     if cfg.is_prod and not cfg.deletion_protection:
-        bad("deletionProtection", cfg.deletion_protection, "true when environment is prod")
+        yield _bad("deletionProtection", cfg.deletion_protection, "true when environment is prod")
     if cfg.app_port == 22:
-        bad("appPort", cfg.app_port, _allowed_text("app_port"))
+        yield _bad("appPort", cfg.app_port, _allowed_text("app_port"))
 
+
+def _api_host_rules(cfg: StackConfig) -> Iterator[Problem]:
     if cfg.is_prod and cfg.api_min_size < 2:
-        bad("apiMinSize", cfg.api_min_size, "at least 2 when environment is prod (two hosts for availability)")
+        yield _bad("apiMinSize", cfg.api_min_size, "at least 2 when environment is prod (two hosts for availability)")
     if cfg.api_max_size < cfg.api_min_size:
-        bad("apiMaxSize", cfg.api_max_size, f"at least apiMinSize ({cfg.api_min_size})")
+        yield _bad("apiMaxSize", cfg.api_max_size, f"at least apiMinSize ({cfg.api_min_size})")
     if not cfg.api_min_size <= cfg.api_desired_capacity <= cfg.api_max_size:
-        bad("apiDesiredCapacity", cfg.api_desired_capacity,
-            f"between apiMinSize ({cfg.api_min_size}) and apiMaxSize ({cfg.api_max_size})")
-    _check_connection_budget(cfg, bad)
+        yield _bad("apiDesiredCapacity", cfg.api_desired_capacity,
+                   f"between apiMinSize ({cfg.api_min_size}) and apiMaxSize ({cfg.api_max_size})")
+    yield from _connection_budget_rules(cfg)
 
+
+def _connection_budget_rules(cfg: StackConfig) -> Iterator[Problem]:
+    """The API hosts at apiMaxSize plus one extra during a refresh must fit the database's
+    max_connections with everything else that connects (components/connection_budget.py)."""
+    try:
+        most = max_api_hosts(cfg.api_instance_type, max_connections())
+    except ValueError:
+        yield _bad("apiInstanceType", cfg.api_instance_type,
+                   "a size of nano to xlarge or Nxlarge (the database connection budget counts its vCPUs)")
+        return
+    if cfg.api_max_size > most:
+        yield _bad("apiMaxSize", cfg.api_max_size,
+                   f"at most {most} with apiInstanceType {cfg.api_instance_type}: {most} hosts and one more during a "
+                   f"refresh fill the database's max_connections {max_connections()}")
+
+
+def _database_rules(cfg: StackConfig) -> Iterator[Problem]:
     if cfg.db_major_version not in POSTGRES_MAJORS:
-        bad("dbEngineVersion", cfg.db_engine_version, _allowed_text("db_engine_version"))
+        yield _bad("dbEngineVersion", cfg.db_engine_version, _allowed_text("db_engine_version"))
     if cfg.db_max_allocated_storage_gb < cfg.db_allocated_storage_gb:
-        bad("dbMaxAllocatedStorageGb", cfg.db_max_allocated_storage_gb,
-            f"at least dbAllocatedStorageGb ({cfg.db_allocated_storage_gb})")
+        yield _bad("dbMaxAllocatedStorageGb", cfg.db_max_allocated_storage_gb,
+                   f"at least dbAllocatedStorageGb ({cfg.db_allocated_storage_gb})")
     pi = cfg.db_performance_insights_retention_days
     if not (pi in (7, 731) or (pi % 31 == 0 and 31 <= pi <= 713)):
-        bad("dbPerformanceInsightsRetentionDays", pi, _allowed_text("db_performance_insights_retention_days"))
+        yield _bad("dbPerformanceInsightsRetentionDays", pi, _allowed_text("db_performance_insights_retention_days"))
     if cfg.db_monitoring_interval_seconds not in RDS_MONITORING_INTERVALS:
-        bad("dbMonitoringIntervalSeconds", cfg.db_monitoring_interval_seconds,
-            _allowed_text("db_monitoring_interval_seconds"))
+        yield _bad("dbMonitoringIntervalSeconds", cfg.db_monitoring_interval_seconds,
+                   _allowed_text("db_monitoring_interval_seconds"))
     if cfg.is_prod and not cfg.db_multi_az:
-        bad("dbMultiAz", cfg.db_multi_az, "true when environment is prod")
+        yield _bad("dbMultiAz", cfg.db_multi_az, "true when environment is prod")
 
+
+def _cache_rules(cfg: StackConfig) -> Iterator[Problem]:
     if cfg.redis_engine_version not in REDIS_VERSIONS:
-        bad("redisEngineVersion", cfg.redis_engine_version, _allowed_text("redis_engine_version"))
+        yield _bad("redisEngineVersion", cfg.redis_engine_version, _allowed_text("redis_engine_version"))
     if cfg.is_prod and cfg.redis_num_nodes < 2:
-        bad("redisNumNodes", cfg.redis_num_nodes, "at least 2 when environment is prod (automatic failover)")
+        yield _bad("redisNumNodes", cfg.redis_num_nodes, "at least 2 when environment is prod (automatic failover)")
 
+
+def _migration_rules(cfg: StackConfig) -> Iterator[Problem]:
     lock_waits = cfg.migration_lock_timeout_seconds * cfg.migration_lock_attempts
     if lock_waits + cfg.migration_statement_timeout_seconds > 840:
-        bad("migrationStatementTimeoutSeconds", cfg.migration_statement_timeout_seconds,
-            f"at most {max(0, 840 - lock_waits)} with {lock_waits} s of lock waits (migrationLockTimeoutSeconds x "
-            "migrationLockAttempts): a migration file must fit in the migrate function's 900 s")
-    return problems
+        yield _bad("migrationStatementTimeoutSeconds", cfg.migration_statement_timeout_seconds,
+                   f"at most {max(0, 840 - lock_waits)} with {lock_waits} s of lock waits (migrationLockTimeoutSeconds x "
+                   "migrationLockAttempts): a migration file must fit in the migrate function's 900 s")
+
+
+# In this order: a key named twice keeps its first problem (the type check's, then these).
+RULES: tuple[Rule, ...] = (
+    _vpc_rules, _subnet_rules, _access_cidr_rules, _log_and_mail_rules, _tls_rules, _edge_rules,
+    _api_host_rules, _database_rules, _cache_rules, _migration_rules,
+)
+
+
+def check_rules(cfg: StackConfig) -> list[Problem]:
+    """The rules that span several keys or need more than a type check, one concern each."""
+    return [problem for rule in RULES for problem in rule(cfg)]
 
 
 # --- documented placeholder values ----------------------------------------------------
@@ -549,21 +609,6 @@ def placeholder_problems(cfg: StackConfig) -> list[Problem]:
         if any(_placeholder_network(c) for c in cidrs):
             problems.append(Problem(full_key(alias), cidrs, f"{what} (documentation networks)"))
     return problems
-
-
-def _check_connection_budget(cfg: StackConfig, bad: Callable[[str, Any, str], None]) -> None:
-    """The API hosts at apiMaxSize plus one extra during a refresh must fit the database's
-    max_connections with everything else that connects (components/connection_budget.py)."""
-    try:
-        most = max_api_hosts(cfg.api_instance_type, max_connections())
-    except ValueError:
-        bad("apiInstanceType", cfg.api_instance_type,
-            "a size of nano to xlarge or Nxlarge (the database connection budget counts its vCPUs)")
-        return
-    if cfg.api_max_size > most:
-        bad("apiMaxSize", cfg.api_max_size,
-            f"at most {most} with apiInstanceType {cfg.api_instance_type}: {most} hosts and one more during a "
-            f"refresh fill the database's max_connections {max_connections()}")
 
 
 # --- reading from pulumi.Config ------------------------------------------------------

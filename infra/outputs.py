@@ -4,6 +4,9 @@ check that the program exports exactly these names (tests/unit/test_program.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 # name -> meaning. None holds a secret value: secrets are referenced by ARN only.
 OUTPUTS: dict[str, str] = {
     "environment": "`staging` or `prod`, the rule set the stack was validated with",
@@ -57,3 +60,18 @@ OUTPUTS: dict[str, str] = {
 
 # Outputs only some configurations export (off with releaseSteps false, wafEnabled false, ...).
 CONDITIONAL_OUTPUTS = frozenset({"pre_migration_snapshot_id", "smoke_test_report", "waf_web_acl_arn", "waf_log_group_name"})
+
+
+class OutputContractError(Exception):
+    """The program's exports and the contract above disagree: a programming error, not input."""
+
+
+def contract_exports(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The stack outputs to export, in the contract's order: every name of OUTPUTS (the
+    conditional ones when present) and nothing else; OutputContractError names any difference."""
+    missing = sorted(OUTPUTS.keys() - CONDITIONAL_OUTPUTS - values.keys())
+    unknown = sorted(values.keys() - OUTPUTS.keys())
+    if missing or unknown:
+        raise OutputContractError("the program's outputs differ from infra/outputs.py: "
+                                  f"missing {missing or 'none'}, not in the contract {unknown or 'none'}")
+    return {name: values[name] for name in OUTPUTS if name in values}

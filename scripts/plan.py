@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from harness.mock_engine import Plan, PlannedResource, run_program
 from infra.config import ConfigError
-from infra.mock_engine import Plan, PlannedResource, run_program
 from policy.model import Violation
 from policy.plan import check_plan
 from policy.rules import RULES

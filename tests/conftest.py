@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.mock_engine import Plan, run_program
+from harness.mock_engine import Plan, run_program
 
 STACKS = ("staging", "prod")
 

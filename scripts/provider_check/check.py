@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from infra.mock_engine import Plan
+from harness.mock_engine import Plan
 from scripts.provider_check.located_json import dump_located, path_at
 from scripts.provider_check.schema import ProviderSchema
 from scripts.provider_check.terraform import Toolchain, Workspace

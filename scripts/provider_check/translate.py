@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from infra.mock_engine import Plan, PlannedResource
+from harness.mock_engine import Plan, PlannedResource
 from scripts.provider_check.schema import Block, ProviderSchema
 
 Path = tuple[Any, ...]

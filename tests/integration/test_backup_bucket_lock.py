@@ -23,7 +23,7 @@ import pytest
 from botocore.exceptions import ClientError
 from psycopg import sql
 
-from infra.mock_engine import Plan
+from harness.mock_engine import Plan
 from scripts import backup
 from scripts.lib import cli
 from scripts.lib.db import target_from_dsn

@@ -18,7 +18,7 @@ import requests
 
 from components.hostconfig import GUNICORN_BIND
 from components.security import APP_METRICS_PORT
-from infra.mock_engine import Plan
+from harness.mock_engine import Plan
 from tests.services import free_port
 from tests.unit.test_host_templates import host_files_of
 

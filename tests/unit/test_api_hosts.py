@@ -11,7 +11,7 @@ from components.api_hosts import ApiHosts, ApiHostsArgs
 from components.connection_budget import refresh_max_healthy_percent
 from components.postgres_parameters import max_connections
 from components.userdata import decode_user_data
-from infra.mock_engine import Plan, run_program
+from harness.mock_engine import Plan, run_program
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
 ASG = "aws:autoscaling/group:Group"

@@ -4,7 +4,7 @@ evidence)."""
 
 from __future__ import annotations
 
-from infra.mock_engine import Plan, run_program
+from harness.mock_engine import Plan, run_program
 
 LOCK = "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration"
 

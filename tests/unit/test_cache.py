@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import string
 
-from infra.mock_engine import _SECRET_SIG, _SIG_KEY, Plan, PlannedResource
+from harness.mock_engine import _SECRET_SIG, _SIG_KEY, Plan, PlannedResource
 from tests.unit.test_database import instance as database_instance
 from tests.unit.windows import daily_length_minutes, daily_minutes, weekly_minutes
 

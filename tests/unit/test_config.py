@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from infra import mock_engine
+from harness import mock_engine
+from harness.mock_engine import ROOT_DIR, load_stack_config_file, run_program
 from infra.config import ConfigError, StackConfig, parse_stack_config
-from infra.mock_engine import ROOT_DIR, load_stack_config_file, run_program
 
 
 def raw_config(stack: str, **overrides: Any) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from harness.mock_engine import run_program
 from infra.config import ConfigError
-from infra.mock_engine import run_program
 
 NO_CERTIFICATE = {"domainName": "", "hostedZoneId": "", "certificateArn": ""}
 

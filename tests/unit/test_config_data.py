@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from harness.mock_engine import run_program
 from infra.config import ConfigError
-from infra.mock_engine import run_program
 
 
 def refused(stack: str, key: str, value: Any) -> str:

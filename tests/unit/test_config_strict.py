@@ -9,8 +9,8 @@ from pathlib import Path
 import pulumi
 import pytest
 
+from harness.mock_engine import ROOT_DIR, StackFileError, run_program
 from infra.config import ConfigError
-from infra.mock_engine import ROOT_DIR, StackFileError, run_program
 from infra.program import main
 from scripts import plan as plan_cli
 from scripts.lib import rds_ca

@@ -24,8 +24,8 @@ from components.connection_budget import (
     vcpus_at_most,
 )
 from components.userdata import decode_user_data
+from harness.mock_engine import Plan
 from infra.config import ConfigError, parse_stack_config
-from infra.mock_engine import Plan
 from tests.unit.test_config import raw_config
 
 ROOT = Path(__file__).resolve().parents[2]

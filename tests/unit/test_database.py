@@ -14,7 +14,7 @@ import pytest
 
 from components.database import Database, DatabaseArgs
 from components.postgres_parameters import GIB, PARAMETERS, effective_value
-from infra.mock_engine import Plan, PlannedResource, run_program
+from harness.mock_engine import Plan, PlannedResource, run_program
 from tests.unit.windows import daily_length_minutes, daily_minutes, weekly_minutes
 
 RDS = "aws:rds/instance:Instance"

@@ -11,7 +11,7 @@ import pytest
 
 from components.dbops import VPC_ACCESS_POLICY_ARN
 from components.lambda_package import build_lambda_package
-from infra.mock_engine import _SECRET_SIG, _SIG_KEY, MOCK_ACCOUNT_ID, Plan, run_program
+from harness.mock_engine import _SECRET_SIG, _SIG_KEY, MOCK_ACCOUNT_ID, Plan, run_program
 
 FUNCTION = "aws:lambda/function:Function"
 ROTATION = "aws:secretsmanager/secretRotation:SecretRotation"

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from components.userdata import decode_user_data
-from infra.mock_engine import Plan
+from harness.mock_engine import Plan
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
 SCRIPT_PATH = "/usr/local/sbin/psychology-api-fetch-env"

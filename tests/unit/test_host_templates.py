@@ -34,7 +34,7 @@ from components.hostconfig import (
     render_api_files,
 )
 from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data
-from infra.mock_engine import Plan, run_program
+from harness.mock_engine import Plan, run_program
 from scripts.lib import rds_ca
 from tests.services import self_signed_certificate
 

@@ -17,7 +17,7 @@ from components.lambda_package import (
     dependency_closure,
     requirement_pins,
 )
-from infra.mock_engine import Plan, run_program
+from harness.mock_engine import Plan, run_program
 
 ROOT = Path(__file__).resolve().parents[2]
 

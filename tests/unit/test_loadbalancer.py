@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from components.loadbalancer import FIXED_RESPONSE_LIMIT, HSTS_HEADER, maintenance_page
+from harness.mock_engine import Plan, PlannedResource, run_program
 from infra.config import TLS13_POLICIES
-from infra.mock_engine import Plan, PlannedResource, run_program
 from tests.conftest import HTTP_ONLY_OVERRIDES
 
 LB = "aws:lb/loadBalancer:LoadBalancer"
@@ -137,7 +137,7 @@ def test_staging_serves_https_and_http_only_redirects(staging: Plan) -> None:
 def test_checked_in_stacks_never_serve_plain_http() -> None:
     import yaml
 
-    from infra.mock_engine import ROOT_DIR
+    from harness.mock_engine import ROOT_DIR
 
     for stack in ("staging", "prod"):
         config = yaml.safe_load((ROOT_DIR / f"Pulumi.{stack}.yaml").read_text())["config"]

@@ -30,7 +30,7 @@ from components.monitoring_render import (
     MonitoringSettings,
 )
 from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data, user_data_size
-from infra.mock_engine import MOCK_ACCOUNT_ID, Plan, PlannedResource, run_program
+from harness.mock_engine import MOCK_ACCOUNT_ID, Plan, PlannedResource, run_program
 
 STACKS = ("staging", "prod")
 INSTANCE = "aws:ec2/instance:Instance"

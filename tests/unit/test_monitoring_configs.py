@@ -35,7 +35,7 @@ from components import monitoring_render as render
 from components.loadbalancer import MAINTENANCE_MARKER, maintenance_page
 from components.monitoring_render import MonitoringSettings
 from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data, user_data_size
-from infra.mock_engine import ROOT_DIR, load_stack_config_file
+from harness.mock_engine import ROOT_DIR, load_stack_config_file
 
 pytestmark = pytest.mark.tools
 

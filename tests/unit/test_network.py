@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from infra.mock_engine import Plan, PlannedResource, run_program
+from harness.mock_engine import Plan, PlannedResource, run_program
 
 SUBNET = "aws:ec2/subnet:Subnet"
 ROUTE = "aws:ec2/route:Route"

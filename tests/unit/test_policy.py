@@ -27,8 +27,8 @@ from pulumi_policy.policy import _PolicyAnalyzerServicer
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
 import scripts.plan
+from harness.mock_engine import Plan, PlannedResource, run_program
 from infra.config import TLS13_POLICIES
-from infra.mock_engine import Plan, PlannedResource, run_program
 from policy.model import UNKNOWN, ProviderView, ResourceRule, ResourceView, StackRule, Violation, evaluate, is_prod
 from policy.pack import PACK_NAME, build_policies, plain
 from policy.plan import check_plan, views_from_plan

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.mock_engine import ROOT_DIR, Plan
+from harness.mock_engine import ROOT_DIR, Plan
 
 FOUNDATION_OUTPUTS = {
     "vpc_id", "public_subnet_ids", "private_subnet_ids", "database_subnet_ids", "security_group_ids",
@@ -50,7 +50,7 @@ def test_children_are_parented_to_their_component(plan: Plan) -> None:
 
 
 def test_the_plan_is_deterministic(plans: dict[str, Plan]) -> None:
-    from infra.mock_engine import run_program
+    from harness.mock_engine import run_program
 
     again = run_program("staging")
     assert json.dumps(again.to_json(), sort_keys=True) == json.dumps(plans["staging"].to_json(), sort_keys=True)
@@ -106,6 +106,32 @@ def test_the_program_exports_exactly_the_output_contract(plans: dict[str, Plan])
         assert not plan.secret_outputs, "the contract holds no secret value"
 
 
+def test_contract_exports_follow_the_contract_and_name_what_differs() -> None:
+    from infra.outputs import CONDITIONAL_OUTPUTS, OUTPUTS, OutputContractError, contract_exports
+
+    values = {name: f"value of {name}" for name in reversed(list(OUTPUTS))}
+    assert list(contract_exports(values)) == list(OUTPUTS)
+    required = {name: value for name, value in values.items() if name not in CONDITIONAL_OUTPUTS}
+    assert set(contract_exports(required)) == set(OUTPUTS) - CONDITIONAL_OUTPUTS
+    with pytest.raises(OutputContractError, match=r"missing \['vpc_id'\], not in the contract none"):
+        contract_exports({name: value for name, value in values.items() if name != "vpc_id"})
+    with pytest.raises(OutputContractError, match=r"missing none, not in the contract \['vpc_ids'\]"):
+        contract_exports({**values, "vpc_ids": []})
+
+
+def test_smtp_settings_leave_out_what_is_unset() -> None:
+    from infra.args import smtp_settings
+    from infra.config import parse_stack_config
+    from tests.unit.test_config import raw_config
+
+    unset = parse_stack_config(raw_config("staging", smtpHost="", smtpUser="", emailFrom=""))
+    assert smtp_settings(unset) == {}
+    partly = parse_stack_config(raw_config("staging", smtpHost="smtp.mail.invalid", smtpPort="587", smtpUser="",
+                                           emailFrom="noreply@mail.invalid"))
+    assert smtp_settings(partly) == {
+        "EMAIL_HOST": "smtp.mail.invalid", "EMAIL_PORT": "587", "DEFAULT_FROM_EMAIL": "noreply@mail.invalid"}
+
+
 def test_stack_files_hold_no_plain_secrets() -> None:
     from infra.config import SECRET_KEYS
 
@@ -124,7 +150,7 @@ def test_the_cli_entry_point_runs_the_same_program(plans: dict[str, Plan], tmp_p
     """infra/__main__.py is what `pulumi up` executes; under mocks it registers the same resources."""
     import runpy
 
-    from infra.mock_engine import run_program
+    from harness.mock_engine import run_program
     from scripts.lib import rds_ca
 
     # The operator's copy of the RDS CA bundle, which `pulumi up` requires (any PEM here).
@@ -144,7 +170,7 @@ def test_the_cli_entry_point_reports_bad_config_without_a_traceback() -> None:
     import pulumi
     import pytest
 
-    from infra.mock_engine import run_program
+    from harness.mock_engine import run_program
 
     entry = str(ROOT_DIR / "infra" / "__main__.py")
     with pytest.raises(pulumi.RunError, match=r"invalid configuration: psychology-api:azCount = 1 "):
@@ -168,7 +194,7 @@ def test_release_steps_run_from_the_root_whatever_the_checkout_path(plan: Plan) 
 
 def test_release_step_dir_is_relative_to_the_programs_working_directory(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Under the CLI the program runs in infra/ (Pulumi.yaml `main`): the steps go one level up."""
-    from infra.mock_engine import run_program
+    from harness.mock_engine import run_program
 
     monkeypatch.chdir(ROOT_DIR / "infra")
     plan = run_program("staging")

@@ -14,7 +14,7 @@ import pulumi
 import pulumi_aws as aws
 import pytest
 
-from infra.mock_engine import Plan, run_program
+from harness.mock_engine import Plan, run_program
 from scripts import plan as plan_cli
 from scripts.provider_check.check import EXIT_CANNOT_RUN, EXIT_CLEAN, EXIT_REFUSED, Report, locate, run_check
 from scripts.provider_check.located_json import dump_located, path_at

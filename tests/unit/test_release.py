@@ -5,7 +5,7 @@ they run."""
 from __future__ import annotations
 
 from components.lambda_package import build_lambda_package
-from infra.mock_engine import Plan, run_program
+from harness.mock_engine import Plan, run_program
 
 COMMAND = "command:local:Command"
 PYTHON = '"${PSYCHOLOGY_API_PYTHON:-venv/bin/python}"'

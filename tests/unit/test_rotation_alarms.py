@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from infra.mock_engine import Plan
+from harness.mock_engine import Plan
 from scripts.dbops.rotation_check import METRIC_NAME
 
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"

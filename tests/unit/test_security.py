@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import pytest
 
-from infra.mock_engine import Plan, PlannedResource, run_program
+from harness.mock_engine import Plan, PlannedResource, run_program
 
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from infra.mock_engine import SECRET_MASK, Plan, PlannedResource, run_program
+from harness.mock_engine import SECRET_MASK, Plan, PlannedResource, run_program
 
 
 def bucket_side(plan: Plan, bucket_output: str, kind: str) -> PlannedResource:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.mock_engine import Plan
+from harness.mock_engine import Plan
 from tests.unit.test_host_templates import host_files_of, unit_settings
 from tests.unit.test_monitoring import written_files
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from infra.mock_engine import MOCK_ACCOUNT_ID, Plan, PlannedResource, run_program
+from harness.mock_engine import MOCK_ACCOUNT_ID, Plan, PlannedResource, run_program
 
 ACL = "aws:wafv2/webAcl:WebAcl"
 ASSOCIATION = "aws:wafv2/webAclAssociation:WebAclAssociation"

@@ -288,7 +288,7 @@ class PlanMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, Optional[list[tuple[str, str]]]]:
         handler = _INVOKES.get(args.token)
         if handler is None:
-            raise NotImplementedError(f"the mock engine has no answer for invoke {args.token}; add one to infra/mock_engine.py")
+            raise NotImplementedError(f"the mock engine has no answer for invoke {args.token}; add one to harness/mock_engine.py")
         return handler(self, args.args), []
 
 
