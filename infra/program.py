@@ -198,7 +198,7 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
         ), opts)
         hosts_start_after = [migrations.migrations]
 
-    # --- compute: load balancer and API hosts (README: "Load balancer and API hosts") ---
+    # --- compute: load balancer and API hosts (docs/architecture.md#compute-tier) ---
     alb = LoadBalancer("alb", LoadBalancerArgs(
         vpc_id=network.vpc_id,
         public_subnet_ids=network.public_subnet_ids,
@@ -216,7 +216,7 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
         hosted_zone_id=cfg.hosted_zone_id,
         allow_http_only=cfg.allow_http_only,
     ), opts)
-    # The web ACL in front of the load balancer (README: "Web application firewall").
+    # The web ACL in front of the load balancer (docs/architecture.md#web-application-firewall).
     waf = None
     if cfg.waf_enabled:
         waf = WebFirewall("waf", WebFirewallArgs(
@@ -313,7 +313,7 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
         final_snapshot=cfg.deletion_protection,
         network_ready=[network, security],
     ), opts)
-    # The generated secrets rotate too, once both exist (README: "Credentials and rotation").
+    # The generated secrets rotate too, once both exist (docs/runbooks/rotation.md).
     dbops.rotate_generated_secrets(
         {"django-secret-key": app_secrets.app_secret_arn, "grafana-admin": monitoring.grafana_admin_secret_arn},
         after=[app_secrets, monitoring.grafana_admin_secret_version])
@@ -340,7 +340,7 @@ def main(placeholders: Literal["refuse", "warn"] = "refuse") -> None:
     if network.endpoint_security_group_id is not None:
         security_group_ids["endpoints"] = network.endpoint_security_group_id
 
-    # --- the output contract (README: "Stack outputs") -------------------------------
+    # --- the output contract (docs/outputs.md) -----------------------------------------
     pulumi.export("environment", cfg.environment)
     pulumi.export("region", cfg.region)
     pulumi.export("availability_zones", azs)
