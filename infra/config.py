@@ -577,7 +577,7 @@ def check_rules(cfg: StackConfig) -> list[Problem]:
 
 # --- documented placeholder values ----------------------------------------------------
 
-# Names RFC 2606/6761 reserve for documentation and tests, the hosted zone id the README and
+# Names RFC 2606/6761 reserve for documentation and tests, the hosted zone id the docs and
 # the prod stack file show, documentation networks (RFC 5737, RFC 3849) and the example account.
 PLACEHOLDER_DOMAIN = re.compile(r"(^|\.)(example\.(com|net|org)|[^.]+\.(example|test|invalid|localhost))$")
 PLACEHOLDER_ZONE = re.compile(r"EXAMPLE")
@@ -648,12 +648,12 @@ def _read_raw(config: pulumi.Config, aws_config: pulumi.Config) -> dict[str, Any
 
 
 def missing_material_problems() -> list[Problem]:
-    """Files an operator adds before the first real `up` (README: TLS to the database)."""
+    """Files an operator adds before the first real `up` (docs/security.md#tls-to-the-database)."""
     from scripts.lib import rds_ca
 
     if rds_ca.bundle_sha256() is not None:
         return []
-    return [Problem(rds_ca.PACKAGE_PATH, None, "missing: add AWS's RDS CA bundle (README: TLS to the database); "
+    return [Problem(rds_ca.PACKAGE_PATH, None, "missing: add AWS's RDS CA bundle (docs/security.md#tls-to-the-database); "
                     "every database client verifies the server against it and refuses to connect without it",
                     show_value=False)]
 
@@ -682,7 +682,7 @@ def _all_config_keys() -> set[str]:
 def load_stack_config(placeholders: Literal["refuse", "warn"] = "refuse") -> tuple[StackConfig, SecretSettings]:
     """Read and validate the stack's configuration. Raises ConfigError; registers nothing.
 
-    Documented placeholder values (README, Pulumi.yaml) are refused for prod and reported as
+    Documented placeholder values (docs/configuration.md) are refused for prod and reported as
     warnings for staging, a missing RDS CA bundle is refused for every stack; the offline plan
     asks for warnings only (placeholders="warn"), because it reviews the program, not the
     operator's settings and files."""

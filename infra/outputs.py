@@ -49,7 +49,7 @@ OUTPUTS: dict[str, str] = {
     "redis_port": "ElastiCache port",
     "redis_replication_group_id": "ElastiCache replication group",
     "redis_secret_arn": "Redis connection and AUTH token (`{host, port, auth_token, tls}`; the token rotates every `secretRotationDays`)",
-    "dbops_function_names": "map of the in-VPC functions: `migrate`, `health`, `rotate`, `rotate-redis`, `rotate-generated`",
+    "dbops_function_names": "map of the in-VPC functions: `migrate`, `health`, `rotate`, `rotate-redis`, `rotate-generated`, `check-rotation`",
     "pre_migration_snapshot_id": "the manual RDS snapshot taken before the last release's migrations (prod; null when off)",
     "smoke_test_report": "summary of the last release's smoke tests: `{ok, summary, checks}` with each check's name, verdict and duration; null with `releaseSteps` off",
     "monitoring_instance_id": "the monitoring host",

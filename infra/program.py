@@ -212,7 +212,7 @@ def observability(ctx: StackContext, base: Foundation, data: Data, ops: Release,
     monitoring = MonitoringHost("monitoring", args.monitoring_host_args(
         ctx, base.network, base.security, base.backups, data.database, data.cache, ops.dbops, web.alb,
         alerts.arn), ctx.opts)
-    # The generated secrets rotate too, once both exist (README: "Credentials and rotation").
+    # The generated secrets rotate too, once both exist (docs/runbooks/rotation.md).
     ops.dbops.rotate_generated_secrets(
         {"django-secret-key": base.app_secrets.app_secret_arn, "grafana-admin": monitoring.grafana_admin_secret_arn},
         after=[base.app_secrets, monitoring.grafana_admin_secret_version])

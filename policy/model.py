@@ -103,7 +103,7 @@ class StackRule:
     name: str
     description: str
     control: str
-    types: tuple[str, ...]  # the types it reports on (documentation and README table)
+    types: tuple[str, ...]  # the types it reports on (documentation and the docs/policy.md table)
     check: StackCheck
 
 

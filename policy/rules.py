@@ -824,7 +824,7 @@ def _sdk_name(type_token: str) -> str:
 
 
 def rules_markdown() -> str:
-    """The README's rule table, generated from RULES (tests keep the README in step)."""
+    """The rule table of docs/policy.md, generated from RULES (python -m scripts.docs)."""
     lines = ["| rule | kind | applies to | control | requirement |", "|---|---|---|---|---|"]
     for rule in RULES:
         kind = "resource" if isinstance(rule, ResourceRule) else "stack"

@@ -70,7 +70,7 @@ class DbTarget:
             if chosen == bundled:
                 raise DbConnectError(
                     f"cannot connect to {self.describe()}: the RDS certificate bundle {bundled} is missing; "
-                    f"put AWS's {rds_ca.RDS_CA_BUNDLE_URL} there (README: TLS to the database), or name a CA file "
+                    f"put AWS's {rds_ca.RDS_CA_BUNDLE_URL} there (docs/security.md#tls-to-the-database), or name a CA file "
                     f"with sslrootcert in the DSN or ${CA_BUNDLE_ENVIRONMENT_VARIABLE}")
             raise DbConnectError(f"cannot connect to {self.describe()}: the CA file {chosen} does not exist")
         return chosen

@@ -3,7 +3,7 @@
 The scripts, the functions (their package) and the monitoring host (its operations bundle) use
 the copy in `scripts/lib/certs/`; the API hosts download AWS's bundle at boot and accept it only
 when its SHA-256 is that copy's. The copy is AWS's "global bundle" (every region's authorities),
-put there and checked by an operator (README: TLS to the database); without it every database
+put there and checked by an operator (docs/security.md#tls-to-the-database); without it every database
 connection is refused, never made unverified.
 """
 

@@ -124,6 +124,7 @@ def test_a_missing_bundle_says_what_to_do(tls: TlsServer, bundle: Path) -> None:
         connect(from_secret(tls))
     message = str(missing.value)
     assert "RDS certificate bundle" in message and str(bundle) in message and rds_ca.RDS_CA_BUNDLE_URL in message
+    assert "(docs/security.md#tls-to-the-database)" in message
     assert tls.server.password not in message and "\n" not in message
 
 

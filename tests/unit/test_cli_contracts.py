@@ -31,6 +31,7 @@ CLIS = {
     "plan": "scripts.plan", "migrate": "scripts.migrate", "smoke": "scripts.smoke", "rotate": "scripts.rotate",
     "release": "scripts.release", "backup": "scripts.backup", "restore": "scripts.restore",
     "restore_drill": "scripts.restore_drill", "stack_outputs": "scripts.stack_outputs", "drift": "scripts.drift",
+    "docs": "scripts.docs",
 }
 SUBCOMMANDS = {"release": ["invoke", "snapshot", "wait-healthy"], "stack_outputs": ["smoke", "summary"],
                "drift": ["engine", "scan"]}
@@ -167,6 +168,11 @@ CASES = [
     Case("drift", "missing project directory", ("engine", "--stack", "prod", "--work-dir", "{missing}"), USAGE,
          "--work-dir"),
     Case("drift", "unreachable AWS", ("scan", "--state", "{export}", *UNREACHABLE_AWS), FAILURE, "Could not connect"),
+    # scripts.docs
+    Case("docs", "unknown option", ("--check", "--bogus"), USAGE, "unrecognized arguments: --bogus"),
+    Case("docs", "missing directory", ("--check", "--docs-dir", "{missing}"), USAGE, "--docs-dir: no such directory"),
+    Case("docs", "folder without the generated pages", ("--check", "--docs-dir", "{empty_dir}"), FAILURE,
+         "configuration.md is missing"),
 ]
 
 
@@ -184,7 +190,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "outputs_ok": {"smoke_test_report": {"passed": True}},
         "outputs_failed": {"smoke_test_report": {"passed": False}},
     }
-    paths = {"missing": str(folder / "missing"), "not_json": str(folder / "not.json")}
+    paths = {"missing": str(folder / "missing"), "not_json": str(folder / "not.json"), "empty_dir": str(folder / "empty")}
+    Path(paths["empty_dir"]).mkdir()
     Path(paths["not_json"]).write_text("this is not JSON\n")
     for name, document in documents.items():
         paths[name] = str(folder / f"{name}.json")

@@ -139,7 +139,7 @@ def test_every_stack_refuses_to_deploy_without_the_rds_ca_bundle(monkeypatch: py
         run_program("staging", program=lambda: runpy.run_path(entry, run_name="__main__"))
     assert str(err.value) == (
         "invalid configuration: scripts/lib/certs/rds-global-bundle.pem: missing: add AWS's RDS CA bundle "
-        "(README: TLS to the database); every database client verifies the server against it and refuses "
+        "(docs/security.md#tls-to-the-database); every database client verifies the server against it and refuses "
         "to connect without it")
     plan = run_program("staging")  # the offline plan: a warning
     assert any(w.startswith("scripts/lib/certs/rds-global-bundle.pem: missing") for w in plan.warnings)

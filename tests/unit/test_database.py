@@ -287,10 +287,10 @@ def test_component_alone_exports_its_secret_and_user() -> None:
     assert [r.name for r in plan.resources if r.parent is None] == ["db"]
 
 
-def test_readme_parameter_table_matches_the_parameter_group() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+def test_docs_parameter_table_matches_the_parameter_group() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
     for parameter in PARAMETERS:
         row = next((r for r in rows if f"`{parameter.name}`" in r.split("|")[1]), None)
-        assert row is not None, f"README has no row for {parameter.name}"
+        assert row is not None, f"docs/architecture.md has no row for {parameter.name}"
         assert f"`{parameter.value}`" in row and parameter.apply_method in row, row

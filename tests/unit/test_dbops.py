@@ -227,7 +227,7 @@ def test_credential_secrets(plan: Plan) -> None:
 
 def test_pulumi_never_writes_over_a_rotated_value(plan: Plan) -> None:
     """Rotation owns every rotated value after the first version: Pulumi ignores later
-    differences (README: rotation)."""
+    differences (docs/runbooks/rotation.md)."""
     for version in ("dbops-app-credentials-first", "dbops-monitor-credentials-value", "redis-secret-value",
                     "secrets-app-value", "monitoring-grafana-value"):
         assert plan.named(version).ignore_changes == ["secretString", "versionStages"], version

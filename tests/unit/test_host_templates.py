@@ -285,6 +285,7 @@ def test_the_bootstrap_installs_only_the_pinned_bundle(host: HostFiles, tmp_path
         bundle.write_text(bundle.read_text() + "-----BEGIN CERTIFICATE-----\nan added authority\n-----END CERTIFICATE-----\n")
         tampered = install_bundle(host, tmp_path, url, pin, certificate[0])
         assert tampered.returncode == 1 and "does not match the pinned SHA-256" in tampered.stderr
+        assert "(docs/security.md#tls-to-the-database)" in tampered.stderr
         assert not (tmp_path / "installed.pem").exists()
 
     unpinned = install_bundle(host, tmp_path, "https://127.0.0.1:9/never-fetched.pem", "", certificate[0])

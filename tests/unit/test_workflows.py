@@ -164,7 +164,7 @@ def test_pulumi_cli_version_matches_the_sdk() -> None:
 
 # --- preview ---------------------------------------------------------------------------------
 
-# Environments the README's CI section requires to have required reviewers; the Pulumi token and
+# Environments the CI runbook (docs/runbooks/ci.md) requires to have required reviewers; the Pulumi token and
 # the stack passphrase are secrets of these environments only.
 PROTECTED_ENVIRONMENTS = {"preview", "production"}
 PULL_REQUEST_TRIGGERS = {"pull_request", "pull_request_target"}
@@ -209,7 +209,7 @@ def test_pull_request_jobs_see_no_secret_outside_a_protected_environment(
 
 
 def test_stack_secrets_are_read_only_inside_an_environment(workflows: dict[str, dict[str, Any]]) -> None:
-    """They are environment secrets (README): a job outside an environment would get nothing."""
+    """They are environment secrets (docs/runbooks/ci.md): a job outside an environment would get nothing."""
     for name, workflow in workflows.items():
         for job_name, job in workflow["jobs"].items():
             text = yaml.safe_dump(job)
@@ -230,9 +230,8 @@ def test_the_secret_check_catches_unprotected_jobs(job: dict[str, Any], found: l
     assert _unprotected_secret_jobs({"on": "push", "jobs": {"x": job}}) == []
 
 
-def test_readme_documents_the_protected_environments_and_their_secrets() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### CI workflows"):readme.index("## Benchmarks")]
+def test_the_ci_runbook_documents_the_protected_environments_and_their_secrets() -> None:
+    section = (ROOT / "docs" / "runbooks" / "ci.md").read_text()
     for environment in PROTECTED_ENVIRONMENTS:
         row = next(line for line in section.splitlines() if line.startswith(f"| `{environment}` "))
         assert "required reviewers" in row, row
