@@ -44,10 +44,10 @@ MAINTENANCE_SILENCED = ("alb-5xx-rate", "alb-unhealthy-hosts", "alb-no-healthy-h
 
 @dataclass
 class AlertsTopicArgs:
-    kms_key_arn: pulumi.Input[str]
-    account_id: str
-    region: str
-    alarm_email: str = ""
+    kms_key_arn: pulumi.Input[str]   # DataKey.arn: the topic is encrypted with it
+    account_id: str                  # this account's id: only its CloudWatch alarms may publish
+    region: str                      # AWS region (config aws:region): the alarms' ARNs the policy admits
+    alarm_email: str = ""            # config alarmEmail: subscribed to the topic; "" for none
 
 
 class AlertsTopic(pulumi.ComponentResource):
@@ -64,31 +64,7 @@ class AlertsTopic(pulumi.ComponentResource):
             tags=name_tag("alerts"),
         ), child)
         aws.sns.TopicPolicy(f"{name}-policy", aws.sns.TopicPolicyArgs(
-            arn=topic.arn,
-            # Principals of our own account publish through their IAM policies (the monitoring
-            # host's role); the resource policy only has to admit CloudWatch alarms.
-            policy=policy_json([
-                {
-                    "Sid": "CloudWatchAlarmsOfThisAccountPublish",
-                    "Effect": "Allow",
-                    "Principal": {"Service": "cloudwatch.amazonaws.com"},
-                    "Action": "sns:Publish",
-                    "Resource": topic.arn,
-                    "Condition": {
-                        "StringEquals": {"aws:SourceAccount": args.account_id},
-                        "ArnLike": {"aws:SourceArn": f"arn:aws:cloudwatch:{args.region}:{args.account_id}:alarm:*"},
-                    },
-                },
-                {
-                    "Sid": "DenyPublishWithoutTls",
-                    "Effect": "Deny",
-                    "Principal": "*",
-                    "Action": "sns:Publish",
-                    "Resource": topic.arn,
-                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-                },
-            ]),
-        ), child)
+            arn=topic.arn, policy=policy_json(topic_policy_statements(topic.arn, args.account_id, args.region))), child)
         if args.alarm_email:
             # AWS e-mails a confirmation link; nothing is delivered until it is clicked.
             aws.sns.TopicSubscription(f"{name}-email", aws.sns.TopicSubscriptionArgs(
@@ -100,18 +76,18 @@ class AlertsTopic(pulumi.ComponentResource):
 
 @dataclass
 class CloudWatchAlarmsArgs:
-    alerts_topic_arn: pulumi.Input[str]
-    region: str
+    alerts_topic_arn: pulumi.Input[str]           # AlertsTopic.arn: every alarm's (and OK's) action
+    region: str                                   # AWS region (config aws:region): EC2 recover/reboot actions, WAF metrics
     # Load balancer and API hosts (from the load-balancer and compute parts).
-    alb_arn_suffix: pulumi.Input[str]
-    target_group_arn_suffix: pulumi.Input[str]
-    asg_name: pulumi.Input[str]
+    alb_arn_suffix: pulumi.Input[str]             # LoadBalancer.arn_suffix: the LoadBalancer dimension
+    target_group_arn_suffix: pulumi.Input[str]    # LoadBalancer.target_group_arn_suffix: the TargetGroup dimension
+    asg_name: pulumi.Input[str]                   # ApiHosts.asg_name: the API hosts' CPU
     # RDS (from the data part).
-    db_instance_identifier: pulumi.Input[str]
-    db_allocated_storage_gb: int
+    db_instance_identifier: pulumi.Input[str]     # Database.identifier
+    db_allocated_storage_gb: int                  # config dbAllocatedStorageGb (GiB): the free-storage threshold's base
     # ElastiCache: member clusters are "<replication group id>-001", "-002", ...
-    redis_replication_group_id: pulumi.Input[str]
-    redis_num_nodes: int
+    redis_replication_group_id: pulumi.Input[str]  # Cache.replication_group_id
+    redis_num_nodes: int                          # config redisNumNodes: one memory and one evictions alarm per node
     # The monitoring host (MonitoringHost.instance_id).
     monitoring_instance_id: pulumi.Input[str]
     # Config `maintenance`: the load balancer answers the maintenance page; the alarms in
@@ -119,12 +95,12 @@ class CloudWatchAlarmsArgs:
     maintenance: bool = False
     # Secrets rotation (DbOps.rotation_function_names, DbOps.rotation_metric_namespace): an
     # alarm on each rotation function's Errors, and one on the hourly overdue check.
-    rotation_function_names: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
-    rotation_metric_namespace: Optional[str] = None
+    rotation_function_names: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # function key -> name
+    rotation_metric_namespace: Optional[str] = None  # None: no overdue alarm
     # The WAF's web ACL (components/waf.py), when there is one, and its mode: in "count" mode
     # nothing is blocked and the alarm watches the requests its rules counted.
-    waf_web_acl_name: Optional[pulumi.Input[str]] = None
-    waf_mode: str = "block"
+    waf_web_acl_name: Optional[pulumi.Input[str]] = None  # WebFirewall.web_acl_name; None: no WAF alarm
+    waf_mode: str = "block"                                # config wafMode: "block" or "count"
 
 
 class CloudWatchAlarms(pulumi.ComponentResource):
@@ -137,11 +113,20 @@ class CloudWatchAlarms(pulumi.ComponentResource):
         self._topic = args.alerts_topic_arn
         self._maintenance = args.maintenance
         self.alarm_names = []
-        lb = {"LoadBalancer": args.alb_arn_suffix}
-        db = {"DBInstanceIdentifier": args.db_instance_identifier}
-        host = {"InstanceId": args.monitoring_instance_id}
+        self._load_balancer_alarms(args)
+        self._api_host_alarms(args)
+        self._rds_alarms(args)
+        self._redis_alarms(args)
+        self._monitoring_host_alarms(args)
+        self._rotation_alarms(args)
+        if args.waf_web_acl_name is not None:
+            self._waf_alarm(args.waf_web_acl_name, args.region, args.waf_mode)
 
-        # --- load balancer -------------------------------------------------------------
+        self.register_outputs({"alarm_names": self.alarm_names})
+
+    def _load_balancer_alarms(self, args: CloudWatchAlarmsArgs) -> None:
+        lb = {"LoadBalancer": args.alb_arn_suffix}
+
         def lb_count(metric: str) -> aws.cloudwatch.MetricAlarmMetricQueryMetricArgs:
             return aws.cloudwatch.MetricAlarmMetricQueryMetricArgs(
                 namespace="AWS/ApplicationELB", metric_name=metric, dimensions=lb, period=60, stat="Sum")
@@ -186,6 +171,8 @@ class CloudWatchAlarms(pulumi.ComponentResource):
             dimensions=lb, period=300, evaluation_periods=2, datapoints_to_alarm=2,
             comparison_operator="GreaterThanThreshold", threshold=LATENCY_P95_SECONDS,
             treat_missing_data="notBreaching")
+
+    def _api_host_alarms(self, args: CloudWatchAlarmsArgs) -> None:
         self._alarm(
             "api-cpu",
             f"Average CPU of the API hosts above {CPU_PERCENT:g}% for 10 minutes (scaling is not keeping up)",
@@ -193,7 +180,8 @@ class CloudWatchAlarms(pulumi.ComponentResource):
             dimensions={"AutoScalingGroupName": args.asg_name}, period=300, evaluation_periods=2,
             comparison_operator="GreaterThanThreshold", threshold=CPU_PERCENT, treat_missing_data="missing")
 
-        # --- RDS -----------------------------------------------------------------------
+    def _rds_alarms(self, args: CloudWatchAlarmsArgs) -> None:
+        db = {"DBInstanceIdentifier": args.db_instance_identifier}
         self._alarm(
             "rds-cpu", f"PostgreSQL CPU above {CPU_PERCENT:g}% for 10 minutes",
             namespace="AWS/RDS", metric_name="CPUUtilization", statistic="Average", dimensions=db,
@@ -217,7 +205,8 @@ class CloudWatchAlarms(pulumi.ComponentResource):
             period=60, evaluation_periods=5, datapoints_to_alarm=5,
             comparison_operator="GreaterThanThreshold", threshold=connections, treat_missing_data="missing")
 
-        # --- ElastiCache, per member cluster (CloudWatch has no replication-group dimension) ---
+    def _redis_alarms(self, args: CloudWatchAlarmsArgs) -> None:
+        """Per member cluster: CloudWatch has no replication-group dimension."""
         for index in range(1, args.redis_num_nodes + 1):
             node = pulumi.Output.concat(args.redis_replication_group_id, f"-{index:03d}")
             self._alarm(
@@ -234,7 +223,9 @@ class CloudWatchAlarms(pulumi.ComponentResource):
                 comparison_operator="GreaterThanThreshold", threshold=REDIS_EVICTIONS_PER_5MIN,
                 treat_missing_data="notBreaching")
 
-        # --- the monitoring host: watched from outside, since it cannot watch itself ----------
+    def _monitoring_host_alarms(self, args: CloudWatchAlarmsArgs) -> None:
+        """The monitoring host, watched from outside, since it cannot watch itself."""
+        host = {"InstanceId": args.monitoring_instance_id}
         self._alarm(
             "monitoring-system-check",
             "The monitoring host failed its system status check; EC2 recovers it onto healthy hardware",
@@ -261,12 +252,6 @@ class CloudWatchAlarms(pulumi.ComponentResource):
             namespace=CLOUDWATCH_NAMESPACE, metric_name="disk_used_percent", statistic="Maximum",
             dimensions={**host, "path": DATA_DIR}, period=300, evaluation_periods=2,
             comparison_operator="GreaterThanThreshold", threshold=MONITORING_DISK_PERCENT, treat_missing_data="missing")
-
-        self._rotation_alarms(args)
-        if args.waf_web_acl_name is not None:
-            self._waf_alarm(args.waf_web_acl_name, args.region, args.waf_mode)
-
-        self.register_outputs({"alarm_names": self.alarm_names})
 
     def _rotation_alarms(self, args: CloudWatchAlarmsArgs) -> None:
         """A failed rotation step raises in the function (Secrets Manager retries, then gives
@@ -324,3 +309,30 @@ class CloudWatchAlarms(pulumi.ComponentResource):
             **kwargs,
         ), opts)
         self.alarm_names.append(alarm.name)
+
+
+def topic_policy_statements(topic_arn: pulumi.Input[str], account_id: str, region: str) -> list[dict[str, Any]]:
+    """The alerts topic's resource policy. Principals of our own account publish through their
+    IAM policies (the monitoring host's role); the resource policy only has to admit CloudWatch
+    alarms, and refuses publishing without TLS."""
+    return [
+        {
+            "Sid": "CloudWatchAlarmsOfThisAccountPublish",
+            "Effect": "Allow",
+            "Principal": {"Service": "cloudwatch.amazonaws.com"},
+            "Action": "sns:Publish",
+            "Resource": topic_arn,
+            "Condition": {
+                "StringEquals": {"aws:SourceAccount": account_id},
+                "ArnLike": {"aws:SourceArn": f"arn:aws:cloudwatch:{region}:{account_id}:alarm:*"},
+            },
+        },
+        {
+            "Sid": "DenyPublishWithoutTls",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "sns:Publish",
+            "Resource": topic_arn,
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        },
+    ]

@@ -39,37 +39,37 @@ GROUP_METRICS = tuple(aws.autoscaling.Metric(m) for m in (
 @dataclass
 class ApiHostsArgs:
     ami_id: pulumi.Input[str]                    # components.ami.amazon_linux_2023_ami
-    instance_type: str
-    root_volume_gb: int
-    kms_key_arn: pulumi.Input[str]
-    private_subnet_ids: Sequence[pulumi.Input[str]]
-    security_group_id: pulumi.Input[str]
-    target_group_arn: pulumi.Input[str]
-    min_size: int
-    max_size: int
-    desired_capacity: int
-    cpu_target_percent: int
-    environment: str
-    region: str
-    vpc_cidr: str
-    app_port: int
-    health_check_path: str
-    app_version: str
-    artifact_bucket: str
-    artifact_key: str
+    instance_type: str                           # config apiInstanceType, e.g. "c6i.xlarge"
+    root_volume_gb: int                          # config apiRootVolumeGb: encrypted gp3 root volume (GiB)
+    kms_key_arn: pulumi.Input[str]               # DataKey.arn: root volumes, the log group, the secrets' decryption
+    private_subnet_ids: Sequence[pulumi.Input[str]]  # Network.private_subnet_ids: one per AZ, the group spreads over them
+    security_group_id: pulumi.Input[str]         # SecurityGroups.ids["api"]
+    target_group_arn: pulumi.Input[str]          # LoadBalancer.target_group_arn: the group registers its hosts there
+    min_size: int                                # config apiMinSize (hosts); also the healthy hosts `up` waits for
+    max_size: int                                # config apiMaxSize (hosts)
+    desired_capacity: int                        # config apiDesiredCapacity: hosts at creation; then the scaling policy owns it
+    cpu_target_percent: int                      # config apiCpuTargetPercent: average CPU (%) the scaling policy aims at
+    environment: str                             # config environment ("staging", "prod"): the app's settings
+    region: str                                  # AWS region (config aws:region)
+    vpc_cidr: str                                # config vpcCidr: the proxies nginx trusts for X-Forwarded-For
+    app_port: int                                # config appPort: the port nginx serves to the load balancer
+    health_check_path: str                       # config healthCheckPath, e.g. "/health/"
+    app_version: str                             # config appVersion: the release the hosts install
+    artifact_bucket: str                         # bucket of config appArtifactUrl (the release archive)
+    artifact_key: str                            # key of config appArtifactUrl with the version filled in
     # Host name clients use (LoadBalancer.public_host).
     public_host: pulumi.Input[str]
     # Tags for what the provider's default tags do not reach (instances, volumes, the group).
     tags: Mapping[str, str]
-    app_secret_arn: pulumi.Input[str]
+    app_secret_arn: pulumi.Input[str]            # AppSecrets.app_secret_arn: SECRET_KEY and its fallbacks
     # Integration name -> secret ARN (AppSecrets.integration_secret_arns).
     integration_secret_arns: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     # Created by the database-operations part ({engine, host, port, dbname, username, password}).
     database_secret_arn: Optional[pulumi.Input[str]] = None
     # Created by the data part ({host, port, auth_token, tls}).
     redis_secret_arn: Optional[pulumi.Input[str]] = None
-    root_device_name: str = "/dev/xvda"
-    log_retention_days: int = API_LOG_RETENTION_DAYS
+    root_device_name: str = "/dev/xvda"          # the AMI's root device (components.ami lookup)
+    log_retention_days: int = API_LOG_RETENTION_DAYS  # days the hosts' log group keeps logs
     # Resources a new release waits for before its launch template exists (the migrations):
     # hosts of a release never start against a schema older than the release.
     start_after: Sequence[pulumi.Resource] = ()
@@ -89,17 +89,36 @@ class ApiHosts(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ApiHostsArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(type_token("api_hosts", "ApiHosts"), name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        prefix = physical_prefix()
-        host_tags = {**args.tags, "Name": f"{prefix}-api", "role": "api"}
-
+        tags = host_tags(args, physical_prefix())
         log_group = aws.cloudwatch.LogGroup(f"{name}-logs", aws.cloudwatch.LogGroupArgs(
             name=f"/{pulumi.get_project()}/{pulumi.get_stack()}/api",
             retention_in_days=args.log_retention_days,
             kms_key_id=args.kms_key_arn,
             tags=name_tag("api-logs"),
-        ), child)
+        ), pulumi.ResourceOptions(parent=self))
+        role, profile = self._identity(name, args)
+        template = self._launch_template(name, args, profile, self._user_data(args, log_group), tags)
+        group = self._group(name, args, template, tags)
+        self._scaling_policy(name, args, group)
 
+        self.asg_name = group.name
+        self.launch_template_id = template.id
+        self.launch_template_latest_version = template.latest_version
+        self.role_arn = role.arn
+        self.role_name = role.name
+        self.instance_profile_name = profile.name
+        self.log_group_name = log_group.name
+        self.register_outputs({
+            "asg_name": self.asg_name, "launch_template_id": self.launch_template_id, "role_arn": self.role_arn,
+            "role_name": self.role_name, "instance_profile_name": self.instance_profile_name,
+            "log_group_name": self.log_group_name,
+        })
+
+    def _identity(self, name: str, args: ApiHostsArgs) -> tuple[aws.iam.Role, aws.iam.InstanceProfile]:
+        """The hosts' role (managed policies for SSM and the CloudWatch agent, an inline policy
+        for the app's own needs) and its instance profile."""
+        child = pulumi.ResourceOptions(parent=self)
+        prefix = physical_prefix()
         role = aws.iam.Role(f"{name}-role", aws.iam.RoleArgs(
             name_prefix=f"{prefix}-api-"[:38],
             description="API hosts: SSM sessions, CloudWatch agent, the app's secrets and its release artifact",
@@ -109,45 +128,31 @@ class ApiHosts(pulumi.ComponentResource):
         for label, policy_arn in MANAGED_POLICIES.items():
             aws.iam.RolePolicyAttachment(f"{name}-{label}", aws.iam.RolePolicyAttachmentArgs(
                 role=role.name, policy_arn=policy_arn), child)
-        secret_arns = self._secret_arns(args)
         aws.iam.RolePolicy(f"{name}-app-access", aws.iam.RolePolicyArgs(
             role=role.id,
             policy=policy_json(instance_policy_statements(
-                secret_arns, args.kms_key_arn, args.region, args.artifact_bucket, args.artifact_key)),
+                host_secret_arns(args), args.kms_key_arn, args.region, args.artifact_bucket, args.artifact_key)),
         ), child)
         profile = aws.iam.InstanceProfile(f"{name}-profile", aws.iam.InstanceProfileArgs(
             name_prefix=f"{prefix}-api-"[:38], role=role.name, tags=name_tag("api-profile")), child)
+        return role, profile
 
-        user_data = pulumi.Output.all(
+    @staticmethod
+    def _user_data(args: ApiHostsArgs, log_group: aws.cloudwatch.LogGroup) -> pulumi.Output[str]:
+        """The hosts' cloud-init, rendered once the ids and ARNs it names are known."""
+        return pulumi.Output.all(
             public_host=args.public_host,
             log_group=log_group.name,
             app_secret=args.app_secret_arn,
             integrations=pulumi.Output.all(**dict(args.integration_secret_arns)),
             database=args.database_secret_arn,
             redis=args.redis_secret_arn,
-        ).apply(lambda v: encode_user_data(render_api_user_data(ApiHostSettings(
-            environment=args.environment,
-            region=args.region,
-            app_version=args.app_version,
-            artifact_bucket=args.artifact_bucket,
-            artifact_key=args.artifact_key,
-            app_port=args.app_port,
-            health_check_path=args.health_check_path,
-            vpc_cidr=args.vpc_cidr,
-            public_host=v["public_host"],
-            log_group_name=v["log_group"],
-            app_secret_arn=v["app_secret"],
-            integration_secret_arns=v["integrations"] or {},
-            database_secret_arn=v["database"],
-            redis_secret_arn=v["redis"],
-        )), host="API host"))
+        ).apply(lambda v: encode_user_data(render_api_user_data(api_host_settings(args, v)), host="API host"))
 
-        tag_specifications = [
-            aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=host_tags)
-            for kind in ("instance", "volume", "network-interface")
-        ]
-        template = aws.ec2.LaunchTemplate(f"{name}-lt", aws.ec2.LaunchTemplateArgs(
-            name_prefix=f"{prefix}-api-",
+    def _launch_template(self, name: str, args: ApiHostsArgs, profile: aws.iam.InstanceProfile,
+                         user_data: pulumi.Input[str], tags: Mapping[str, str]) -> aws.ec2.LaunchTemplate:
+        return aws.ec2.LaunchTemplate(f"{name}-lt", aws.ec2.LaunchTemplateArgs(
+            name_prefix=f"{physical_prefix()}-api-",
             description=f"psychology-api hosts, release {args.app_version}",
             image_id=args.ami_id,
             instance_type=args.instance_type,
@@ -178,13 +183,16 @@ class ApiHosts(pulumi.ComponentResource):
             )],
             monitoring=aws.ec2.LaunchTemplateMonitoringArgs(enabled=True),
             user_data=user_data,
-            tag_specifications=tag_specifications,
+            tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=tags)
+                                for kind in ("instance", "volume", "network-interface")],
             update_default_version=True,
             tags=name_tag("api-lt"),
         ), pulumi.ResourceOptions(parent=self, depends_on=list(args.start_after)))
 
-        group = aws.autoscaling.Group(f"{name}-asg", aws.autoscaling.GroupArgs(
-            name=f"{prefix}-api",
+    def _group(self, name: str, args: ApiHostsArgs, template: aws.ec2.LaunchTemplate,
+               tags: Mapping[str, str]) -> aws.autoscaling.Group:
+        return aws.autoscaling.Group(f"{name}-asg", aws.autoscaling.GroupArgs(
+            name=f"{physical_prefix()}-api",
             vpc_zone_identifiers=list(args.private_subnet_ids),
             min_size=args.min_size,
             max_size=args.max_size,
@@ -219,12 +227,13 @@ class ApiHosts(pulumi.ComponentResource):
             wait_for_capacity_timeout="15m",
             min_elb_capacity=args.min_size,
             tags=[aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True)
-                  for k, v in sorted(host_tags.items())],
+                  for k, v in sorted(tags.items())],
         ), pulumi.ResourceOptions(
             parent=self,
             # The desired capacity is the starting point; afterwards the scaling policy owns it.
             ignore_changes=["desiredCapacity"]))
 
+    def _scaling_policy(self, name: str, args: ApiHostsArgs, group: aws.autoscaling.Group) -> None:
         aws.autoscaling.Policy(f"{name}-cpu-target", aws.autoscaling.PolicyArgs(
             autoscaling_group_name=group.name,
             policy_type="TargetTrackingScaling",
@@ -233,27 +242,42 @@ class ApiHosts(pulumi.ComponentResource):
                     predefined_metric_type="ASGAverageCPUUtilization"),
                 target_value=float(args.cpu_target_percent),
             ),
-        ), child)
+        ), pulumi.ResourceOptions(parent=self))
 
-        self.asg_name = group.name
-        self.launch_template_id = template.id
-        self.launch_template_latest_version = template.latest_version
-        self.role_arn = role.arn
-        self.role_name = role.name
-        self.instance_profile_name = profile.name
-        self.log_group_name = log_group.name
-        self.register_outputs({
-            "asg_name": self.asg_name, "launch_template_id": self.launch_template_id, "role_arn": self.role_arn,
-            "role_name": self.role_name, "instance_profile_name": self.instance_profile_name,
-            "log_group_name": self.log_group_name,
-        })
 
-    @staticmethod
-    def _secret_arns(args: ApiHostsArgs) -> list[pulumi.Input[str]]:
-        arns: list[pulumi.Input[str]] = [args.app_secret_arn]
-        arns.extend(args.integration_secret_arns[k] for k in sorted(args.integration_secret_arns))
-        arns.extend(arn for arn in (args.database_secret_arn, args.redis_secret_arn) if arn is not None)
-        return arns
+def host_tags(args: ApiHostsArgs, prefix: str) -> dict[str, str]:
+    """Tags of the hosts, their volumes and network interfaces, and the group."""
+    return {**args.tags, "Name": f"{prefix}-api", "role": "api"}
+
+
+def host_secret_arns(args: ApiHostsArgs) -> list[pulumi.Input[str]]:
+    """Every secret the hosts read at boot: the app's, each integration's (sorted by name), the
+    database login and Redis when given."""
+    arns: list[pulumi.Input[str]] = [args.app_secret_arn]
+    arns.extend(args.integration_secret_arns[k] for k in sorted(args.integration_secret_arns))
+    arns.extend(arn for arn in (args.database_secret_arn, args.redis_secret_arn) if arn is not None)
+    return arns
+
+
+def api_host_settings(args: ApiHostsArgs, resolved: Mapping[str, Any]) -> ApiHostSettings:
+    """What the hosts' files are rendered from: the args plus the resolved values of the inputs
+    that are Outputs (public_host, log_group, app_secret, integrations, database, redis)."""
+    return ApiHostSettings(
+        environment=args.environment,
+        region=args.region,
+        app_version=args.app_version,
+        artifact_bucket=args.artifact_bucket,
+        artifact_key=args.artifact_key,
+        app_port=args.app_port,
+        health_check_path=args.health_check_path,
+        vpc_cidr=args.vpc_cidr,
+        public_host=resolved["public_host"],
+        log_group_name=resolved["log_group"],
+        app_secret_arn=resolved["app_secret"],
+        integration_secret_arns=resolved["integrations"] or {},
+        database_secret_arn=resolved["database"],
+        redis_secret_arn=resolved["redis"],
+    )
 
 
 def instance_policy_statements(secret_arns: Sequence[pulumi.Input[str]], kms_key_arn: pulumi.Input[str],

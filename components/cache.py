@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -49,19 +49,19 @@ PARAMETERS = {"maxmemory-policy": "allkeys-lru"}
 
 @dataclass
 class CacheArgs:
-    engine_version: str                      # "7.0" or "7.1"
-    parameter_group_family: str              # "redis7"
-    node_type: str
-    num_nodes: int                           # 2+ enables automatic failover and Multi-AZ
+    engine_version: str                      # config redisEngineVersion: "7.0" or "7.1"
+    parameter_group_family: str              # "redis7" (the family of both supported versions)
+    node_type: str                           # config redisNodeType, e.g. "cache.m6g.large" (fixes maxmemory)
+    num_nodes: int                           # config redisNumNodes: 2+ enables automatic failover and Multi-AZ
     availability_zones: Sequence[str]        # nodes are spread over these, primary in the first
-    subnet_group_name: pulumi.Input[str]
-    security_group_id: pulumi.Input[str]
-    kms_key_arn: pulumi.Input[str]           # at rest, the secret, the slow-log group
-    snapshot_retention_days: int
-    apply_immediately: bool
-    final_snapshot: bool                     # take a snapshot when the group is deleted
-    secret_recovery_window_days: int
-    log_retention_days: int
+    subnet_group_name: pulumi.Input[str]     # Network.cache_subnet_group_name: the isolated database subnets
+    security_group_id: pulumi.Input[str]     # SecurityGroups.ids["redis"]
+    kms_key_arn: pulumi.Input[str]           # DataKey.arn: at rest, the secret, the slow-log group
+    snapshot_retention_days: int             # config redisSnapshotRetentionDays: days automatic snapshots are kept
+    apply_immediately: bool                  # changes now (staging) or in the maintenance window (prod)
+    final_snapshot: bool                     # take a snapshot when the group is deleted (config deletionProtection)
+    secret_recovery_window_days: int         # config secretRecoveryWindowDays: days a deleted secret can be restored
+    log_retention_days: int                  # config dataLogRetentionDays: days the slow log is kept
 
 
 class Cache(pulumi.ComponentResource):
@@ -75,12 +75,10 @@ class Cache(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: CacheArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(type_token("cache", "Cache"), name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         group_id = f"{physical_prefix()}-redis"
         if len(group_id) > 40:
             raise ValueError(f"replication group id {group_id} is longer than ElastiCache's 40 characters")
-        failover = args.num_nodes >= 2
-
+        child = pulumi.ResourceOptions(parent=self)
         parameter_group = aws.elasticache.ParameterGroup(f"{name}-params", aws.elasticache.ParameterGroupArgs(
             family=args.parameter_group_family,
             description="psychology-api Redis settings (spec 3.2.3)",
@@ -88,19 +86,42 @@ class Cache(pulumi.ComponentResource):
                         for key, value in PARAMETERS.items()],
             tags=name_tag("redis-params"),
         ), child)
-
         auth_token = random.RandomPassword(f"{name}-auth-token", random.RandomPasswordArgs(
             length=AUTH_TOKEN_LENGTH, special=False, min_upper=4, min_lower=4, min_numeric=4), child)
-
         slow_log = aws.cloudwatch.LogGroup(f"{name}-slow-log", aws.cloudwatch.LogGroupArgs(
             name=f"/psychology-api/{pulumi.get_stack()}/redis/slow-log",
             retention_in_days=args.log_retention_days,
             kms_key_id=args.kms_key_arn,
             tags=name_tag("redis-slow-log"),
         ), child)
+        group = self._replication_group(name, group_id, args, parameter_group, auth_token, slow_log)
+        port = group.port.apply(lambda value: int(value) if value is not None else REDIS_PORT)
+        secret, first_value = self._secret(name, args, group, port, auth_token)
 
-        zones = [args.availability_zones[i % len(args.availability_zones)] for i in range(args.num_nodes)]
-        group = aws.elasticache.ReplicationGroup(f"{name}-group", aws.elasticache.ReplicationGroupArgs(
+        self.primary_endpoint = group.primary_endpoint_address
+        self.reader_endpoint = group.reader_endpoint_address
+        self.port = port
+        self.replication_group_id = group.replication_group_id
+        self.arn = group.arn
+        # Known once the secret holds a value: whoever takes the ARN (hosts, functions, the
+        # rotation) may read it right away.
+        self.secret_arn = pulumi.Output.all(secret.arn, first_value.id).apply(lambda values: str(values[0]))
+        self.slow_log_group_name = slow_log.name
+        self.register_outputs({
+            "primary_endpoint": self.primary_endpoint,
+            "reader_endpoint": self.reader_endpoint,
+            "port": self.port,
+            "replication_group_id": self.replication_group_id,
+            "arn": self.arn,
+            "secret_arn": self.secret_arn,
+            "slow_log_group_name": self.slow_log_group_name,
+        })
+
+    def _replication_group(self, name: str, group_id: str, args: CacheArgs,
+                           parameter_group: aws.elasticache.ParameterGroup, auth_token: random.RandomPassword,
+                           slow_log: aws.cloudwatch.LogGroup) -> aws.elasticache.ReplicationGroup:
+        failover = args.num_nodes >= 2
+        return aws.elasticache.ReplicationGroup(f"{name}-group", aws.elasticache.ReplicationGroupArgs(
             replication_group_id=group_id,
             description="psychology-api cache, sessions and task queue",
             engine="redis",
@@ -108,7 +129,7 @@ class Cache(pulumi.ComponentResource):
             auto_minor_version_upgrade=True,
             node_type=args.node_type,
             num_cache_clusters=args.num_nodes,
-            preferred_cache_cluster_azs=zones,
+            preferred_cache_cluster_azs=node_zones(args.availability_zones, args.num_nodes),
             automatic_failover_enabled=failover,
             multi_az_enabled=failover,
             parameter_group_name=parameter_group.name,
@@ -136,44 +157,34 @@ class Cache(pulumi.ComponentResource):
                                   # The rotation function owns the token after creation (see above).
                                   ignore_changes=["auth_token"]))
 
-        port = group.port.apply(lambda value: int(value) if value is not None else REDIS_PORT)
-
-        # Contract with the API hosts: REDIS_HOST, REDIS_PORT, REDIS_PASSWORD and
-        # REDIS_URL=rediss://:<token>@host:port/0 are built from this document.
+    def _secret(self, name: str, args: CacheArgs, group: aws.elasticache.ReplicationGroup, port: pulumi.Output[int],
+                auth_token: random.RandomPassword) -> tuple[aws.secretsmanager.Secret, aws.secretsmanager.SecretVersion]:
+        """The connection secret and its first value (connection_document)."""
         secret = aws.secretsmanager.Secret(f"{name}-secret", aws.secretsmanager.SecretArgs(
             name=f"{pulumi.get_project()}/{pulumi.get_stack()}/redis",
             description="Redis connection for the application: host, port, AUTH token, TLS",
             kms_key_id=args.kms_key_arn,
             recovery_window_in_days=args.secret_recovery_window_days,
-            tags=name_tag("redis-secret", {"secret-kind": "redis"})), child)
+            tags=name_tag("redis-secret", {"secret-kind": "redis"})), pulumi.ResourceOptions(parent=self))
         first_value = aws.secretsmanager.SecretVersion(f"{name}-secret-value", aws.secretsmanager.SecretVersionArgs(
             secret_id=secret.id,
-            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps({
-                "host": group.primary_endpoint_address,
-                "port": port,
-                "auth_token": auth_token.result,
-                "tls": True,
-            }))), pulumi.ResourceOptions(parent=self,
-                                         # After the first rotation the value belongs to the rotation
-                                         # function; writing it again would put back a token that
-                                         # the group no longer accepts after the next rotation.
-                                         ignore_changes=["secret_string", "version_stages"]))
+            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps(
+                connection_document(group.primary_endpoint_address, port, auth_token.result)))),
+            pulumi.ResourceOptions(parent=self,
+                                   # After the first rotation the value belongs to the rotation
+                                   # function; writing it again would put back a token that
+                                   # the group no longer accepts after the next rotation.
+                                   ignore_changes=["secret_string", "version_stages"]))
+        return secret, first_value
 
-        self.primary_endpoint = group.primary_endpoint_address
-        self.reader_endpoint = group.reader_endpoint_address
-        self.port = port
-        self.replication_group_id = group.replication_group_id
-        self.arn = group.arn
-        # Known once the secret holds a value: whoever takes the ARN (hosts, functions, the
-        # rotation) may read it right away.
-        self.secret_arn = pulumi.Output.all(secret.arn, first_value.id).apply(lambda values: str(values[0]))
-        self.slow_log_group_name = slow_log.name
-        self.register_outputs({
-            "primary_endpoint": self.primary_endpoint,
-            "reader_endpoint": self.reader_endpoint,
-            "port": self.port,
-            "replication_group_id": self.replication_group_id,
-            "arn": self.arn,
-            "secret_arn": self.secret_arn,
-            "slow_log_group_name": self.slow_log_group_name,
-        })
+
+def node_zones(availability_zones: Sequence[str], num_nodes: int) -> list[str]:
+    """The AZ of each node, round robin over the zones: the primary in the first."""
+    return [availability_zones[i % len(availability_zones)] for i in range(num_nodes)]
+
+
+def connection_document(host: pulumi.Input[str], port: pulumi.Input[int], auth_token: pulumi.Input[str]) -> dict[str, Any]:
+    """The Redis secret's value. Contract with the API hosts: REDIS_HOST, REDIS_PORT,
+    REDIS_PASSWORD and REDIS_URL=rediss://:<token>@host:port/0 are built from this document;
+    the rotation function (scripts/dbops/redis_rotation.py) keeps its keys."""
+    return {"host": host, "port": port, "auth_token": auth_token, "tls": True}

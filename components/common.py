@@ -27,6 +27,21 @@ def name_tag(role: str, extra: Mapping[str, str] | None = None) -> dict[str, str
     return tags
 
 
+def joined(*parts: pulumi.Input[str]) -> pulumi.Input[str]:
+    """The parts concatenated: a plain string when every part is one, else an Output. Keeps the
+    document builders pure, so tests call them with plain strings and compare plain data."""
+    if all(isinstance(part, str) for part in parts):
+        return "".join(str(part) for part in parts)
+    return pulumi.Output.concat(*parts)
+
+
+def as_text(value: pulumi.Input[Any]) -> pulumi.Input[str]:
+    """A value as the string an environment variable holds (plain values stay plain)."""
+    if isinstance(value, (str, int)):
+        return str(value)
+    return pulumi.Output.from_input(value).apply(str)
+
+
 def policy_json(statements: Sequence[Mapping[str, Any]]) -> pulumi.Output[str]:
     """An IAM policy document from statements that may contain Outputs."""
     return pulumi.Output.json_dumps({"Version": "2012-10-17", "Statement": list(statements)})

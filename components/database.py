@@ -34,26 +34,26 @@ ENHANCED_MONITORING_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonRDSEnha
 
 @dataclass
 class DatabaseArgs:
-    engine_version: str                      # a major ("16") or a minor ("16.8")
+    engine_version: str                      # config dbEngineVersion: a major ("16") or a minor ("16.8")
     parameter_group_family: str              # e.g. "postgres16"; must match the major
-    instance_class: str
-    allocated_storage_gb: int
-    max_allocated_storage_gb: int            # storage autoscaling ceiling
-    multi_az: bool
-    db_name: str
-    subnet_group_name: pulumi.Input[str]
-    security_group_id: pulumi.Input[str]
-    kms_key_arn: pulumi.Input[str]           # storage, master secret, Performance Insights, logs
-    backup_retention_days: int
+    instance_class: str                      # config dbInstanceClass, e.g. "db.m6g.xlarge"
+    allocated_storage_gb: int                # config dbAllocatedStorageGb: storage at creation (GiB)
+    max_allocated_storage_gb: int            # config dbMaxAllocatedStorageGb: storage autoscaling ceiling (GiB)
+    multi_az: bool                           # config dbMultiAz: a standby in another AZ
+    db_name: str                             # config dbName: the database created with the instance
+    subnet_group_name: pulumi.Input[str]     # Network.db_subnet_group_name: the isolated database subnets
+    security_group_id: pulumi.Input[str]     # SecurityGroups.ids["database"]
+    kms_key_arn: pulumi.Input[str]           # DataKey.arn: storage, master secret, Performance Insights, logs
+    backup_retention_days: int               # config dbBackupRetentionDays: days automated backups are kept
     # Deletion protection, a final snapshot and automated backups kept after deletion.
     deletion_protection: bool
-    apply_immediately: bool
-    performance_insights_retention_days: int
-    monitoring_interval_seconds: int         # 0 disables enhanced monitoring
-    log_retention_days: int
-    account_id: str
-    master_username: str = MASTER_USERNAME
-    iam_database_authentication: bool = False
+    apply_immediately: bool                  # changes now (staging) or in the maintenance window (prod)
+    performance_insights_retention_days: int  # config dbPerformanceInsightsRetentionDays (days: 7, 31 * n, or 731)
+    monitoring_interval_seconds: int         # config dbMonitoringIntervalSeconds: 0 disables enhanced monitoring
+    log_retention_days: int                  # config dataLogRetentionDays: days the PostgreSQL logs are kept
+    account_id: str                          # this account's id: the monitoring role's confused-deputy guard
+    master_username: str = MASTER_USERNAME   # RDS keeps its password in Secrets Manager
+    iam_database_authentication: bool = False  # IAM tokens as database passwords (not used by the app)
     # A major upgrade is a reviewed, one-release change: True together with the new major in
     # dbEngineVersion (which also brings a parameter group of the new family), then back to False.
     allow_major_version_upgrade: bool = False
@@ -73,14 +73,41 @@ class Database(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DatabaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(type_token("database", "Database"), name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         major = args.engine_version.split(".")[0]
         if args.parameter_group_family != f"postgres{major}":
             raise ValueError(f"parameter group family {args.parameter_group_family} does not match "
                              f"PostgreSQL {args.engine_version}")
         identifier = f"{physical_prefix()}-postgres"
+        parameter_group = self._parameter_group(name, args)
+        log_groups = self._log_groups(name, identifier, args)
+        monitoring_role_arn = self._monitoring_role(name, args) if args.monitoring_interval_seconds > 0 else None
+        instance = self._instance(name, identifier, args, parameter_group, log_groups, monitoring_role_arn)
 
-        parameter_group = aws.rds.ParameterGroup(f"{name}-params", aws.rds.ParameterGroupArgs(
+        self.endpoint = instance.address
+        self.port = instance.port
+        self.db_name = instance.db_name
+        self.identifier = instance.identifier
+        self.arn = instance.arn
+        self.resource_id = instance.resource_id
+        self.master_secret_arn = instance.master_user_secrets.apply(_first_secret_arn)
+        self.master_username = instance.username
+        self.parameter_group_name = parameter_group.name
+        self.log_group_names = [group.name for group in log_groups]
+        self.register_outputs({
+            "endpoint": self.endpoint,
+            "port": self.port,
+            "db_name": self.db_name,
+            "identifier": self.identifier,
+            "arn": self.arn,
+            "resource_id": self.resource_id,
+            "master_secret_arn": self.master_secret_arn,
+            "master_username": self.master_username,
+            "parameter_group_name": self.parameter_group_name,
+            "log_group_names": self.log_group_names,
+        })
+
+    def _parameter_group(self, name: str, args: DatabaseArgs) -> aws.rds.ParameterGroup:
+        return aws.rds.ParameterGroup(f"{name}-params", aws.rds.ParameterGroupArgs(
             # A prefix, not a name: a new major version needs a new group created before the
             # old one is deleted.
             name_prefix=f"{physical_prefix()}-{args.parameter_group_family}-",
@@ -89,33 +116,38 @@ class Database(pulumi.ComponentResource):
             parameters=[aws.rds.ParameterGroupParameterArgs(name=p.name, value=p.value, apply_method=p.apply_method)
                         for p in PARAMETERS],
             tags=name_tag("postgres-params"),
-        ), child)
+        ), pulumi.ResourceOptions(parent=self))
 
-        # RDS would create these on first export, unencrypted and kept forever. Created here
-        # first, they carry the data key (statement logs may contain personal data) and a retention.
-        log_groups = [
+    def _log_groups(self, name: str, identifier: str, args: DatabaseArgs) -> list[aws.cloudwatch.LogGroup]:
+        """RDS would create these on first export, unencrypted and kept forever. Created here
+        first, they carry the data key (statement logs may contain personal data) and a retention."""
+        return [
             aws.cloudwatch.LogGroup(f"{name}-log-{kind}", aws.cloudwatch.LogGroupArgs(
                 name=f"/aws/rds/instance/{identifier}/{kind}",
                 retention_in_days=args.log_retention_days,
                 kms_key_id=args.kms_key_arn,
                 tags=name_tag(f"postgres-{kind}-log"),
-            ), child)
+            ), pulumi.ResourceOptions(parent=self))
             for kind in LOG_EXPORTS
         ]
 
-        monitoring_role_arn: Optional[pulumi.Output[str]] = None
-        if args.monitoring_interval_seconds > 0:
-            monitoring_role = aws.iam.Role(f"{name}-monitoring-role", aws.iam.RoleArgs(
-                description="Lets RDS enhanced monitoring publish OS metrics of the PostgreSQL instance",
-                assume_role_policy=assume_role_policy("monitoring.rds.amazonaws.com", args.account_id),
-                tags=name_tag("postgres-monitoring-role"),
-            ), child)
-            attachment = aws.iam.RolePolicyAttachment(f"{name}-monitoring-policy", aws.iam.RolePolicyAttachmentArgs(
-                role=monitoring_role.name, policy_arn=ENHANCED_MONITORING_POLICY), child)
-            # The instance must not start before the role can actually be used.
-            monitoring_role_arn = pulumi.Output.all(monitoring_role.arn, attachment.id).apply(lambda v: str(v[0]))
+    def _monitoring_role(self, name: str, args: DatabaseArgs) -> pulumi.Output[str]:
+        """The enhanced-monitoring role's ARN, known once its policy is attached."""
+        child = pulumi.ResourceOptions(parent=self)
+        monitoring_role = aws.iam.Role(f"{name}-monitoring-role", aws.iam.RoleArgs(
+            description="Lets RDS enhanced monitoring publish OS metrics of the PostgreSQL instance",
+            assume_role_policy=assume_role_policy("monitoring.rds.amazonaws.com", args.account_id),
+            tags=name_tag("postgres-monitoring-role"),
+        ), child)
+        attachment = aws.iam.RolePolicyAttachment(f"{name}-monitoring-policy", aws.iam.RolePolicyAttachmentArgs(
+            role=monitoring_role.name, policy_arn=ENHANCED_MONITORING_POLICY), child)
+        # The instance must not start before the role can actually be used.
+        return pulumi.Output.all(monitoring_role.arn, attachment.id).apply(lambda v: str(v[0]))
 
-        instance = aws.rds.Instance(f"{name}-instance", aws.rds.InstanceArgs(
+    def _instance(self, name: str, identifier: str, args: DatabaseArgs, parameter_group: aws.rds.ParameterGroup,
+                  log_groups: Sequence[aws.cloudwatch.LogGroup],
+                  monitoring_role_arn: Optional[pulumi.Output[str]]) -> aws.rds.Instance:
+        return aws.rds.Instance(f"{name}-instance", aws.rds.InstanceArgs(
             identifier=identifier,
             engine="postgres",
             engine_version=args.engine_version,
@@ -158,29 +190,6 @@ class Database(pulumi.ComponentResource):
             enabled_cloudwatch_logs_exports=list(LOG_EXPORTS),
             tags=name_tag("postgres"),
         ), pulumi.ResourceOptions(parent=self, depends_on=list(log_groups)))
-
-        self.endpoint = instance.address
-        self.port = instance.port
-        self.db_name = instance.db_name
-        self.identifier = instance.identifier
-        self.arn = instance.arn
-        self.resource_id = instance.resource_id
-        self.master_secret_arn = instance.master_user_secrets.apply(_first_secret_arn)
-        self.master_username = instance.username
-        self.parameter_group_name = parameter_group.name
-        self.log_group_names = [group.name for group in log_groups]
-        self.register_outputs({
-            "endpoint": self.endpoint,
-            "port": self.port,
-            "db_name": self.db_name,
-            "identifier": self.identifier,
-            "arn": self.arn,
-            "resource_id": self.resource_id,
-            "master_secret_arn": self.master_secret_arn,
-            "master_username": self.master_username,
-            "parameter_group_name": self.parameter_group_name,
-            "log_group_names": self.log_group_names,
-        })
 
 
 def _first_secret_arn(secrets: Optional[Sequence[aws.rds.outputs.InstanceMasterUserSecret]]) -> str:

@@ -47,7 +47,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from components.commands import release_step, script_command
-from components.common import assume_role_policy, name_tag, physical_prefix, policy_json, type_token
+from components.common import as_text, assume_role_policy, name_tag, physical_prefix, policy_json, type_token
 from components.connection_budget import FUNCTION_LIMITS
 from components.lambda_package import LambdaPackage, build_lambda_package
 from scripts.dbops.rotation_check import DEFAULT_MARGIN_DAYS
@@ -102,31 +102,31 @@ ROTATION_CHECK_SCHEDULE = "rate(1 hour)"
 
 @dataclass
 class DbOpsArgs:
-    region: str
-    account_id: str
-    kms_key_arn: pulumi.Input[str]
-    private_subnet_ids: Sequence[pulumi.Input[str]]
-    security_group_id: pulumi.Input[str]  # SecurityGroups.ids["dbops"]
-    master_secret_arn: pulumi.Input[str]  # the RDS-managed master secret
-    db_host: pulumi.Input[str]
-    db_port: pulumi.Input[int]
-    db_name: str
-    rotation_days: int
-    recovery_window_days: int
-    redis_secret_arn: Optional[pulumi.Input[str]] = None
+    region: str                                  # AWS region (config aws:region): the kms:ViaService conditions
+    account_id: str                              # this account's id: the roles' and invoke permissions' source account
+    kms_key_arn: pulumi.Input[str]               # DataKey.arn: the secrets, the functions' environment and logs
+    private_subnet_ids: Sequence[pulumi.Input[str]]  # Network.private_subnet_ids: where the functions run
+    security_group_id: pulumi.Input[str]         # SecurityGroups.ids["dbops"]
+    master_secret_arn: pulumi.Input[str]         # Database.master_secret_arn: the RDS-managed master secret
+    db_host: pulumi.Input[str]                   # Database.endpoint (host name, no port)
+    db_port: pulumi.Input[int]                   # Database.port (TCP port)
+    db_name: str                                 # config dbName: the application's database
+    rotation_days: int                           # config secretRotationDays: days between rotations of each secret
+    recovery_window_days: int                    # config secretRecoveryWindowDays: days a deleted secret can be restored
+    redis_secret_arn: Optional[pulumi.Input[str]] = None  # Cache.secret_arn: the health check reads it; rotated with the below
     # The replication group whose AUTH token the Redis rotation changes; with these and
     # redis_secret_arn the Redis secret rotates too.
-    redis_replication_group_id: Optional[pulumi.Input[str]] = None
-    redis_replication_group_arn: Optional[pulumi.Input[str]] = None
-    redis_host: Optional[pulumi.Input[str]] = None   # the primary endpoint
-    redis_port: Optional[pulumi.Input[int]] = None
-    log_retention_days: int = 90
+    redis_replication_group_id: Optional[pulumi.Input[str]] = None  # Cache.replication_group_id
+    redis_replication_group_arn: Optional[pulumi.Input[str]] = None  # Cache.arn: the one group the rotation may modify
+    redis_host: Optional[pulumi.Input[str]] = None   # Cache.primary_endpoint
+    redis_port: Optional[pulumi.Input[int]] = None   # Cache.port (TCP port; 6379 when not given)
+    log_retention_days: int = 90                 # config dataLogRetentionDays: days the functions' log groups keep logs
     # Each migration file's lock_timeout, attempts at it and statement_timeout (the migrate
     # function's environment; scripts/dbops/migrations.py).
-    migration_lock_timeout_seconds: int = 5
-    migration_lock_attempts: int = 5
-    migration_statement_timeout_seconds: int = 600
-    package: Optional[LambdaPackage] = None  # built on demand when not given
+    migration_lock_timeout_seconds: int = 5      # config migrationLockTimeoutSeconds (seconds)
+    migration_lock_attempts: int = 5             # config migrationLockAttempts (count)
+    migration_statement_timeout_seconds: int = 600  # config migrationStatementTimeoutSeconds (seconds)
+    package: Optional[LambdaPackage] = None      # the functions' zip (components/lambda_package.py); built on demand when not given
     # What must exist before a function runs: its way to the database, Redis and the Secrets
     # Manager API (security-group rules, NAT routes, interface endpoints). The functions only
     # reference the subnets and the group, not the rules and routes, so without this the
@@ -156,145 +156,93 @@ class DbOps(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DbOpsArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(type_token("dbops", "DbOps"), name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         package = args.package or build_lambda_package()
         self._name, self._args, self._package = name, args, package  # for rotate_generated_secrets
         # The contents' hash, not the zip's: the release steps follow it, and it must not
         # change with the machine that builds the zip (components/lambda_package.py).
         self.package_sha256 = package.content_sha256
-        base = f"{pulumi.get_project()}/{pulumi.get_stack()}"
+        credentials = self._credentials(name, args)
+        self.app_db_secret_arn = credentials.app.arn
+        self.monitor_db_secret_arn = credentials.monitor.arn
+        self.backup_db_secret_arn = credentials.host_logins["backup"][0].arn
+        self.drill_db_secret_arn = credentials.host_logins["drill"][0].arn
+        arns = credentials.arns()
+        redis_rotation = rotates_redis(args)
+        # Every secret a function rotates; watch_rotations() checks them all hourly.
+        self._rotated: list[pulumi.Input[str]] = rotated_secret_arns(arns, redis_rotation, args.redis_secret_arn)
+        self.rotation_metric_namespace = f"{pulumi.get_project()}/{pulumi.get_stack()}/rotation"
+        functions = self._functions(name, args, package, function_statements(args, arns, redis_rotation),
+                                    function_environments(args, arns, redis_rotation))
+        self.bootstrap = self._bootstrap(name, args, credentials, functions["migrate"])
+        self._rotations(name, args, credentials, functions)
+        self.register_outputs({
+            "app_db_secret_arn": self.app_db_secret_arn,
+            "monitor_db_secret_arn": self.monitor_db_secret_arn,
+            "backup_db_secret_arn": self.backup_db_secret_arn,
+            "drill_db_secret_arn": self.drill_db_secret_arn,
+            "function_names": self.function_names,
+            "function_arns": self.function_arns,
+            "package_sha256": self.package_sha256,
+        })
 
-        # --- secrets --------------------------------------------------------------------
-        app_secret = aws.secretsmanager.Secret(f"{name}-app-credentials", aws.secretsmanager.SecretArgs(
-            name=f"{base}/database/app",
+    # --- secrets --------------------------------------------------------------------------
+
+    def _credentials(self, name: str, args: DbOpsArgs) -> _Credentials:
+        app = self._app_secret(name, args)
+        monitor, monitor_version = self._monitor_secret(name, args)
+        host_logins = {key: self._login_secret(name, key, first_user, purpose, args)
+                       for key, (first_user, purpose) in MONITORING_HOST_LOGINS.items()}
+        return _Credentials(app=app, monitor=monitor, monitor_version=monitor_version, host_logins=host_logins)
+
+    def _app_secret(self, name: str, args: DbOpsArgs) -> aws.secretsmanager.Secret:
+        child = pulumi.ResourceOptions(parent=self)
+        secret = aws.secretsmanager.Secret(f"{name}-app-credentials", aws.secretsmanager.SecretArgs(
+            name=f"{pulumi.get_project()}/{pulumi.get_stack()}/database/app",
             description="Application database credentials (engine, host, port, dbname, username, password, masterarn); "
                         f"rotated every {args.rotation_days} days with alternating users",
             kms_key_id=args.kms_key_arn,
             recovery_window_in_days=args.recovery_window_days,
             tags=name_tag("db-app-credentials", {"secret-kind": "database"})), child)
-        app_password = random.RandomPassword(f"{name}-app-first-password", random.RandomPasswordArgs(
-            length=32, special=True, override_special=PASSWORD_SPECIALS, min_special=1, min_numeric=1), child)
+        password = random.RandomPassword(f"{name}-app-first-password", _first_password_args(), child)
         aws.secretsmanager.SecretVersion(f"{name}-app-credentials-first", aws.secretsmanager.SecretVersionArgs(
-            secret_id=app_secret.id,
-            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps({
-                "engine": "postgres", "host": args.db_host, "port": args.db_port, "dbname": args.db_name,
-                "username": APP_FIRST_USER, "password": app_password.result, "masterarn": args.master_secret_arn})),
+            secret_id=secret.id,
+            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps(
+                app_credentials_document(args, password.result))),
         ), pulumi.ResourceOptions(parent=self,
                                   # After the first rotation the value belongs to the rotation function;
                                   # writing it again would put back credentials that no longer work.
                                   ignore_changes=["secret_string", "version_stages"]))
+        return secret
 
-        monitor_secret = aws.secretsmanager.Secret(f"{name}-monitor-credentials", aws.secretsmanager.SecretArgs(
-            name=f"{base}/database/monitor",
+    def _monitor_secret(self, name: str, args: DbOpsArgs) -> tuple[aws.secretsmanager.Secret,
+                                                                    aws.secretsmanager.SecretVersion]:
+        child = pulumi.ResourceOptions(parent=self)
+        secret = aws.secretsmanager.Secret(f"{name}-monitor-credentials", aws.secretsmanager.SecretArgs(
+            name=f"{pulumi.get_project()}/{pulumi.get_stack()}/database/monitor",
             description="Read-only monitoring credentials (pg_monitor) for postgres_exporter: username, password, host, "
                         f"port, dbname; rotated every {args.rotation_days} days with alternating users",
             kms_key_id=args.kms_key_arn,
             recovery_window_in_days=args.recovery_window_days,
             tags=name_tag("db-monitor-credentials", {"secret-kind": "database"})), child)
-        monitor_password = random.RandomPassword(f"{name}-monitor-password", random.RandomPasswordArgs(
-            length=32, special=True, override_special=PASSWORD_SPECIALS, min_special=1, min_numeric=1), child)
-        monitor_version = aws.secretsmanager.SecretVersion(f"{name}-monitor-credentials-value", aws.secretsmanager.SecretVersionArgs(
-            secret_id=monitor_secret.id,
-            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps({
-                "username": MONITOR_FIRST_USER, "password": monitor_password.result, "host": args.db_host,
-                "port": args.db_port, "dbname": args.db_name})),
+        password = random.RandomPassword(f"{name}-monitor-password", _first_password_args(), child)
+        version = aws.secretsmanager.SecretVersion(f"{name}-monitor-credentials-value", aws.secretsmanager.SecretVersionArgs(
+            secret_id=secret.id,
+            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps(
+                login_credentials_document(args, MONITOR_FIRST_USER, password.result))),
         ), pulumi.ResourceOptions(parent=self,
                                   # Rotation owns the value after the first version, as for the
                                   # application's secret. A stack created before the monitoring
                                   # users alternated keeps its psychology_monitor version, which
                                   # the first rotation moves over to psychology_monitor_a.
                                   ignore_changes=["secret_string", "version_stages"]))
-        self.app_db_secret_arn = app_secret.arn
-        self.monitor_db_secret_arn = monitor_secret.arn
-        host_logins = {key: self._login_secret(name, key, first_user, purpose, args)
-                       for key, (first_user, purpose) in MONITORING_HOST_LOGINS.items()}
-        self.backup_db_secret_arn = host_logins["backup"][0].arn
-        self.drill_db_secret_arn = host_logins["drill"][0].arn
-        host_login_arns = [secret.arn for secret, _ in host_logins.values()]
+        return secret, version
 
-        # --- functions --------------------------------------------------------------------
-        endpoint = {"DB_HOST": args.db_host, "DB_PORT": pulumi.Output.from_input(args.db_port).apply(str),
-                    "DB_NAME": args.db_name}
-        read_through_secrets_manager = {
-            "Sid": "DecryptSecretsWithTheDataKey",
-            "Effect": "Allow",
-            "Action": "kms:Decrypt",
-            "Resource": args.kms_key_arn,
-            "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{args.region}.amazonaws.com"}},
-        }
-        readable = [args.master_secret_arn, app_secret.arn, monitor_secret.arn, *host_login_arns]
-        rotated_by_rotate = [app_secret.arn, monitor_secret.arn, *host_login_arns]
-        redis_rotation = (args.redis_secret_arn is not None and args.redis_replication_group_id is not None
-                          and args.redis_replication_group_arn is not None and args.redis_host is not None)
-        generate_passwords = {
-            # GetRandomPassword acts on no resource: IAM accepts only "*" for it.
-            "Sid": "GeneratePasswords", "Effect": "Allow", "Action": "secretsmanager:GetRandomPassword",
-            "Resource": "*",
-        }
-        write_through_secrets_manager = {
-            # New versions are encrypted with the data key, through Secrets Manager only.
-            "Sid": "EncryptAndDecryptSecretsWithTheDataKey", "Effect": "Allow",
-            "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": args.kms_key_arn,
-            "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{args.region}.amazonaws.com"}},
-        }
-        rotate_secret_actions = ROTATE_SECRET_ACTIONS
-        health_secrets = [app_secret.arn] + ([args.redis_secret_arn] if args.redis_secret_arn is not None else [])
-        statements: dict[str, list[dict[str, Any]]] = {
-            "migrate": [
-                {"Sid": "ReadMasterAndRoleCredentials", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
-                 "Resource": readable},
-                read_through_secrets_manager,
-            ],
-            "health": [
-                {"Sid": "ReadApplicationAndRedisCredentials", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
-                 "Resource": health_secrets},
-                read_through_secrets_manager,
-            ],
-            "rotate": [
-                {"Sid": "RotateTheDatabaseCredentialSecrets", "Effect": "Allow", "Action": rotate_secret_actions,
-                 "Resource": rotated_by_rotate},
-                {"Sid": "ReadMasterCredentials", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
-                 "Resource": args.master_secret_arn},
-                generate_passwords,
-                write_through_secrets_manager,
-            ],
-        }
-        if redis_rotation:
-            statements["rotate-redis"] = [
-                {"Sid": "RotateTheRedisSecret", "Effect": "Allow", "Action": rotate_secret_actions,
-                 "Resource": args.redis_secret_arn},
-                {
-                    # The token changes on exactly this replication group; nothing else in ElastiCache.
-                    "Sid": "ChangeTheAuthTokenOfTheReplicationGroup", "Effect": "Allow",
-                    "Action": ["elasticache:ModifyReplicationGroup", "elasticache:DescribeReplicationGroups"],
-                    "Resource": args.redis_replication_group_arn,
-                },
-                generate_passwords,
-                write_through_secrets_manager,
-            ]
-        # Every secret a function rotates; watch_rotations() checks them all hourly.
-        self._rotated: list[pulumi.Input[str]] = list(rotated_by_rotate)
-        if redis_rotation and args.redis_secret_arn is not None:
-            self._rotated.append(args.redis_secret_arn)
-        self.rotation_metric_namespace = f"{base}/rotation"
-        environments: dict[str, dict[str, pulumi.Input[str]]] = {
-            "migrate": {"MASTER_SECRET_ARN": args.master_secret_arn, "APP_DB_SECRET_ARN": app_secret.arn,
-                        "MONITOR_DB_SECRET_ARN": monitor_secret.arn, "BACKUP_DB_SECRET_ARN": self.backup_db_secret_arn,
-                        "DRILL_DB_SECRET_ARN": self.drill_db_secret_arn, **endpoint,
-                        "MIGRATION_LOCK_TIMEOUT_SECONDS": str(args.migration_lock_timeout_seconds),
-                        "MIGRATION_LOCK_ATTEMPTS": str(args.migration_lock_attempts),
-                        "MIGRATION_STATEMENT_TIMEOUT_SECONDS": str(args.migration_statement_timeout_seconds)},
-            "health": {"APP_DB_SECRET_ARN": app_secret.arn, **endpoint,
-                       **({"REDIS_SECRET_ARN": args.redis_secret_arn} if args.redis_secret_arn is not None else {})},
-            "rotate": {"MASTER_SECRET_ARN": args.master_secret_arn, **endpoint},
-        }
-        if redis_rotation:
-            assert args.redis_replication_group_id is not None and args.redis_host is not None
-            environments["rotate-redis"] = {
-                "REDIS_REPLICATION_GROUP_ID": args.redis_replication_group_id,
-                "REDIS_HOST": args.redis_host,
-                "REDIS_PORT": pulumi.Output.from_input(args.redis_port or 6379).apply(str),
-            }
+    # --- functions ------------------------------------------------------------------------
+
+    def _functions(self, name: str, args: DbOpsArgs, package: LambdaPackage,
+                   statements: dict[str, list[dict[str, Any]]],
+                   environments: dict[str, dict[str, pulumi.Input[str]]]) -> dict[str, aws.lambda_.Function]:
+        """The functions that have a policy (rotate-redis only when Redis rotates), in FUNCTIONS order."""
         self.function_names, self.function_arns, self.role_arns = {}, {}, {}
         functions: dict[str, aws.lambda_.Function] = {}
         for key, spec in FUNCTIONS.items():
@@ -306,28 +254,37 @@ class DbOps(pulumi.ComponentResource):
         self.migrate_function_name = functions["migrate"].name
         self.health_function_name = functions["health"].name
         self.rotation_function_arn = functions["rotate"].arn
-        self.redis_rotation_function_arn = functions["rotate-redis"].arn if redis_rotation else None
+        self.redis_rotation_function_arn = functions["rotate-redis"].arn if "rotate-redis" in functions else None
         self.rotation_function_names = {k: functions[k].name for k in ("rotate", "rotate-redis") if k in functions}
+        return functions
 
-        # --- first run and rotation -----------------------------------------------------------
-        # Roles and passwords must exist before Secrets Manager tests the rotation function;
-        # the release steps run the same function again whenever the migrations change.
-        self.bootstrap = release_step(
+    # --- first run and rotation -----------------------------------------------------------
+
+    def _bootstrap(self, name: str, args: DbOpsArgs, credentials: _Credentials,
+                   migrate: aws.lambda_.Function) -> pulumi.Resource:
+        """Roles and passwords must exist before Secrets Manager tests the rotation function;
+        the release steps run the same function again whenever the migrations change."""
+        return release_step(
             f"{name}-bootstrap",
-            script_command("scripts.release", "invoke", "--function", functions["migrate"].name, "--region", args.region),
-            triggers=[app_secret.arn, monitor_version.version_id, *(v.version_id for _, v in host_logins.values()),
+            script_command("scripts.release", "invoke", "--function", migrate.name, "--region", args.region),
+            triggers=[credentials.app.arn, credentials.monitor_version.version_id,
+                      *(v.version_id for _, v in credentials.host_logins.values()),
                       args.master_secret_arn, args.db_host],
             parent=self, depends_on=list(args.network_ready))
-        # One SecretRotation per secret, each with an invoke permission naming exactly that
-        # secret: Secrets Manager may call a function only for the secrets it rotates.
-        self._rotation(name, "app-credentials", "rotation-invoke", app_secret.arn, app_secret.id, functions["rotate"],
-                       args, after=[self.bootstrap])
-        self._rotation(name, "monitor-credentials", "monitor-rotation-invoke", monitor_secret.arn, monitor_secret.id,
-                       functions["rotate"], args, after=[self.bootstrap])
-        for key, (secret, _) in host_logins.items():
-            self._rotation(name, f"{key}-credentials", f"{key}-rotation-invoke", secret.arn, secret.id,
-                           functions["rotate"], args, after=[self.bootstrap])
-        if redis_rotation:
+
+    def _rotations(self, name: str, args: DbOpsArgs, credentials: _Credentials,
+                   functions: dict[str, aws.lambda_.Function]) -> None:
+        """One SecretRotation per secret, each with an invoke permission naming exactly that
+        secret: Secrets Manager may call a function only for the secrets it rotates."""
+        rotate, after = functions["rotate"], [self.bootstrap]
+        self._rotation(name, "app-credentials", "rotation-invoke", credentials.app.arn, credentials.app.id, rotate,
+                       args, after=after)
+        self._rotation(name, "monitor-credentials", "monitor-rotation-invoke", credentials.monitor.arn,
+                       credentials.monitor.id, rotate, args, after=after)
+        for key, (secret, _) in credentials.host_logins.items():
+            self._rotation(name, f"{key}-credentials", f"{key}-rotation-invoke", secret.arn, secret.id, rotate, args,
+                           after=after)
+        if "rotate-redis" in functions:
             assert args.redis_secret_arn is not None
             # The Redis secret's ARN resolves once the secret holds its first value
             # (components/cache.py), which Secrets Manager's test of the function reads; the
@@ -336,39 +293,15 @@ class DbOps(pulumi.ComponentResource):
             self._rotation(name, "redis", "redis-rotation-invoke", args.redis_secret_arn, args.redis_secret_arn,
                            functions["rotate-redis"], args, after=list(args.network_ready))
 
-        self.register_outputs({
-            "app_db_secret_arn": self.app_db_secret_arn,
-            "monitor_db_secret_arn": self.monitor_db_secret_arn,
-            "backup_db_secret_arn": self.backup_db_secret_arn,
-            "drill_db_secret_arn": self.drill_db_secret_arn,
-            "function_names": self.function_names,
-            "function_arns": self.function_arns,
-            "package_sha256": self.package_sha256,
-        })
-
     def watch_rotations(self) -> aws.lambda_.Function:
         """The hourly check that every rotated secret (database, Redis and, once
         rotate_generated_secrets ran, the generated ones) rotated on schedule; call it after the
         last rotation is registered. It publishes the count of overdue secrets (alarm
         rotation-overdue in components/alarms.py)."""
-        statements: list[dict[str, Any]] = [
-            {"Sid": "DescribeTheRotatedSecrets", "Effect": "Allow", "Action": "secretsmanager:DescribeSecret",
-             "Resource": list(self._rotated)},
-            {
-                # PutMetricData has no resource-level permissions; the namespace condition
-                # confines it to the check's own namespace.
-                "Sid": "PublishTheRotationCheck", "Effect": "Allow", "Action": "cloudwatch:PutMetricData",
-                "Resource": "*",
-                "Condition": {"StringEquals": {"cloudwatch:namespace": self.rotation_metric_namespace}},
-            },
-        ]
-        environment: dict[str, pulumi.Input[str]] = {
-            "ROTATED_SECRET_ARNS": pulumi.Output.all(*self._rotated).apply(lambda arns: ",".join(arns)),
-            "METRIC_NAMESPACE": self.rotation_metric_namespace,
-            "MARGIN_DAYS": str(DEFAULT_MARGIN_DAYS),
-        }
         spec = FUNCTIONS["check-rotation"]
-        function = self._function(self._name, spec, self._args, self._package, statements, environment)
+        function = self._function(self._name, spec, self._args, self._package,
+                                  rotation_check_statements(self._rotated, self.rotation_metric_namespace),
+                                  rotation_check_environment(self._rotated, self.rotation_metric_namespace))
         self.function_names[spec.role] = function.name
         self.function_arns[spec.role] = function.arn
         self._schedule_rotation_check(self._name, function)
@@ -398,13 +331,11 @@ class DbOps(pulumi.ComponentResource):
             kms_key_id=args.kms_key_arn,
             recovery_window_in_days=args.recovery_window_days,
             tags=name_tag(f"db-{key}-credentials", {"secret-kind": "database"})), child)
-        password = random.RandomPassword(f"{name}-{key}-password", random.RandomPasswordArgs(
-            length=32, special=True, override_special=PASSWORD_SPECIALS, min_special=1, min_numeric=1), child)
+        password = random.RandomPassword(f"{name}-{key}-password", _first_password_args(), child)
         version = aws.secretsmanager.SecretVersion(f"{name}-{key}-credentials-value", aws.secretsmanager.SecretVersionArgs(
             secret_id=secret.id,
-            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps({
-                "username": first_user, "password": password.result, "host": args.db_host,
-                "port": args.db_port, "dbname": args.db_name})),
+            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps(
+                login_credentials_document(args, first_user, password.result))),
         ), pulumi.ResourceOptions(parent=self, ignore_changes=["secret_string", "version_stages"]))
         return secret, version
 
@@ -477,16 +408,9 @@ class DbOps(pulumi.ComponentResource):
         package (scripts/dbops/generated_rotation.py). Called once the secrets exist (they belong to
         components built after this one); `after`: what writes their first values."""
         arns = list(secrets.values())
-        statements: list[dict[str, Any]] = [
-            {"Sid": "RotateTheGeneratedSecrets", "Effect": "Allow", "Action": ROTATE_SECRET_ACTIONS, "Resource": arns},
-            {"Sid": "GeneratePasswords", "Effect": "Allow", "Action": "secretsmanager:GetRandomPassword",
-             "Resource": "*"},  # it acts on no resource: IAM accepts only "*"
-            {"Sid": "EncryptAndDecryptSecretsWithTheDataKey", "Effect": "Allow",
-             "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": self._args.kms_key_arn,
-             "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{self._args.region}.amazonaws.com"}}},
-        ]
         spec = FUNCTIONS["rotate-generated"]
-        function = self._function(self._name, spec, self._args, self._package, statements, {})
+        function = self._function(self._name, spec, self._args, self._package,
+                                  generated_rotation_statements(arns, self._args.kms_key_arn, self._args.region), {})
         self.function_names[spec.role] = function.name
         self.function_arns[spec.role] = function.arn
         self.rotation_function_names[spec.role] = function.name
@@ -497,3 +421,183 @@ class DbOps(pulumi.ComponentResource):
             self._rotation(self._name, role, f"{role}-rotation-invoke", arn, arn, function, self._args,
                            after=[*after, *self._args.network_ready])
         return function
+
+
+# --- what the component is made of, as plain data --------------------------------------------
+# Pure functions (arguments in, documents out; Outputs only as values), called by the component
+# above and by the unit tests directly.
+
+@dataclass(frozen=True)
+class DatabaseSecretArns:
+    """The ARNs of the database login secrets this component writes."""
+    app: pulumi.Input[str]                             # psychology-api/<stack>/database/app
+    monitor: pulumi.Input[str]                         # .../database/monitor (postgres_exporter)
+    host_logins: Mapping[str, pulumi.Input[str]]       # MONITORING_HOST_LOGINS key -> .../database/<key>
+
+    def rotated_by_rotate(self) -> list[pulumi.Input[str]]:
+        """The secrets the `rotate` function rotates, in a fixed order."""
+        return [self.app, self.monitor, *self.host_logins.values()]
+
+
+@dataclass
+class _Credentials:
+    app: aws.secretsmanager.Secret
+    monitor: aws.secretsmanager.Secret
+    monitor_version: aws.secretsmanager.SecretVersion
+    host_logins: dict[str, tuple[aws.secretsmanager.Secret, aws.secretsmanager.SecretVersion]]
+
+    def arns(self) -> DatabaseSecretArns:
+        return DatabaseSecretArns(app=self.app.arn, monitor=self.monitor.arn,
+                                  host_logins={key: secret.arn for key, (secret, _) in self.host_logins.items()})
+
+
+def _first_password_args() -> random.RandomPasswordArgs:
+    return random.RandomPasswordArgs(length=32, special=True, override_special=PASSWORD_SPECIALS,
+                                     min_special=1, min_numeric=1)
+
+
+def app_credentials_document(args: DbOpsArgs, password: pulumi.Input[str]) -> dict[str, Any]:
+    """The application secret's first value (scripts/dbops reads these keys)."""
+    return {"engine": "postgres", "host": args.db_host, "port": args.db_port, "dbname": args.db_name,
+            "username": APP_FIRST_USER, "password": password, "masterarn": args.master_secret_arn}
+
+
+def login_credentials_document(args: DbOpsArgs, username: str, password: pulumi.Input[str]) -> dict[str, Any]:
+    """The first value of a login secret of the monitoring host (monitor, backup, drill)."""
+    return {"username": username, "password": password, "host": args.db_host, "port": args.db_port,
+            "dbname": args.db_name}
+
+
+def rotates_redis(args: DbOpsArgs) -> bool:
+    """The Redis secret rotates when the secret and the replication group are given."""
+    return (args.redis_secret_arn is not None and args.redis_replication_group_id is not None
+            and args.redis_replication_group_arn is not None and args.redis_host is not None)
+
+
+def rotated_secret_arns(arns: DatabaseSecretArns, redis_rotation: bool,
+                        redis_secret_arn: Optional[pulumi.Input[str]]) -> list[pulumi.Input[str]]:
+    """Every secret the component's functions rotate (the hourly check watches them)."""
+    rotated = arns.rotated_by_rotate()
+    if redis_rotation and redis_secret_arn is not None:
+        rotated.append(redis_secret_arn)
+    return rotated
+
+
+def _data_key_statement(sid: str, actions: str | list[str], kms_key_arn: pulumi.Input[str],
+                        region: str) -> dict[str, Any]:
+    """The data key, used through Secrets Manager only."""
+    return {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": kms_key_arn,
+            "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}}}
+
+
+# GetRandomPassword acts on no resource: IAM accepts only "*" for it.
+GENERATE_PASSWORDS = {"Sid": "GeneratePasswords", "Effect": "Allow", "Action": "secretsmanager:GetRandomPassword",
+                      "Resource": "*"}
+
+
+def function_statements(args: DbOpsArgs, arns: DatabaseSecretArns,
+                        redis_rotation: bool) -> dict[str, list[dict[str, Any]]]:
+    """Function key -> the statements of its role's inline policy: exactly the secrets it reads
+    or writes, and the data key through Secrets Manager only. `rotate-redis` only when the Redis
+    secret rotates."""
+    read_through_secrets_manager = _data_key_statement("DecryptSecretsWithTheDataKey", "kms:Decrypt",
+                                                       args.kms_key_arn, args.region)
+    # New versions are encrypted with the data key, through Secrets Manager only.
+    write_through_secrets_manager = _data_key_statement("EncryptAndDecryptSecretsWithTheDataKey",
+                                                        ["kms:Decrypt", "kms:GenerateDataKey"], args.kms_key_arn, args.region)
+    health_secrets = [arns.app] + ([args.redis_secret_arn] if args.redis_secret_arn is not None else [])
+    statements: dict[str, list[dict[str, Any]]] = {
+        "migrate": [
+            {"Sid": "ReadMasterAndRoleCredentials", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+             "Resource": [args.master_secret_arn, *arns.rotated_by_rotate()]},
+            read_through_secrets_manager,
+        ],
+        "health": [
+            {"Sid": "ReadApplicationAndRedisCredentials", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+             "Resource": health_secrets},
+            read_through_secrets_manager,
+        ],
+        "rotate": [
+            {"Sid": "RotateTheDatabaseCredentialSecrets", "Effect": "Allow", "Action": ROTATE_SECRET_ACTIONS,
+             "Resource": arns.rotated_by_rotate()},
+            {"Sid": "ReadMasterCredentials", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+             "Resource": args.master_secret_arn},
+            GENERATE_PASSWORDS,
+            write_through_secrets_manager,
+        ],
+    }
+    if redis_rotation:
+        statements["rotate-redis"] = [
+            {"Sid": "RotateTheRedisSecret", "Effect": "Allow", "Action": ROTATE_SECRET_ACTIONS,
+             "Resource": args.redis_secret_arn},
+            {
+                # The token changes on exactly this replication group; nothing else in ElastiCache.
+                "Sid": "ChangeTheAuthTokenOfTheReplicationGroup", "Effect": "Allow",
+                "Action": ["elasticache:ModifyReplicationGroup", "elasticache:DescribeReplicationGroups"],
+                "Resource": args.redis_replication_group_arn,
+            },
+            GENERATE_PASSWORDS,
+            write_through_secrets_manager,
+        ]
+    return statements
+
+
+def function_environments(args: DbOpsArgs, arns: DatabaseSecretArns,
+                          redis_rotation: bool) -> dict[str, dict[str, pulumi.Input[str]]]:
+    """Function key -> its environment variables (scripts/dbops/handlers.py reads them)."""
+    endpoint = {"DB_HOST": args.db_host, "DB_PORT": as_text(args.db_port), "DB_NAME": args.db_name}
+    environments: dict[str, dict[str, pulumi.Input[str]]] = {
+        "migrate": {"MASTER_SECRET_ARN": args.master_secret_arn, "APP_DB_SECRET_ARN": arns.app,
+                    "MONITOR_DB_SECRET_ARN": arns.monitor, "BACKUP_DB_SECRET_ARN": arns.host_logins["backup"],
+                    "DRILL_DB_SECRET_ARN": arns.host_logins["drill"], **endpoint,
+                    "MIGRATION_LOCK_TIMEOUT_SECONDS": str(args.migration_lock_timeout_seconds),
+                    "MIGRATION_LOCK_ATTEMPTS": str(args.migration_lock_attempts),
+                    "MIGRATION_STATEMENT_TIMEOUT_SECONDS": str(args.migration_statement_timeout_seconds)},
+        "health": {"APP_DB_SECRET_ARN": arns.app, **endpoint,
+                   **({"REDIS_SECRET_ARN": args.redis_secret_arn} if args.redis_secret_arn is not None else {})},
+        "rotate": {"MASTER_SECRET_ARN": args.master_secret_arn, **endpoint},
+    }
+    if redis_rotation:
+        assert args.redis_replication_group_id is not None and args.redis_host is not None
+        environments["rotate-redis"] = {
+            "REDIS_REPLICATION_GROUP_ID": args.redis_replication_group_id,
+            "REDIS_HOST": args.redis_host,
+            "REDIS_PORT": as_text(args.redis_port or 6379),
+        }
+    return environments
+
+
+def rotation_check_statements(rotated: Sequence[pulumi.Input[str]], namespace: str) -> list[dict[str, Any]]:
+    """The hourly rotation check's policy: describe the rotated secrets, publish its metric."""
+    return [
+        {"Sid": "DescribeTheRotatedSecrets", "Effect": "Allow", "Action": "secretsmanager:DescribeSecret",
+         "Resource": list(rotated)},
+        {
+            # PutMetricData has no resource-level permissions; the namespace condition
+            # confines it to the check's own namespace.
+            "Sid": "PublishTheRotationCheck", "Effect": "Allow", "Action": "cloudwatch:PutMetricData",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"cloudwatch:namespace": namespace}},
+        },
+    ]
+
+
+def rotation_check_environment(rotated: Sequence[pulumi.Input[str]], namespace: str) -> dict[str, pulumi.Input[str]]:
+    """The rotation check's environment (scripts/dbops/rotation_check.py)."""
+    arns: pulumi.Input[str]
+    if all(isinstance(arn, str) for arn in rotated):
+        arns = ",".join(str(arn) for arn in rotated)
+    else:
+        arns = pulumi.Output.all(*rotated).apply(lambda values: ",".join(values))
+    return {"ROTATED_SECRET_ARNS": arns, "METRIC_NAMESPACE": namespace, "MARGIN_DAYS": str(DEFAULT_MARGIN_DAYS)}
+
+
+def generated_rotation_statements(arns: Sequence[pulumi.Input[str]], kms_key_arn: pulumi.Input[str],
+                                  region: str) -> list[dict[str, Any]]:
+    """The generated-secret rotation's policy: rotate exactly those secrets, new passwords, the data key."""
+    return [
+        {"Sid": "RotateTheGeneratedSecrets", "Effect": "Allow", "Action": ROTATE_SECRET_ACTIONS, "Resource": list(arns)},
+        GENERATE_PASSWORDS,
+        _data_key_statement("EncryptAndDecryptSecretsWithTheDataKey", ["kms:Decrypt", "kms:GenerateDataKey"],
+                            kms_key_arn, region),
+    ]

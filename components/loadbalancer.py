@@ -33,20 +33,20 @@ DEREGISTRATION_DELAY_SECONDS = 30
 
 @dataclass
 class LoadBalancerArgs:
-    vpc_id: pulumi.Input[str]
-    public_subnet_ids: Sequence[pulumi.Input[str]]
-    security_group_id: pulumi.Input[str]
-    access_log_bucket: pulumi.Input[str]
-    access_log_prefix: str
-    app_port: int
-    health_check_path: str
-    ssl_policy: str
-    deletion_protection: bool
-    maintenance: bool
-    certificate_arn: str = ""
-    domain_name: str = ""
-    hosted_zone_id: str = ""
-    allow_http_only: bool = False
+    vpc_id: pulumi.Input[str]                        # Network.vpc_id: the target group's VPC
+    public_subnet_ids: Sequence[pulumi.Input[str]]   # Network.public_subnet_ids: one per AZ
+    security_group_id: pulumi.Input[str]             # SecurityGroups.ids["alb"]
+    access_log_bucket: pulumi.Input[str]             # the access-log PrivateBucket's name
+    access_log_prefix: str                           # key prefix of the access logs in it (storage.ACCESS_LOG_PREFIX)
+    app_port: int                                    # config appPort: where the hosts' nginx listens
+    health_check_path: str                           # config healthCheckPath: probed on every host, 200 expected
+    ssl_policy: str                                  # config sslPolicy: the HTTPS listener's TLS policy
+    deletion_protection: bool                        # config deletionProtection
+    maintenance: bool                                # config maintenance: every request answers 503 with the page
+    certificate_arn: str = ""                        # config certificateArn: an existing ACM certificate; "" for none
+    domain_name: str = ""                            # config domainName: the API's host name; "" for the ALB's DNS name
+    hosted_zone_id: str = ""                         # config hostedZoneId: with domain_name, a DNS-validated certificate + alias
+    allow_http_only: bool = False                    # config allowHttpOnly: throw-away stacks without a certificate
     # Resources that must exist before access logging is switched on (the log bucket and its
     # policy: Elastic Load Balancing checks that it may write there).
     access_log_bucket_ready: Sequence[pulumi.Resource] = field(default_factory=tuple)
@@ -68,14 +68,44 @@ class LoadBalancer(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: LoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(type_token("loadbalancer", "LoadBalancer"), name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         managed_certificate = bool(args.domain_name and args.hosted_zone_id and not args.certificate_arn)
         self.https = bool(args.certificate_arn or managed_certificate)
         if not self.https and not args.allow_http_only:
             raise ValueError("the load balancer needs a certificate (certificateArn, or domainName + hostedZoneId) "
                              "unless allowHttpOnly is set")
+        lb = self._load_balancer(name, args)
+        target_group = self._target_group(name, args)
+        forward = aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=target_group.arn)
+        self.https_listener_arn = None
+        if self.https:
+            certificate_arn: pulumi.Input[str] = args.certificate_arn
+            if managed_certificate:
+                certificate_arn = self._dns_validated_certificate(name, args.domain_name, args.hosted_zone_id)
+            serving = self._https_listeners(name, args, lb, forward, certificate_arn)
+        else:
+            serving = self._http_only_listener(name, lb, forward)
+        if args.maintenance:
+            self._maintenance_rule(name, serving)
 
-        lb = aws.lb.LoadBalancer(f"{name}-lb", aws.lb.LoadBalancerArgs(
+        self.dns_name = lb.dns_name
+        self.zone_id = lb.zone_id
+        self.arn = lb.arn
+        self.arn_suffix = lb.arn_suffix
+        self.target_group_arn = target_group.arn
+        self.target_group_arn_suffix = target_group.arn_suffix
+        self.public_host = pulumi.Output.from_input(args.domain_name) if args.domain_name else lb.dns_name
+        scheme = "https" if self.https else "http"
+        self.url = self.public_host.apply(lambda host: f"{scheme}://{host}")
+        if args.domain_name and args.hosted_zone_id:
+            self._alias_records(name, args, lb)
+        self.register_outputs({
+            "dns_name": self.dns_name, "zone_id": self.zone_id, "arn": self.arn, "arn_suffix": self.arn_suffix,
+            "target_group_arn": self.target_group_arn, "target_group_arn_suffix": self.target_group_arn_suffix,
+            "url": self.url, "https_listener_arn": self.https_listener_arn, "http_listener_arn": self.http_listener_arn,
+        })
+
+    def _load_balancer(self, name: str, args: LoadBalancerArgs) -> aws.lb.LoadBalancer:
+        return aws.lb.LoadBalancer(f"{name}-lb", aws.lb.LoadBalancerArgs(
             name=f"{physical_prefix()}-alb"[:32].rstrip("-"),
             load_balancer_type="application",
             internal=False,
@@ -95,7 +125,8 @@ class LoadBalancer(pulumi.ComponentResource):
             tags=name_tag("alb"),
         ), pulumi.ResourceOptions(parent=self, depends_on=list(args.access_log_bucket_ready)))
 
-        target_group = aws.lb.TargetGroup(f"{name}-tg", aws.lb.TargetGroupArgs(
+    def _target_group(self, name: str, args: LoadBalancerArgs) -> aws.lb.TargetGroup:
+        return aws.lb.TargetGroup(f"{name}-tg", aws.lb.TargetGroupArgs(
             vpc_id=args.vpc_id,
             port=args.app_port,
             protocol="HTTP",
@@ -117,95 +148,80 @@ class LoadBalancer(pulumi.ComponentResource):
                 unhealthy_threshold=3,
             ),
             tags=name_tag("api-tg"),
+        ), pulumi.ResourceOptions(parent=self))
+
+    def _https_listeners(self, name: str, args: LoadBalancerArgs, lb: aws.lb.LoadBalancer,
+                         forward: aws.lb.ListenerDefaultActionArgs, certificate_arn: pulumi.Input[str]) -> aws.lb.Listener:
+        """HTTPS forwarding to the hosts, and HTTP answering 301 to HTTPS; returns the HTTPS one."""
+        child = pulumi.ResourceOptions(parent=self)
+        https_listener = aws.lb.Listener(f"{name}-https", aws.lb.ListenerArgs(
+            load_balancer_arn=lb.arn,
+            port=443,
+            protocol="HTTPS",
+            ssl_policy=args.ssl_policy,
+            certificate_arn=certificate_arn,
+            default_actions=[forward],
+            # Spec 3.4.1: HSTS on every HTTPS response, including the load balancer's own.
+            routing_http_response_strict_transport_security_header_value=HSTS_HEADER,
+            routing_http_response_x_content_type_options_header_value="nosniff",
+            routing_http_response_x_frame_options_header_value="SAMEORIGIN",
+            routing_http_response_server_enabled=False,
+            tags=name_tag("alb-https"),
         ), child)
-
-        forward = aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=target_group.arn)
-        certificate_arn: Optional[pulumi.Input[str]] = args.certificate_arn or None
-        if managed_certificate:
-            certificate_arn = self._dns_validated_certificate(name, args.domain_name, args.hosted_zone_id)
-
-        self.https_listener_arn = None
-        if self.https:
-            https_listener = aws.lb.Listener(f"{name}-https", aws.lb.ListenerArgs(
-                load_balancer_arn=lb.arn,
-                port=443,
-                protocol="HTTPS",
-                ssl_policy=args.ssl_policy,
-                certificate_arn=certificate_arn,
-                default_actions=[forward],
-                # Spec 3.4.1: HSTS on every HTTPS response, including the load balancer's own.
-                routing_http_response_strict_transport_security_header_value=HSTS_HEADER,
-                routing_http_response_x_content_type_options_header_value="nosniff",
-                routing_http_response_x_frame_options_header_value="SAMEORIGIN",
-                routing_http_response_server_enabled=False,
-                tags=name_tag("alb-https"),
-            ), child)
-            http_listener = aws.lb.Listener(f"{name}-http", aws.lb.ListenerArgs(
-                load_balancer_arn=lb.arn,
-                port=80,
-                protocol="HTTP",
-                default_actions=[aws.lb.ListenerDefaultActionArgs(
-                    type="redirect",
-                    redirect=aws.lb.ListenerDefaultActionRedirectArgs(
-                        protocol="HTTPS", port="443", status_code="HTTP_301"))],
-                tags=name_tag("alb-http"),
-            ), child)
-            self.https_listener_arn = https_listener.arn
-            serving = https_listener
-        else:
-            # Staging without a certificate, explicitly allowed by allowHttpOnly: plain HTTP
-            # forwards (no HSTS: it means nothing over HTTP).
-            http_listener = aws.lb.Listener(f"{name}-http", aws.lb.ListenerArgs(
-                load_balancer_arn=lb.arn,
-                port=80,
-                protocol="HTTP",
-                default_actions=[forward],
-                routing_http_response_x_content_type_options_header_value="nosniff",
-                routing_http_response_x_frame_options_header_value="SAMEORIGIN",
-                routing_http_response_server_enabled=False,
-                tags=name_tag("alb-http"),
-            ), child)
-            serving = http_listener
+        http_listener = aws.lb.Listener(f"{name}-http", aws.lb.ListenerArgs(
+            load_balancer_arn=lb.arn,
+            port=80,
+            protocol="HTTP",
+            default_actions=[aws.lb.ListenerDefaultActionArgs(
+                type="redirect",
+                redirect=aws.lb.ListenerDefaultActionRedirectArgs(
+                    protocol="HTTPS", port="443", status_code="HTTP_301"))],
+            tags=name_tag("alb-http"),
+        ), child)
+        self.https_listener_arn = https_listener.arn
         self.http_listener_arn = http_listener.arn
+        return https_listener
 
-        if args.maintenance:
-            aws.lb.ListenerRule(f"{name}-maintenance", aws.lb.ListenerRuleArgs(
-                listener_arn=serving.arn,
-                priority=1,
-                conditions=[aws.lb.ListenerRuleConditionArgs(
-                    path_pattern=aws.lb.ListenerRuleConditionPathPatternArgs(values=["/*"]))],
-                actions=[aws.lb.ListenerRuleActionArgs(
-                    type="fixed-response",
-                    fixed_response=aws.lb.ListenerRuleActionFixedResponseArgs(
-                        status_code="503", content_type="text/html", message_body=maintenance_page()))],
-                tags=name_tag("alb-maintenance"),
-            ), child)
+    def _http_only_listener(self, name: str, lb: aws.lb.LoadBalancer,
+                            forward: aws.lb.ListenerDefaultActionArgs) -> aws.lb.Listener:
+        """Staging without a certificate, explicitly allowed by allowHttpOnly: plain HTTP
+        forwards (no HSTS: it means nothing over HTTP)."""
+        http_listener = aws.lb.Listener(f"{name}-http", aws.lb.ListenerArgs(
+            load_balancer_arn=lb.arn,
+            port=80,
+            protocol="HTTP",
+            default_actions=[forward],
+            routing_http_response_x_content_type_options_header_value="nosniff",
+            routing_http_response_x_frame_options_header_value="SAMEORIGIN",
+            routing_http_response_server_enabled=False,
+            tags=name_tag("alb-http"),
+        ), pulumi.ResourceOptions(parent=self))
+        self.http_listener_arn = http_listener.arn
+        return http_listener
 
-        self.dns_name = lb.dns_name
-        self.zone_id = lb.zone_id
-        self.arn = lb.arn
-        self.arn_suffix = lb.arn_suffix
-        self.target_group_arn = target_group.arn
-        self.target_group_arn_suffix = target_group.arn_suffix
-        self.public_host = pulumi.Output.from_input(args.domain_name) if args.domain_name else lb.dns_name
-        scheme = "https" if self.https else "http"
-        self.url = self.public_host.apply(lambda host: f"{scheme}://{host}")
+    def _maintenance_rule(self, name: str, serving: aws.lb.Listener) -> None:
+        """Top priority on the serving listener: every path answers 503 with the maintenance page."""
+        aws.lb.ListenerRule(f"{name}-maintenance", aws.lb.ListenerRuleArgs(
+            listener_arn=serving.arn,
+            priority=1,
+            conditions=[aws.lb.ListenerRuleConditionArgs(
+                path_pattern=aws.lb.ListenerRuleConditionPathPatternArgs(values=["/*"]))],
+            actions=[aws.lb.ListenerRuleActionArgs(
+                type="fixed-response",
+                fixed_response=aws.lb.ListenerRuleActionFixedResponseArgs(
+                    status_code="503", content_type="text/html", message_body=maintenance_page()))],
+            tags=name_tag("alb-maintenance"),
+        ), pulumi.ResourceOptions(parent=self))
 
-        if args.domain_name and args.hosted_zone_id:
-            for record_type in ("A", "AAAA"):
-                aws.route53.Record(f"{name}-alias-{record_type.lower()}", aws.route53.RecordArgs(
-                    zone_id=args.hosted_zone_id,
-                    name=args.domain_name,
-                    type=record_type,
-                    aliases=[aws.route53.RecordAliasArgs(
-                        name=lb.dns_name, zone_id=lb.zone_id, evaluate_target_health=True)],
-                ), child)
-
-        self.register_outputs({
-            "dns_name": self.dns_name, "zone_id": self.zone_id, "arn": self.arn, "arn_suffix": self.arn_suffix,
-            "target_group_arn": self.target_group_arn, "target_group_arn_suffix": self.target_group_arn_suffix,
-            "url": self.url, "https_listener_arn": self.https_listener_arn, "http_listener_arn": self.http_listener_arn,
-        })
+    def _alias_records(self, name: str, args: LoadBalancerArgs, lb: aws.lb.LoadBalancer) -> None:
+        for record_type in ("A", "AAAA"):
+            aws.route53.Record(f"{name}-alias-{record_type.lower()}", aws.route53.RecordArgs(
+                zone_id=args.hosted_zone_id,
+                name=args.domain_name,
+                type=record_type,
+                aliases=[aws.route53.RecordAliasArgs(
+                    name=lb.dns_name, zone_id=lb.zone_id, evaluate_target_health=True)],
+            ), pulumi.ResourceOptions(parent=self))
 
     def _dns_validated_certificate(self, name: str, domain: str, zone_id: str) -> pulumi.Output[str]:
         child = pulumi.ResourceOptions(parent=self)

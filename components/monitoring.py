@@ -15,7 +15,7 @@ Secrets never travel in user data: the host reads them at boot with its own role
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -23,7 +23,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from components.common import assume_role_policy, name_tag, physical_prefix, policy_json, type_token
+from components.common import assume_role_policy, joined, name_tag, physical_prefix, policy_json, type_token
 from components.monitoring_render import (
     CLOUDWATCH_NAMESPACE,
     MonitoringSettings,
@@ -46,38 +46,38 @@ class MonitoringHostArgs:
     availability_zone: str                       # the subnet's AZ (the data volume must match)
     security_group_id: pulumi.Input[str]         # SecurityGroups.ids["monitoring"]
     ami_id: pulumi.Input[str]                    # components.ami.amazon_linux_2023_ami, the one lookup
-    account_id: str
-    region: str
-    environment: str
+    account_id: str                              # this account's id (not read by the component at present)
+    region: str                                  # AWS region (config aws:region): the host's AWS clients
+    environment: str                             # config environment: labels on every metric and alert
     # Encryption, storage, alerting.
-    kms_key_arn: pulumi.Input[str]
-    backup_bucket_name: pulumi.Input[str]
-    backup_bucket_arn: pulumi.Input[str]
-    alerts_topic_arn: pulumi.Input[str]
+    kms_key_arn: pulumi.Input[str]               # DataKey.arn: data and root volumes, secrets, the bundle object
+    backup_bucket_name: pulumi.Input[str]        # the backups PrivateBucket's name: backups and the ops bundle
+    backup_bucket_arn: pulumi.Input[str]         # the same bucket's ARN (the role's S3 grants)
+    alerts_topic_arn: pulumi.Input[str]          # AlertsTopic.arn: Alertmanager's fallback receiver
     # The database to watch and back up (from the data part).
-    db_address: pulumi.Input[str]
-    db_name: str
+    db_address: pulumi.Input[str]                # Database.endpoint (host name)
+    db_name: str                                 # config dbName: the database backed up and drilled
     # The host's own database logins (components/dbops.py): never the RDS master's secret.
     db_backup_secret_arn: pulumi.Input[str]      # psychology-api/<stack>/database/backup (pg_read_all_data)
     db_drill_secret_arn: pulumi.Input[str]       # psychology-api/<stack>/database/drill (CREATEDB)
     # What Prometheus probes from outside: "https://api.example.com" or "http://<alb dns>".
     public_url: pulumi.Input[str]
-    https: bool
+    https: bool                                  # the stack serves HTTPS; False opens port 80 out for the probes
     # Sizes and schedules (config).
-    instance_type: str
-    volume_gb: int
-    backup_schedule: str
-    restore_drill_schedule: str
-    secret_recovery_window_days: int
-    health_check_path: str = "/health/"
-    db_port: int = 5432
-    postgres_major_version: int = 16
+    instance_type: str                           # config monitoringInstanceType, e.g. "t3.large"
+    volume_gb: int                               # config monitoringVolumeGb: the data volume (GiB)
+    backup_schedule: str                         # config backupSchedule: systemd OnCalendar of the nightly backup
+    restore_drill_schedule: str                  # config restoreDrillSchedule: systemd OnCalendar of the restore drill
+    secret_recovery_window_days: int             # config secretRecoveryWindowDays: days a deleted secret can be restored
+    health_check_path: str = "/health/"          # config healthCheckPath: probed on the public URL too
+    db_port: int = 5432                          # PostgreSQL's TCP port
+    postgres_major_version: int = 16             # major of config dbEngineVersion: the pg_dump/psql client installed
     # Optional inputs from other parts: without them the matching exporter stays off.
     db_monitor_secret_arn: Optional[pulumi.Input[str]] = None   # psychology-api/<stack>/database/monitor
     redis_secret_arn: Optional[pulumi.Input[str]] = None        # {"host","port","auth_token","tls"}
     # Optional alert channels (secret config); without them Alertmanager sends to SNS.
-    alert_webhook_url: Optional[pulumi.Input[str]] = None
-    pagerduty_routing_key: Optional[pulumi.Input[str]] = None
+    alert_webhook_url: Optional[pulumi.Input[str]] = None       # config alertWebhookUrl (secret): chat webhook
+    pagerduty_routing_key: Optional[pulumi.Input[str]] = None   # config pagerdutyRoutingKey (secret): critical alerts
     # Keep a snapshot of the data volume when the stack is destroyed (prod).
     final_snapshot: bool = False
     # The host's network path: its security group's rules, the NAT routes, the VPC endpoints
@@ -100,62 +100,95 @@ class MonitoringHost(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MonitoringHostArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(type_token("monitoring", "MonitoringHost"), name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        secrets_base = f"{pulumi.get_project()}/{pulumi.get_stack()}"
+        # Secrets the host reads at boot.
+        grafana_secret, grafana_version = self._grafana_secret(name, args)
+        alerting = self._alerting_secret(name, args)
+        alerting_arn = alerting[0].arn if alerting is not None else None
+        secret_versions: list[pulumi.Resource] = [grafana_version, *([alerting[1]] if alerting is not None else [])]
+        data_volume = self._data_volume(name, args)
+        # What the host runs: rendered from ids and ARNs, never from a secret value.
+        settings = host_settings(args, grafana_secret_name(), grafana_secret.arn, alerting_arn, data_volume.id)
+        bundle = self._ops_bundle(name, args, settings)
+        role, profile, permissions = self._identity(name, args,
+                                                    readable_secret_arns(args, grafana_secret.arn, alerting_arn))
+        if not args.https:
+            self._probe_http_egress(name, args)
+        instance = self._instance(name, args, settings, profile,
+                                  # The boot script uses its permissions and its network path to read the
+                                  # bundle and the secrets' values: all of them must exist before it runs.
+                                  depends_on=[bundle, *permissions, *secret_versions, *args.network_ready])
+        self._attach_data_volume(name, instance, data_volume)
 
-        # --- secrets the host reads at boot -----------------------------------------------
-        grafana_password = random.RandomPassword(f"{name}-grafana-admin-password", random.RandomPasswordArgs(
+        self.instance_id = instance.id
+        self.private_ip = instance.private_ip
+        self.role_arn = role.arn
+        self.data_volume_id = data_volume.id
+        self.grafana_admin_secret_arn = grafana_secret.arn
+        self.grafana_admin_secret_version = grafana_version
+        self.alerting_secret_arn = alerting_arn
+        self.grafana_url = pulumi.Output.concat(
+            f"http://localhost:{GRAFANA_PORT} after: aws ssm start-session --region {args.region} --target ",
+            instance.id,
+            f" --document-name AWS-StartPortForwardingSession --parameters portNumber={GRAFANA_PORT},localPortNumber={GRAFANA_PORT}")
+        self.register_outputs({
+            "instance_id": self.instance_id, "private_ip": self.private_ip, "role_arn": self.role_arn,
+            "data_volume_id": self.data_volume_id, "grafana_admin_secret_arn": self.grafana_admin_secret_arn,
+            "grafana_url": self.grafana_url, "bundle_key": self.bundle_key,
+        })
+
+    def _grafana_secret(self, name: str, args: MonitoringHostArgs) -> tuple[aws.secretsmanager.Secret,
+                                                                           aws.secretsmanager.SecretVersion]:
+        child = pulumi.ResourceOptions(parent=self)
+        password = random.RandomPassword(f"{name}-grafana-admin-password", random.RandomPasswordArgs(
             length=32, special=False), child)
-        grafana_secret_name = f"{secrets_base}/grafana"
-        grafana_secret = aws.secretsmanager.Secret(f"{name}-grafana", aws.secretsmanager.SecretArgs(
-            name=grafana_secret_name,
+        secret = aws.secretsmanager.Secret(f"{name}-grafana", aws.secretsmanager.SecretArgs(
+            name=grafana_secret_name(),
             description="Grafana admin credentials of the monitoring host (generated; rotated, applied by the host hourly)",
             kms_key_id=args.kms_key_arn,
             recovery_window_in_days=args.secret_recovery_window_days,
             tags=name_tag("grafana-secret", {"secret-kind": "operator"})), child)
-        grafana_version = aws.secretsmanager.SecretVersion(f"{name}-grafana-value", aws.secretsmanager.SecretVersionArgs(
-            secret_id=grafana_secret.id,
+        version = aws.secretsmanager.SecretVersion(f"{name}-grafana-value", aws.secretsmanager.SecretVersionArgs(
+            secret_id=secret.id,
             secret_string=pulumi.Output.secret(pulumi.Output.json_dumps(
-                {"admin_user": "admin", "admin_password": grafana_password.result}))),
+                {"admin_user": "admin", "admin_password": password.result}))),
             # The rotation function owns the value after the first version (DbOps.rotate_generated_secrets).
             pulumi.ResourceOptions(parent=self, ignore_changes=["secret_string", "version_stages"]))
-        secret_versions: list[pulumi.Resource] = [grafana_version]
+        return secret, version
 
-        alerting_document: dict[str, Any] = {}
-        if args.alert_webhook_url is not None:
-            alerting_document["webhook_url"] = args.alert_webhook_url
-        if args.pagerduty_routing_key is not None:
-            alerting_document["pagerduty_routing_key"] = args.pagerduty_routing_key
-        alerting_secret: Optional[aws.secretsmanager.Secret] = None
-        if alerting_document:
-            alerting_secret = aws.secretsmanager.Secret(f"{name}-alerting", aws.secretsmanager.SecretArgs(
-                name=f"{secrets_base}/alerting",
-                description="Alertmanager receiver credentials: chat webhook URL, PagerDuty routing key",
-                kms_key_id=args.kms_key_arn,
-                recovery_window_in_days=args.secret_recovery_window_days,
-                tags=name_tag("alerting-secret", {"secret-kind": "integration"})), child)
-            secret_versions.append(aws.secretsmanager.SecretVersion(f"{name}-alerting-value", aws.secretsmanager.SecretVersionArgs(
-                secret_id=alerting_secret.id,
-                secret_string=pulumi.Output.secret(pulumi.Output.json_dumps(alerting_document))), child))
+    def _alerting_secret(self, name: str, args: MonitoringHostArgs) -> Optional[tuple[aws.secretsmanager.Secret,
+                                                                                     aws.secretsmanager.SecretVersion]]:
+        """Alertmanager's receiver credentials, when a webhook or PagerDuty is configured."""
+        document = alerting_document(args)
+        if not document:
+            return None
+        child = pulumi.ResourceOptions(parent=self)
+        secret = aws.secretsmanager.Secret(f"{name}-alerting", aws.secretsmanager.SecretArgs(
+            name=f"{pulumi.get_project()}/{pulumi.get_stack()}/alerting",
+            description="Alertmanager receiver credentials: chat webhook URL, PagerDuty routing key",
+            kms_key_id=args.kms_key_arn,
+            recovery_window_in_days=args.secret_recovery_window_days,
+            tags=name_tag("alerting-secret", {"secret-kind": "integration"})), child)
+        version = aws.secretsmanager.SecretVersion(f"{name}-alerting-value", aws.secretsmanager.SecretVersionArgs(
+            secret_id=secret.id,
+            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps(document))), child)
+        return secret, version
 
-        # --- storage -------------------------------------------------------------------------
-        data_volume = aws.ebs.Volume(f"{name}-data", aws.ebs.VolumeArgs(
+    def _data_volume(self, name: str, args: MonitoringHostArgs) -> aws.ebs.Volume:
+        return aws.ebs.Volume(f"{name}-data", aws.ebs.VolumeArgs(
             availability_zone=args.availability_zone,
             size=args.volume_gb,
             type="gp3",
             encrypted=True,
             kms_key_id=args.kms_key_arn,
             final_snapshot=args.final_snapshot,
-            tags=name_tag("monitoring-data", {"role": "monitoring"})), child)
+            tags=name_tag("monitoring-data", {"role": "monitoring"})), pulumi.ResourceOptions(parent=self))
 
-        # --- what the host runs: rendered from ids and ARNs, never from a secret value -------
-        settings = host_settings(args, grafana_secret_name, grafana_secret.arn,
-                                 alerting_secret.arn if alerting_secret is not None else None, data_volume.id)
-
-        # --- the operations bundle: host files, scripts, pinned requirements, rules, dashboards
+    def _ops_bundle(self, name: str, args: MonitoringHostArgs,
+                    settings: pulumi.Output[MonitoringSettings]) -> aws.s3.BucketObjectv2:
+        """The operations bundle: host files, scripts, pinned requirements, rules, dashboards."""
         files = settings.apply(ops_bundle)
         self.bundle_key = files.apply(bundle_key)
-        bundle = aws.s3.BucketObjectv2(f"{name}-ops-bundle", aws.s3.BucketObjectv2Args(
+        return aws.s3.BucketObjectv2(f"{name}-ops-bundle", aws.s3.BucketObjectv2Args(
             bucket=args.backup_bucket_name,
             key=self.bundle_key,
             source=files.apply(lambda f: pulumi.AssetArchive({path: pulumi.StringAsset(text) for path, text in f.items()})),
@@ -164,9 +197,13 @@ class MonitoringHost(pulumi.ComponentResource):
             server_side_encryption="aws:kms",
             kms_key_id=args.kms_key_arn,
             bucket_key_enabled=True,
-            tags=name_tag("ops-bundle")), child)
+            tags=name_tag("ops-bundle")), pulumi.ResourceOptions(parent=self))
 
-        # --- identity: exactly what the host does, nothing more ----------------------------
+    def _identity(self, name: str, args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[str]],
+                  ) -> tuple[aws.iam.Role, aws.iam.InstanceProfile, list[pulumi.Resource]]:
+        """Exactly what the host does, nothing more: the role, its instance profile, and the
+        policies the boot script needs in place (returned for the instance to wait on)."""
+        child = pulumi.ResourceOptions(parent=self)
         role = aws.iam.Role(f"{name}-role", aws.iam.RoleArgs(
             name=f"{physical_prefix()}-monitoring",
             description="Monitoring host: EC2 discovery, its own secrets, backups, alerts topic",
@@ -174,32 +211,26 @@ class MonitoringHost(pulumi.ComponentResource):
             tags=name_tag("monitoring-role")), child)
         ssm_core = aws.iam.RolePolicyAttachment(f"{name}-ssm", aws.iam.RolePolicyAttachmentArgs(
             role=role.name, policy_arn=SSM_CORE_POLICY), child)
-        readable_secrets: list[pulumi.Input[str]] = [grafana_secret.arn, args.db_backup_secret_arn,
-                                                     args.db_drill_secret_arn]
-        if alerting_secret is not None:
-            readable_secrets.append(alerting_secret.arn)
-        if args.db_monitor_secret_arn is not None:
-            readable_secrets.append(args.db_monitor_secret_arn)
-        if args.redis_secret_arn is not None:
-            readable_secrets.append(args.redis_secret_arn)
         permissions = aws.iam.RolePolicy(f"{name}-policy", aws.iam.RolePolicyArgs(
             role=role.id,
             policy=host_policy(args, readable_secrets)), child)
         profile = aws.iam.InstanceProfile(f"{name}-profile", aws.iam.InstanceProfileArgs(
             name=f"{physical_prefix()}-monitoring", role=role.name, tags=name_tag("monitoring-profile")), child)
+        return role, profile, [permissions, ssm_core]
 
-        # --- probing the public URL over plain HTTP needs port 80 out (staging without TLS) ---
-        if not args.https:
-            aws.vpc.SecurityGroupEgressRule(f"{name}-probe-http-out", aws.vpc.SecurityGroupEgressRuleArgs(
-                security_group_id=args.security_group_id, ip_protocol="tcp", from_port=80, to_port=80,
-                # The load balancer is reached at its public addresses (through NAT), so no
-                # security-group reference can express it.
-                cidr_ipv4="0.0.0.0/0",
-                description="Blackbox probes of the public URL over plain HTTP (no certificate in this stack)",
-                tags=name_tag("monitoring-out-80")), child)
+    def _probe_http_egress(self, name: str, args: MonitoringHostArgs) -> None:
+        """Probing the public URL over plain HTTP needs port 80 out (staging without TLS)."""
+        aws.vpc.SecurityGroupEgressRule(f"{name}-probe-http-out", aws.vpc.SecurityGroupEgressRuleArgs(
+            security_group_id=args.security_group_id, ip_protocol="tcp", from_port=80, to_port=80,
+            # The load balancer is reached at its public addresses (through NAT), so no
+            # security-group reference can express it.
+            cidr_ipv4="0.0.0.0/0",
+            description="Blackbox probes of the public URL over plain HTTP (no certificate in this stack)",
+            tags=name_tag("monitoring-out-80")), pulumi.ResourceOptions(parent=self))
 
-        # --- the instance --------------------------------------------------------------------
-        instance = aws.ec2.Instance(f"{name}-host", aws.ec2.InstanceArgs(
+    def _instance(self, name: str, args: MonitoringHostArgs, settings: pulumi.Output[MonitoringSettings],
+                  profile: aws.iam.InstanceProfile, depends_on: list[pulumi.Resource]) -> aws.ec2.Instance:
+        return aws.ec2.Instance(f"{name}-host", aws.ec2.InstanceArgs(
             ami=args.ami_id,
             instance_type=args.instance_type,
             subnet_id=args.subnet_id,
@@ -219,13 +250,12 @@ class MonitoringHost(pulumi.ComponentResource):
             tags=name_tag("monitoring", {"role": "monitoring"}),
         ), pulumi.ResourceOptions(
             parent=self,
-            # The boot script uses its permissions and its network path to read the bundle and
-            # the secrets' values: all of them must exist before it runs.
-            depends_on=[bundle, permissions, ssm_core, *secret_versions, *args.network_ready],
+            depends_on=depends_on,
             # A newer AMI alone must not replace the host in the middle of an unrelated
             # deployment; roll it deliberately with `pulumi up --replace <urn>`.
             ignore_changes=["ami"]))
 
+    def _attach_data_volume(self, name: str, instance: aws.ec2.Instance, data_volume: aws.ebs.Volume) -> None:
         aws.ec2.VolumeAttachment(f"{name}-data-attachment", aws.ec2.VolumeAttachmentArgs(
             device_name=DATA_DEVICE_NAME, instance_id=instance.id, volume_id=data_volume.id,
             # Stop the old instance before detaching so Prometheus closes its TSDB cleanly.
@@ -236,22 +266,32 @@ class MonitoringHost(pulumi.ComponentResource):
             # one (create-before-delete would try to attach a volume still in use).
             delete_before_replace=True))
 
-        self.instance_id = instance.id
-        self.private_ip = instance.private_ip
-        self.role_arn = role.arn
-        self.data_volume_id = data_volume.id
-        self.grafana_admin_secret_arn = grafana_secret.arn
-        self.grafana_admin_secret_version = grafana_version
-        self.alerting_secret_arn = alerting_secret.arn if alerting_secret is not None else None
-        self.grafana_url = pulumi.Output.concat(
-            f"http://localhost:{GRAFANA_PORT} after: aws ssm start-session --region {args.region} --target ",
-            instance.id,
-            f" --document-name AWS-StartPortForwardingSession --parameters portNumber={GRAFANA_PORT},localPortNumber={GRAFANA_PORT}")
-        self.register_outputs({
-            "instance_id": self.instance_id, "private_ip": self.private_ip, "role_arn": self.role_arn,
-            "data_volume_id": self.data_volume_id, "grafana_admin_secret_arn": self.grafana_admin_secret_arn,
-            "grafana_url": self.grafana_url, "bundle_key": self.bundle_key,
-        })
+
+# --- what the host is made of, as plain data ---------------------------------------------------
+# Pure functions (arguments in, values out; Outputs only as values), called by the component
+# above and by the unit tests directly.
+
+def grafana_secret_name() -> str:
+    return f"{pulumi.get_project()}/{pulumi.get_stack()}/grafana"
+
+
+def alerting_document(args: MonitoringHostArgs) -> dict[str, Any]:
+    """The alerting secret's value: the receivers that are configured ({} for none)."""
+    document: dict[str, Any] = {}
+    if args.alert_webhook_url is not None:
+        document["webhook_url"] = args.alert_webhook_url
+    if args.pagerduty_routing_key is not None:
+        document["pagerduty_routing_key"] = args.pagerduty_routing_key
+    return document
+
+
+def readable_secret_arns(args: MonitoringHostArgs, grafana_secret_arn: pulumi.Input[str],
+                         alerting_secret_arn: Optional[pulumi.Input[str]]) -> list[pulumi.Input[str]]:
+    """Every secret the host reads: Grafana's, its two database logins, then the optional ones."""
+    readable: list[pulumi.Input[str]] = [grafana_secret_arn, args.db_backup_secret_arn, args.db_drill_secret_arn]
+    readable.extend(arn for arn in (alerting_secret_arn, args.db_monitor_secret_arn, args.redis_secret_arn)
+                    if arn is not None)
+    return readable
 
 
 def host_settings(args: MonitoringHostArgs, grafana_secret_name: str, grafana_secret_arn: pulumi.Input[str],
@@ -264,31 +304,46 @@ def host_settings(args: MonitoringHostArgs, grafana_secret_name: str, grafana_se
         key=args.kms_key_arn, db_host=args.db_address, backup_login=args.db_backup_secret_arn,
         drill_login=args.db_drill_secret_arn, grafana=grafana_secret_arn, volume=data_volume_id,
         monitor=args.db_monitor_secret_arn, redis=args.redis_secret_arn, alerting=alerting_secret_arn)
+    project, stack = pulumi.get_project(), pulumi.get_stack()
+    return inputs.apply(lambda values: monitoring_settings(args, values, grafana_secret_name, project, stack))
 
-    def settings(v: dict[str, Any]) -> MonitoringSettings:
-        return MonitoringSettings(
-            project=pulumi.get_project(), stack=pulumi.get_stack(), environment=args.environment,
-            region=args.region, public_url=v["public_url"], https=args.https,
-            alerts_topic_arn=v["topic"], backup_bucket=v["bucket"], kms_key_arn=v["key"],
-            db_host=v["db_host"], db_port=args.db_port, db_name=args.db_name, db_backup_secret_arn=v["backup_login"],
-            db_drill_secret_arn=v["drill_login"],
-            grafana_secret_arn=v["grafana"], grafana_secret_name=grafana_secret_name,
-            data_volume_id=v["volume"], volume_gb=args.volume_gb,
-            backup_schedule=args.backup_schedule, restore_drill_schedule=args.restore_drill_schedule,
-            db_monitor_secret_arn=v["monitor"], redis_secret_arn=v["redis"],
-            alerting_secret_arn=v["alerting"], webhook_enabled=args.alert_webhook_url is not None,
-            pagerduty_enabled=args.pagerduty_routing_key is not None,
-            postgres_client_major=args.postgres_major_version,
-            probe_paths=tuple(dict.fromkeys((args.health_check_path, "/api/v1/health/"))))
 
-    return inputs.apply(settings)
+def monitoring_settings(args: MonitoringHostArgs, resolved: Mapping[str, Any], grafana_secret_name: str,
+                        project: str, stack: str) -> MonitoringSettings:
+    """The host's settings from the args and the resolved values of the inputs that are Outputs
+    (the keys host_settings gathers: public_url, topic, bucket, key, db_host, backup_login,
+    drill_login, grafana, volume, monitor, redis, alerting)."""
+    v = resolved
+    return MonitoringSettings(
+        project=project, stack=stack, environment=args.environment,
+        region=args.region, public_url=v["public_url"], https=args.https,
+        alerts_topic_arn=v["topic"], backup_bucket=v["bucket"], kms_key_arn=v["key"],
+        db_host=v["db_host"], db_port=args.db_port, db_name=args.db_name, db_backup_secret_arn=v["backup_login"],
+        db_drill_secret_arn=v["drill_login"],
+        grafana_secret_arn=v["grafana"], grafana_secret_name=grafana_secret_name,
+        data_volume_id=v["volume"], volume_gb=args.volume_gb,
+        backup_schedule=args.backup_schedule, restore_drill_schedule=args.restore_drill_schedule,
+        db_monitor_secret_arn=v["monitor"], redis_secret_arn=v["redis"],
+        alerting_secret_arn=v["alerting"], webhook_enabled=args.alert_webhook_url is not None,
+        pagerduty_enabled=args.pagerduty_routing_key is not None,
+        postgres_client_major=args.postgres_major_version,
+        probe_paths=tuple(dict.fromkeys((args.health_check_path, "/api/v1/health/"))))
 
 
 def host_policy(args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[str]]) -> pulumi.Output[str]:
     """The monitoring host's inline policy: least privilege, exact ARNs wherever the API allows."""
+    return policy_json(host_policy_statements(args, readable_secrets))
+
+
+def host_policy_statements(args: MonitoringHostArgs, readable_secrets: Sequence[pulumi.Input[str]]) -> list[dict[str, Any]]:
+    return [*_discovery_and_secret_statements(args, readable_secrets), *_backup_statements(args),
+            *_publishing_statements(args)]
+
+
+def _discovery_and_secret_statements(args: MonitoringHostArgs,
+                                     readable_secrets: Sequence[pulumi.Input[str]]) -> list[dict[str, Any]]:
     region = args.region
-    backups_objects = pulumi.Output.concat(args.backup_bucket_arn, "/", BACKUP_PREFIX, "*")
-    return policy_json([
+    return [
         {
             # Prometheus EC2 service discovery. Describe* calls support no resource-level
             # permissions, so "*" is the only resource IAM accepts here.
@@ -301,7 +356,7 @@ def host_policy(args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[st
             "Sid": "ReadOwnSecrets",
             "Effect": "Allow",
             "Action": "secretsmanager:GetSecretValue",
-            "Resource": readable_secrets,
+            "Resource": list(readable_secrets),
         },
         {
             # Secrets, backups and the alerts topic are encrypted with the data key; the host may
@@ -313,6 +368,11 @@ def host_policy(args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[st
             "Condition": {"StringEquals": {"kms:ViaService": [
                 f"secretsmanager.{region}.amazonaws.com", f"s3.{region}.amazonaws.com", f"sns.{region}.amazonaws.com"]}},
         },
+    ]
+
+
+def _backup_statements(args: MonitoringHostArgs) -> list[dict[str, Any]]:
+    return [
         {
             # Exactly what scripts.backup/restore/restore_drill call (a test derives it from
             # their code): PutObject for the multipart upload (create, parts, complete) and the
@@ -323,7 +383,7 @@ def host_policy(args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[st
             "Sid": "WriteAndReadBackups",
             "Effect": "Allow",
             "Action": ["s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:AbortMultipartUpload"],
-            "Resource": backups_objects,
+            "Resource": joined(args.backup_bucket_arn, "/", BACKUP_PREFIX, "*"),
         },
         {
             # An interrupted backup confirms that its multipart upload is gone.
@@ -343,8 +403,13 @@ def host_policy(args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[st
             "Sid": "ReadOpsBundle",
             "Effect": "Allow",
             "Action": "s3:GetObject",
-            "Resource": pulumi.Output.concat(args.backup_bucket_arn, "/ops/*"),
+            "Resource": joined(args.backup_bucket_arn, "/ops/*"),
         },
+    ]
+
+
+def _publishing_statements(args: MonitoringHostArgs) -> list[dict[str, Any]]:
+    return [
         {
             "Sid": "PublishAlerts",
             "Effect": "Allow",
@@ -360,4 +425,4 @@ def host_policy(args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[st
             "Resource": "*",
             "Condition": {"StringEquals": {"cloudwatch:namespace": CLOUDWATCH_NAMESPACE}},
         },
-    ])
+    ]

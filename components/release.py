@@ -40,10 +40,10 @@ DEFAULT_STATIC_PATH = "/static/admin/css/base.css"
 
 @dataclass
 class ReleaseMigrationsArgs:
-    region: str
+    region: str  # AWS region (config aws:region) the scripts call
     migrate_function_name: pulumi.Input[str]  # DbOps.migrate_function_name
     package_sha256: str  # DbOps.package_sha256: the package's content hash, not the zip's
-    app_version: str
+    app_version: str  # config appVersion: a new release takes a new snapshot
     pre_migration_snapshot: bool = False  # config preMigrationSnapshot (prod)
     db_instance_identifier: Optional[pulumi.Input[str]] = None  # required with pre_migration_snapshot
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)  # e.g. DbOps.bootstrap
@@ -82,16 +82,16 @@ class ReleaseMigrations(pulumi.ComponentResource):
 
 @dataclass
 class ReleaseSmokeTestsArgs:
-    region: str
+    region: str  # AWS region (config aws:region) the scripts call
     api_url: pulumi.Input[str]  # https://<domain> or http://<alb dns> (staging without a certificate)
     health_function_name: pulumi.Input[str]  # DbOps.health_function_name
-    target_group_arn: pulumi.Input[str]
-    autoscaling_group_name: pulumi.Input[str]
-    app_version: str
-    package_sha256: str
+    target_group_arn: pulumi.Input[str]  # LoadBalancer.target_group_arn: wait-healthy watches its targets
+    autoscaling_group_name: pulumi.Input[str]  # ApiHosts.asg_name: wait-healthy follows its instance refresh
+    app_version: str  # config appVersion: a trigger (a new release runs the steps again)
+    package_sha256: str  # DbOps.package_sha256: a trigger
     maintenance: bool = False  # config maintenance: the load balancer answers 503
-    static_path: str = DEFAULT_STATIC_PATH
-    release_triggers: Sequence[pulumi.Input[Any]] = field(default_factory=list)
+    static_path: str = DEFAULT_STATIC_PATH  # a static file the smoke test fetches through the load balancer
+    release_triggers: Sequence[pulumi.Input[Any]] = field(default_factory=list)  # more values that mean "a new release"
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)  # the hosts (ASG) and the migrations
     # The hosts' launch template version (ApiHosts.launch_template_latest_version): an instance
     # refresh for another version is not this release's (scripts/release.py, RefreshJudge).

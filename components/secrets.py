@@ -34,8 +34,8 @@ INTEGRATIONS: dict[str, dict[str, str]] = {
 
 @dataclass
 class AppSecretsArgs:
-    kms_key_arn: pulumi.Input[str]
-    recovery_window_days: int
+    kms_key_arn: pulumi.Input[str]     # DataKey.arn: encrypts every secret here
+    recovery_window_days: int          # config secretRecoveryWindowDays: days a deleted secret can be restored
     # Config key -> secret Output, or None when not configured.
     integration_values: Mapping[str, Optional[pulumi.Output[str]]]
     # Plain (non-secret) settings stored next to the credentials of the same integration.
@@ -73,7 +73,7 @@ class AppSecrets(pulumi.ComponentResource):
         self.app_secret_arn = app.arn
 
         self.integration_secret_arns = {}
-        for integration, variables in INTEGRATIONS.items():
+        for integration in INTEGRATIONS:
             secret = aws.secretsmanager.Secret(f"{name}-{integration}", aws.secretsmanager.SecretArgs(
                 name=f"{base}/integrations/{integration}",
                 description=f"Credentials of the {integration} integration (set with pulumi config set --secret)",
@@ -81,10 +81,7 @@ class AppSecrets(pulumi.ComponentResource):
                 recovery_window_in_days=args.recovery_window_days,
                 tags=name_tag(f"{integration}-secret", {"secret-kind": "integration"})), child)
             self.integration_secret_arns[integration] = secret.arn
-            values = {env: args.integration_values.get(key) for env, key in variables.items()}
-            document: dict[str, object] = {env: value for env, value in values.items() if value is not None}
-            if integration == "smtp":
-                document.update(args.smtp_settings)
+            document = integration_document(integration, args)
             if not document:
                 continue  # the secret exists with no value; the hosts treat it as "not configured"
             aws.secretsmanager.SecretVersion(f"{name}-{integration}-value", aws.secretsmanager.SecretVersionArgs(
@@ -93,3 +90,13 @@ class AppSecrets(pulumi.ComponentResource):
 
         self.register_outputs({"app_secret_arn": self.app_secret_arn,
                                "integration_secret_arns": self.integration_secret_arns})
+
+
+def integration_document(integration: str, args: AppSecretsArgs) -> dict[str, object]:
+    """An integration secret's value: environment variable -> configured value, only those set
+    (plus the plain SMTP settings for "smtp"); {} when nothing is configured."""
+    values = {env: args.integration_values.get(key) for env, key in INTEGRATIONS[integration].items()}
+    document: dict[str, object] = {env: value for env, value in values.items() if value is not None}
+    if integration == "smtp":
+        document.update(args.smtp_settings)
+    return document

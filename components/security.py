@@ -42,11 +42,11 @@ DESCRIPTIONS = {
 
 @dataclass
 class SecurityGroupsArgs:
-    vpc_id: pulumi.Input[str]
-    vpc_cidr: str
-    app_port: int
-    admin_cidrs: Sequence[str]
-    ssh_cidrs: Sequence[str]
+    vpc_id: pulumi.Input[str]     # Network.vpc_id
+    vpc_cidr: str                 # config vpcCidr: where the VPC resolver (DNS) is
+    app_port: int                 # config appPort: load balancer -> API hosts
+    admin_cidrs: Sequence[str]    # config adminCidrs: networks that reach the monitoring UIs; [] for none
+    ssh_cidrs: Sequence[str]      # config sshCidrs: networks allowed SSH to the API hosts; [] for none (SSM instead)
 
 
 class SecurityGroups(pulumi.ComponentResource):
@@ -69,17 +69,23 @@ class SecurityGroups(pulumi.ComponentResource):
             for role in ROLES
         }
         self.ids = {role: group.id for role, group in groups.items()}
-        sg = self.ids
-        port = args.app_port
+        self._load_balancer_rules(args)
+        self._api_rules(args)
+        self._data_store_rules()
+        self._dbops_rules(args)
+        self._monitoring_rules(args)
+        self.register_outputs({"ids": self.ids})
 
-        # Load balancer: the only ingress from anywhere, on 80 (redirected) and 443.
+    def _load_balancer_rules(self, args: SecurityGroupsArgs) -> None:
+        """The only ingress from anywhere, on 80 (redirected) and 443."""
         for listener_port, what in ((80, "HTTP, answered with a redirect to HTTPS"), (443, "HTTPS")):
             self._ingress("alb", listener_port, cidr=ANYWHERE_V4, description=f"{what} from the internet (IPv4)")
             self._ingress("alb", listener_port, cidr=ANYWHERE_V6, description=f"{what} from the internet (IPv6)")
-        self._egress("alb", port, group=sg["api"], peer="api", description="Forward requests to the API hosts")
+        self._egress("alb", args.app_port, group=self.ids["api"], peer="api", description="Forward requests to the API hosts")
 
-        # API hosts.
-        self._ingress("api", port, group=sg["alb"], peer="alb", description="Requests from the load balancer")
+    def _api_rules(self, args: SecurityGroupsArgs) -> None:
+        sg = self.ids
+        self._ingress("api", args.app_port, group=sg["alb"], peer="alb", description="Requests from the load balancer")
         self._ingress("api", APP_METRICS_PORT, group=sg["monitoring"], peer="monitoring",
                       description="Prometheus scrapes application metrics (nginx metrics port)")
         self._ingress("api", NODE_EXPORTER_PORT, group=sg["monitoring"], peer="monitoring",
@@ -92,19 +98,23 @@ class SecurityGroups(pulumi.ComponentResource):
         self._egress("api", POSTGRES_PORT, group=sg["database"], peer="database", description="PostgreSQL inside the VPC")
         self._egress("api", REDIS_PORT, group=sg["redis"], peer="redis", description="Redis inside the VPC")
 
-        # Data stores: only from the three clients that need them; no egress at all.
+    def _data_store_rules(self) -> None:
+        """Only from the three clients that need them; no egress at all."""
         for client in ("api", "dbops", "monitoring"):
-            self._ingress("database", POSTGRES_PORT, group=sg[client], peer=client,
+            self._ingress("database", POSTGRES_PORT, group=self.ids[client], peer=client,
                           description=f"PostgreSQL from the {client} group")
-            self._ingress("redis", REDIS_PORT, group=sg[client], peer=client,
+            self._ingress("redis", REDIS_PORT, group=self.ids[client], peer=client,
                           description=f"Redis from the {client} group")
 
-        # Database-operations function.
+    def _dbops_rules(self, args: SecurityGroupsArgs) -> None:
+        """The database-operations functions."""
         self._outbound_common("dbops", args.vpc_cidr)
-        self._egress("dbops", POSTGRES_PORT, group=sg["database"], peer="database", description="PostgreSQL inside the VPC")
-        self._egress("dbops", REDIS_PORT, group=sg["redis"], peer="redis", description="Redis inside the VPC")
+        self._egress("dbops", POSTGRES_PORT, group=self.ids["database"], peer="database",
+                     description="PostgreSQL inside the VPC")
+        self._egress("dbops", REDIS_PORT, group=self.ids["redis"], peer="redis", description="Redis inside the VPC")
 
-        # Monitoring host.
+    def _monitoring_rules(self, args: SecurityGroupsArgs) -> None:
+        sg = self.ids
         for ui, ui_port in MONITORING_UI_PORTS.items():
             for cidr in args.admin_cidrs:
                 self._ingress("monitoring", ui_port, cidr=cidr, description=f"{ui.capitalize()} UI from admin network {cidr}")
@@ -114,8 +124,6 @@ class SecurityGroups(pulumi.ComponentResource):
         self._egress("monitoring", POSTGRES_PORT, group=sg["database"], peer="database",
                      description="postgres_exporter and backups")
         self._egress("monitoring", REDIS_PORT, group=sg["redis"], peer="redis", description="redis_exporter")
-
-        self.register_outputs({"ids": self.ids})
 
     def _outbound_common(self, role: str, vpc_cidr: str) -> None:
         self._egress(role, 443, cidr=ANYWHERE_V4,

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import pulumi
 import pulumi_aws as aws
 
-from components.common import name_tag, policy_json, type_token
+from components.common import joined, name_tag, policy_json, type_token
 
 # Where backups live in the backups bucket: the lifecycle rule's prefix, the monitoring role's
 # grants and the backup timer's --prefix. The scripts (which run on the host without
@@ -31,12 +31,15 @@ BACKUPS_ACCESS_LOG_PREFIX = "s3/backups/"
 
 @dataclass
 class PrivateBucketArgs:
-    purpose: str
+    purpose: str                     # the bucket's "purpose" tag, e.g. "database-backups"
     # None means SSE-S3 (AES256); otherwise SSE-KMS with this key and an S3 bucket key.
     kms_key_arn: Optional[pulumi.Input[str]]
+    # Days after which current objects under expire_prefix expire (config backupRetentionDays,
+    # accessLogRetentionDays).
     expire_days: int
+    # Days a replaced or deleted object's old version is kept (config backupNoncurrentVersionDays).
     noncurrent_version_days: int
-    expire_prefix: str = ""
+    expire_prefix: str = ""          # the prefix expire_days applies to; "" for the whole bucket
     # Extra statements; "{bucket_arn}" in a Resource string is replaced by the bucket ARN.
     extra_policy_statements: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     # S3 Object Lock in governance mode with this default retention (days): no version of an
@@ -66,17 +69,32 @@ class PrivateBucket(pulumi.ComponentResource):
         versioning = aws.s3.BucketVersioning(f"{name}-versioning", aws.s3.BucketVersioningInitArgs(
             bucket=bucket.id, versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(
                 status="Enabled")), child)
-        if args.kms_key_arn is not None:
+        self._encryption(name, bucket, args.kms_key_arn)
+        self._lifecycle(name, bucket, versioning, args)
+        aws.s3.BucketPolicy(f"{name}-policy", aws.s3.BucketPolicyArgs(
+            bucket=bucket.id, policy=policy_json(bucket_policy_statements(bucket.arn, args))),
+            # A policy put before the public-access block could be judged public and refused.
+            pulumi.ResourceOptions(parent=self, depends_on=[public_access]))
+        if args.object_lock_days is not None:
+            self._object_lock(name, bucket, versioning, args.object_lock_days)
+
+        self.register_outputs({"name": self.name, "arn": self.arn})
+
+    def _encryption(self, name: str, bucket: aws.s3.Bucket, kms_key_arn: Optional[pulumi.Input[str]]) -> None:
+        """SSE-KMS with the key and an S3 bucket key, or SSE-S3 without a key."""
+        if kms_key_arn is not None:
             default = aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
-                sse_algorithm="aws:kms", kms_master_key_id=args.kms_key_arn)
+                sse_algorithm="aws:kms", kms_master_key_id=kms_key_arn)
         else:
             default = aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
                 sse_algorithm="AES256")
         aws.s3.BucketServerSideEncryptionConfiguration(f"{name}-encryption", aws.s3.BucketServerSideEncryptionConfigurationInitArgs(
             bucket=bucket.id, rules=[aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
                 apply_server_side_encryption_by_default=default,
-                bucket_key_enabled=args.kms_key_arn is not None)]), child)
+                bucket_key_enabled=kms_key_arn is not None)]), pulumi.ResourceOptions(parent=self))
 
+    def _lifecycle(self, name: str, bucket: aws.s3.Bucket, versioning: aws.s3.BucketVersioning,
+                   args: PrivateBucketArgs) -> None:
         aws.s3.BucketLifecycleConfiguration(f"{name}-lifecycle", aws.s3.BucketLifecycleConfigurationArgs(
             bucket=bucket.id,
             rules=[
@@ -98,39 +116,6 @@ class PrivateBucket(pulumi.ComponentResource):
                         days_after_initiation=1)),
             ]), pulumi.ResourceOptions(parent=self, depends_on=[versioning]))
 
-        statements: list[Mapping[str, Any]] = [{
-            "Sid": "DenyInsecureTransport",
-            "Effect": "Deny",
-            "Principal": "*",
-            "Action": "s3:*",
-            "Resource": [bucket.arn, pulumi.Output.concat(bucket.arn, "/*")],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-        }]
-        if args.kms_key_arn is not None:
-            statements.append({
-                "Sid": "DenyObjectsNotEncryptedWithKms",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:PutObject",
-                "Resource": pulumi.Output.concat(bucket.arn, "/*"),
-                "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}},
-            })
-        for statement in args.extra_policy_statements:
-            resolved = dict(statement)
-            resource = resolved.get("Resource")
-            if isinstance(resource, str) and "{bucket_arn}" in resource:
-                resolved["Resource"] = pulumi.Output.format(resource.replace("{bucket_arn}", "{0}"), bucket.arn)
-            statements.append(resolved)
-        aws.s3.BucketPolicy(f"{name}-policy", aws.s3.BucketPolicyArgs(
-            bucket=bucket.id, policy=policy_json(statements)),
-            # A policy put before the public-access block could be judged public and refused.
-            pulumi.ResourceOptions(parent=self, depends_on=[public_access]))
-
-        if args.object_lock_days is not None:
-            self._object_lock(name, bucket, versioning, args.object_lock_days)
-
-        self.register_outputs({"name": self.name, "arn": self.arn})
-
     def _object_lock(self, name: str, bucket: aws.s3.Bucket, versioning: aws.s3.BucketVersioning, days: int) -> None:
         """Governance-mode Object Lock with a default retention. Enabled on the existing,
         versioned bucket (no replacement); every new object version is locked for `days`."""
@@ -151,6 +136,38 @@ class PrivateBucket(pulumi.ComponentResource):
             bucket=self.name, target_bucket=target_bucket, target_prefix=prefix,
         ), pulumi.ResourceOptions(parent=self, depends_on=list(ready)))
 
+
+
+def bucket_policy_statements(bucket_arn: pulumi.Input[str], args: PrivateBucketArgs) -> list[Mapping[str, Any]]:
+    """The bucket's policy: no plain-HTTP request, no object without KMS encryption (when the
+    bucket has a key), then the extra statements with "{bucket_arn}" filled in."""
+    objects = joined(bucket_arn, "/*")
+    statements: list[Mapping[str, Any]] = [{
+        "Sid": "DenyInsecureTransport",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:*",
+        "Resource": [bucket_arn, objects],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }]
+    if args.kms_key_arn is not None:
+        statements.append({
+            "Sid": "DenyObjectsNotEncryptedWithKms",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": objects,
+            "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}},
+        })
+    for statement in args.extra_policy_statements:
+        resolved = dict(statement)
+        resource = resolved.get("Resource")
+        if isinstance(resource, str) and "{bucket_arn}" in resource:
+            template = resource.replace("{bucket_arn}", "{0}")
+            resolved["Resource"] = template.format(bucket_arn) if isinstance(bucket_arn, str) \
+                else pulumi.Output.format(template, bucket_arn)
+        statements.append(resolved)
+    return statements
 
 def access_log_delivery_statements(account_id: str, elb_account_arn: pulumi.Input[str]) -> list[dict[str, Any]]:
     """What ALB access-log delivery needs: the region's ELB account (regions older than

@@ -23,12 +23,12 @@ one of the CloudWatch alarms (components/alarms.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import pulumi
 import pulumi_aws as aws
 
-from components.common import name_tag, physical_prefix, policy_json, type_token
+from components.common import joined, name_tag, physical_prefix, policy_json, type_token
 
 LOG_GROUP_PREFIX = "aws-waf-logs-"  # AWS refuses any other name for a WAF log destination
 RATE_WINDOW_SECONDS = 300
@@ -46,13 +46,13 @@ RATE_RULE_NAME = "rate-limit-per-ip"
 
 @dataclass
 class WebFirewallArgs:
-    load_balancer_arn: pulumi.Input[str]
-    region: str
-    account_id: str
-    kms_key_arn: pulumi.Input[str]
-    rate_limit: int
-    log_retention_days: int
-    mode: str = "block"  # or "count"
+    load_balancer_arn: pulumi.Input[str]   # LoadBalancer.arn: the ACL is associated with it
+    region: str                            # AWS region (config aws:region): the log-delivery condition
+    account_id: str                        # this account's id: the log-delivery condition
+    kms_key_arn: pulumi.Input[str]         # DataKey.arn: encrypts the WAF log group
+    rate_limit: int                        # config wafRateLimit: requests per IP address in 5 minutes
+    log_retention_days: int                # config wafLogRetentionDays: days the request logs are kept
+    mode: str = "block"                    # config wafMode: "block", or "count" to observe only
 
 
 def _visibility(metric: str) -> aws.wafv2.WebAclRuleVisibilityConfigArgs:
@@ -145,17 +145,7 @@ class WebFirewall(pulumi.ComponentResource):
             tags=name_tag("waf-logs")), child)
         delivery = aws.cloudwatch.LogResourcePolicy(f"{name}-log-delivery", aws.cloudwatch.LogResourcePolicyArgs(
             policy_name=f"{physical_prefix()}-waf-log-delivery",
-            policy_document=policy_json([{
-                "Sid": "WafLogDeliveryWritesTheWafLogGroup",
-                "Effect": "Allow",
-                "Principal": {"Service": "delivery.logs.amazonaws.com"},
-                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": pulumi.Output.concat(log_group.arn, ":*"),
-                "Condition": {
-                    "StringEquals": {"aws:SourceAccount": args.account_id},
-                    "ArnLike": {"aws:SourceArn": f"arn:aws:logs:{args.region}:{args.account_id}:*"},
-                },
-            }])), child)
+            policy_document=policy_json(log_delivery_statements(log_group.arn, args.account_id, args.region))), child)
         aws.wafv2.WebAclLoggingConfiguration(f"{name}-logging", aws.wafv2.WebAclLoggingConfigurationArgs(
             resource_arn=acl.arn,
             log_destination_configs=[log_group.arn],
@@ -165,3 +155,19 @@ class WebFirewall(pulumi.ComponentResource):
                 for header in REDACTED_HEADERS],
         ), pulumi.ResourceOptions(parent=self, depends_on=[delivery]))
         return log_group
+
+
+def log_delivery_statements(log_group_arn: pulumi.Input[str], account_id: str, region: str) -> list[dict[str, Any]]:
+    """The WAF log group's resource policy: the log-delivery service writes there, for this
+    account's web ACLs only."""
+    return [{
+        "Sid": "WafLogDeliveryWritesTheWafLogGroup",
+        "Effect": "Allow",
+        "Principal": {"Service": "delivery.logs.amazonaws.com"},
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": joined(log_group_arn, ":*"),
+        "Condition": {
+            "StringEquals": {"aws:SourceAccount": account_id},
+            "ArnLike": {"aws:SourceArn": f"arn:aws:logs:{region}:{account_id}:*"},
+        },
+    }]
