@@ -1,5 +1,5 @@
-"""The shape of the code itself: short functions, and a deployed program that does not lean on
-its test harness."""
+"""The shape of the code itself: a deployed program that does not lean on its test harness
+(short functions: tests/unit/test_component_shape.py)."""
 
 from __future__ import annotations
 
@@ -10,30 +10,8 @@ import pytest
 
 from harness.mock_engine import ROOT_DIR
 
-# Folders whose every function fits on about one screen; extend the list as folders get there.
-SHORT_FUNCTION_FOLDERS = ("infra", "harness")
-MAX_FUNCTION_LINES = 60
 # What `pulumi up` runs and what it ships (the Lambda package, the monitoring host's bundle).
 DEPLOYED_FOLDERS = ("infra", "components", "scripts/lib", "scripts/dbops")
-
-
-def _functions(folder: str) -> list[tuple[str, int]]:
-    """(file:line name, length in lines) of every function and method under `folder`."""
-    found = []
-    for path in sorted((ROOT_DIR / folder).rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                assert node.end_lineno is not None
-                where = f"{path.relative_to(ROOT_DIR)}:{node.lineno} {node.name}"
-                found.append((where, node.end_lineno - node.lineno + 1))
-    return found
-
-
-@pytest.mark.parametrize("folder", SHORT_FUNCTION_FOLDERS)
-def test_functions_fit_on_one_screen(folder: str) -> None:
-    assert _functions(folder), f"no functions found under {folder}/"
-    too_long = [f"{where} ({lines} lines)" for where, lines in _functions(folder) if lines > MAX_FUNCTION_LINES]
-    assert too_long == []
 
 
 def _imported_modules(path: Path) -> set[str]:
