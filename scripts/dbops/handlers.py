@@ -19,9 +19,11 @@ Manager expects. Every message passes through the masker: no secret value reache
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Optional
 
@@ -152,21 +154,33 @@ def health_handler(event: Optional[dict[str, Any]], context: Any = None) -> dict
     return doc
 
 
-def rotation_handler(event: dict[str, Any], context: Any = None) -> None:
-    """Secrets Manager's rotation contract: {"SecretId", "ClientRequestToken", "Step"}."""
+def rotation_event(event: dict[str, Any]) -> tuple[str, str, str]:
+    """(SecretId, ClientRequestToken, Step) of Secrets Manager's rotation contract."""
     try:
-        secret_id, token, step = event["SecretId"], event["ClientRequestToken"], event["Step"]
+        return event["SecretId"], event["ClientRequestToken"], event["Step"]
     except KeyError as missing:
         raise ValueError(f"rotation event lacks {missing}") from None
-    _log(f"rotation step {step} for version {token}")
+
+
+@contextlib.contextmanager
+def failed_step_raised() -> Iterator[None]:
+    """A failed rotation step raised again, masked and in one line, so that Secrets Manager
+    records it (and the function's Errors alarm sees it)."""
     try:
         with aws.one_line_errors():
-            Rotation(aws.client("secretsmanager"), secret_id, token,
-                     master_secret_id=os.environ.get("MASTER_SECRET_ARN") or None,
-                     endpoint=endpoint_from_environment(), log=_log).run(step)
+            yield
     except ScriptError as err:
-        # Raised again so Secrets Manager records the failed step; the message is masked.
         raise RuntimeError(masker(str(err))) from None
+
+
+def rotation_handler(event: dict[str, Any], context: Any = None) -> None:
+    """Secrets Manager's rotation contract: {"SecretId", "ClientRequestToken", "Step"}."""
+    secret_id, token, step = rotation_event(event)
+    _log(f"rotation step {step} for version {token}")
+    with failed_step_raised():
+        Rotation(aws.client("secretsmanager"), secret_id, token,
+                 master_secret_id=os.environ.get("MASTER_SECRET_ARN") or None,
+                 endpoint=endpoint_from_environment(), log=_log).run(step)
 
 
 def auth_tokens_from_environment(deadline: Deadline) -> AuthTokens:
@@ -180,18 +194,12 @@ def redis_rotation_handler(event: dict[str, Any], context: Any = None) -> None:
     """Secrets Manager's rotation contract for the Redis secret: {"SecretId", "ClientRequestToken", "Step"}.
     Waiting for the replication group stops a safety margin before the function's timeout (the
     Lambda context's remaining time), with a one-line "retry this step" error."""
-    try:
-        secret_id, token, step = event["SecretId"], event["ClientRequestToken"], event["Step"]
-    except KeyError as missing:
-        raise ValueError(f"rotation event lacks {missing}") from None
+    secret_id, token, step = rotation_event(event)
     deadline = Deadline.from_lambda_context(context)
     _log(f"Redis rotation step {step} for version {token} ({int(deadline.remaining())} s for waiting)")
-    try:
-        with aws.one_line_errors():
-            RedisRotation(aws.client("secretsmanager"), secret_id, token, tokens=auth_tokens_from_environment(deadline),
-                          endpoint=redis_endpoint_from_environment(), log=_log).run(step)
-    except ScriptError as err:
-        raise RuntimeError(masker(str(err))) from None
+    with failed_step_raised():
+        RedisRotation(aws.client("secretsmanager"), secret_id, token, tokens=auth_tokens_from_environment(deadline),
+                      endpoint=redis_endpoint_from_environment(), log=_log).run(step)
 
 
 def rotation_check_handler(event: Optional[dict[str, Any]], context: Any = None) -> dict[str, Any]:
@@ -211,13 +219,7 @@ def rotation_check_handler(event: Optional[dict[str, Any]], context: Any = None)
 def generated_rotation_handler(event: dict[str, Any], context: Any = None) -> None:
     """Secrets Manager's rotation contract for the Django secret and Grafana's admin secret:
     {"SecretId", "ClientRequestToken", "Step"} (scripts/dbops/generated_rotation.py)."""
-    try:
-        secret_id, token, step = event["SecretId"], event["ClientRequestToken"], event["Step"]
-    except KeyError as missing:
-        raise ValueError(f"rotation event lacks {missing}") from None
+    secret_id, token, step = rotation_event(event)
     _log(f"generated-secret rotation step {step} for version {token}")
-    try:
-        with aws.one_line_errors():
-            GeneratedSecretRotation(aws.client("secretsmanager"), secret_id, token, log=_log).run(step)
-    except ScriptError as err:
-        raise RuntimeError(masker(str(err))) from None
+    with failed_step_raised():
+        GeneratedSecretRotation(aws.client("secretsmanager"), secret_id, token, log=_log).run(step)
