@@ -197,7 +197,13 @@ class MonitoringHost(pulumi.ComponentResource):
             server_side_encryption="aws:kms",
             kms_key_id=args.kms_key_arn,
             bucket_key_enabled=True,
-            tags=name_tag("ops-bundle")), pulumi.ResourceOptions(parent=self))
+            tags=name_tag("ops-bundle")), pulumi.ResourceOptions(
+                parent=self,
+                # The key follows the contents, so every change replaces the object; the bucket's
+                # Object Lock refuses the provider's delete of the old, locked version (it never
+                # bypasses governance retention), which would fail the `up`. Pulumi forgets the
+                # old bundle instead (a few KB, kept like every object of the bucket).
+                retain_on_delete=True))
 
     def _identity(self, name: str, args: MonitoringHostArgs, readable_secrets: list[pulumi.Input[str]],
                   ) -> tuple[aws.iam.Role, aws.iam.InstanceProfile, list[pulumi.Resource]]:

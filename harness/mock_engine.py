@@ -64,7 +64,7 @@ class PlannedResource:
     provider: Optional[str] = None
     outputs: dict[str, Any] = field(default_factory=dict)
     # Resource options the engine receives: ignoreChanges, additionalSecretOutputs, protect,
-    # deleteBeforeReplace, replaceOnChanges (only those that are set).
+    # deleteBeforeReplace, replaceOnChanges, retainOnDelete (only those that are set).
     options: dict[str, Any] = field(default_factory=dict)
     # The inputs with secrets unmasked (mock values only: generated passwords, config
     # placeholders); for the provider check, never printed by the plan.
@@ -558,6 +558,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             "replaceOnChanges": list(request.replaceOnChanges),
             "protect": bool(request.protect),
             "deleteBeforeReplace": bool(request.deleteBeforeReplace),
+            "retainOnDelete": bool(request.retainOnDelete),
         }
         self.planned.append(PlannedResource(
             type=request.type, name=request.name, urn=response.urn, id=resource_id, parent=parent,

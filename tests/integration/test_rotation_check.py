@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from scripts.dbops import handlers
-from scripts.dbops.rotation_check import METRIC_NAME, check_rotation
+from scripts.dbops.rotation_check import METRIC_NAME, SecretAge, check_rotation, secret_age
 from tests.integration.dbops_support import create_function
 from tests.services import MotoServer
 
@@ -78,3 +78,26 @@ def test_handler_reads_its_environment_and_publishes(clients: tuple[Any, Any], m
     answer = handlers.rotation_check_handler({})
     assert answer == {"ok": True, "checked": 2, "overdue": {}}
     assert published(cloudwatch) == [0.0]
+
+
+def test_a_secret_that_gained_rotation_late_is_due_from_then(clients: tuple[Any, Any], moto: MotoServer) -> None:
+    """A secret that existed long before its rotation was switched on (the Django and Grafana
+    secrets of a stack older than their rotation) is not overdue from its creation date: its
+    first rotation is due when Secrets Manager says (NextRotationDate, which stays in the past
+    when rotations fail)."""
+    sm, _ = clients
+    now = datetime.now(UTC)
+    created_long_ago = now - timedelta(days=400)
+    first_due = now + timedelta(days=89)
+    waiting = SecretAge("psychology-api/test/app", rotation_enabled=True, schedule_days=90,
+                        last_rotated=created_long_ago, next_rotation=first_due, rotated_before=False)
+    assert waiting.overdue(now, margin_days=2) is None
+    missed = waiting.overdue(first_due + timedelta(days=3), margin_days=2)
+    assert missed is not None and "first rotation" in missed
+
+    # Read from DescribeSecret (moto stamps LastRotatedDate when rotation is switched on; whether
+    # AWS does, the check does not depend on).
+    function_arn = create_function(moto.endpoint_url, "psychology-api-test-db-rotate")
+    arn = rotated_secret(sm, moto.endpoint_url, "psychology-api/test/grafana", function_arn)
+    age = secret_age(sm, arn)
+    assert age.next_rotation is not None and timedelta(days=89) < age.next_rotation - now < timedelta(days=91)

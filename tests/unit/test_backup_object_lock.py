@@ -24,3 +24,16 @@ def test_backups_are_locked_for_the_backup_retention(plan: Plan) -> None:
 def test_retention_follows_the_config() -> None:
     plan = run_program("staging", overrides={"backupRetentionDays": 45})
     assert plan.one(LOCK).inputs["rule"]["defaultRetention"]["days"] == 45
+
+
+def test_pulumi_never_deletes_an_object_of_the_locked_bucket(plan: Plan) -> None:
+    """The monitoring host's operations bundle lives in the backups bucket, and its key follows
+    its contents: every change replaces it. The provider deletes a replaced object's versions
+    without bypassing governance retention, which S3 refuses for a locked version, so a
+    replacement would fail every `pulumi up` that changes the bundle. Pulumi forgets the old
+    bundle instead; Object Lock and the lifecycle rules own the bucket's objects."""
+    backups = plan.one("aws:s3/bucket:Bucket", "backups-bucket")
+    objects = [r for r in plan.of_type("aws:s3/bucketObjectv2:BucketObjectv2") if r.inputs["bucket"] == backups.id]
+    assert [r.name for r in objects] == ["monitoring-ops-bundle"]
+    for obj in objects:
+        assert obj.options.get("retainOnDelete") is True, obj.name
