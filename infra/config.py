@@ -556,11 +556,14 @@ def _cache_rules(cfg: StackConfig) -> Iterator[Problem]:
 
 
 def _migration_rules(cfg: StackConfig) -> Iterator[Problem]:
-    lock_waits = cfg.migration_lock_timeout_seconds * cfg.migration_lock_attempts
+    # The lock attempts, the doubling waits between them (scripts/dbops/migrations.py Timeouts,
+    # from 1 s, at most 30 s) and the statement timeout: one file's budget.
+    waits = sum(min(2 ** (attempt - 2), 30) for attempt in range(2, cfg.migration_lock_attempts + 1))
+    lock_waits = cfg.migration_lock_timeout_seconds * cfg.migration_lock_attempts + waits
     if lock_waits + cfg.migration_statement_timeout_seconds > 840:
         yield _bad("migrationStatementTimeoutSeconds", cfg.migration_statement_timeout_seconds,
                    f"at most {max(0, 840 - lock_waits)} with {lock_waits} s of lock waits (migrationLockTimeoutSeconds x "
-                   "migrationLockAttempts): a migration file must fit in the migrate function's 900 s")
+                   "migrationLockAttempts, and the waits between attempts): a migration file must fit in the migrate function's 900 s")
 
 
 # In this order: a key named twice keeps its first problem (the type check's, then these).
@@ -664,7 +667,8 @@ def _readiness(cfg: StackConfig, refuse: bool) -> list[Problem]:
     placeholders = placeholder_problems(cfg)
     material = missing_material_problems()
     consequence = ("`pulumi preview/up` refuses it for prod" if cfg.is_prod
-                   else "fine for a trial stack, replace it before real use")
+                   else "staging warns only; replace it before its `pulumi up` (an example zone or domain cannot "
+                        "validate the certificate, example addresses reach nobody)")
     for problem in placeholders:
         pulumi.log.warn(f"placeholder value {problem.key} = {json.dumps(value_for_display(problem.value))}: {consequence}")
     for problem in material:

@@ -115,8 +115,10 @@ def migrate_handler(event: Optional[dict[str, Any]], context: Any = None) -> dic
     dry_run = bool(event.get("dry_run"))
     try:
         admin = master_target()
+        # Called by Lambda: the run ends between files before the invocation's timeout.
+        deadline = Deadline.from_lambda_context(context) if context is not None else None
         result = migrate(admin, dry_run=dry_run, timeouts=migration_timeouts(event),
-                         allow_out_of_order=bool(event.get("allow_out_of_order")), log=_log)
+                         allow_out_of_order=bool(event.get("allow_out_of_order")), log=_log, deadline=deadline)
         credentials = []
         if not dry_run:
             for label, variable in MANAGED_SECRETS:

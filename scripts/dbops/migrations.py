@@ -33,6 +33,7 @@ from typing import Any, Optional
 import psycopg
 from psycopg import sql
 
+from scripts.dbops.elasticache import Deadline
 from scripts.dbops.sqltext import split_statements
 from scripts.lib.cli import ScriptError, masker
 from scripts.lib.db import DbTarget, connect
@@ -96,6 +97,12 @@ class Timeouts:
 
     def wait_before(self, attempt: int) -> float:
         return min(self.retry_wait_seconds * 2 ** (attempt - 2), 30.0)
+
+    def file_budget_seconds(self) -> float:
+        """The longest one file can take: every lock attempt, the waits between them, and the
+        statement timeout."""
+        waits = sum(self.wait_before(attempt) for attempt in range(2, self.lock_attempts + 1))
+        return self.lock_timeout_seconds * self.lock_attempts + waits + self.statement_timeout_seconds
 
 
 @dataclass(frozen=True)
@@ -263,7 +270,11 @@ def _no_log(_: str) -> None:
 
 def migrate(target: DbTarget, directory: Optional[Path] = None, *, dry_run: bool = False,
             lock_wait_seconds: int = DEFAULT_LOCK_WAIT_SECONDS, timeouts: Timeouts = Timeouts(),
-            allow_out_of_order: bool = False, log: Log = _no_log) -> MigrationResult:
+            allow_out_of_order: bool = False, log: Log = _no_log,
+            deadline: Optional[Deadline] = None) -> MigrationResult:
+    """Apply the pending files. With a `deadline` (the function's invocation), the lock wait is
+    cut to what leaves one file its budget, and no file starts that could not finish before it:
+    the run stops between files, never inside one, and the next run continues."""
     directory = Path(directory or default_directory())
     files = load_migrations(directory)
     result = MigrationResult(database=f"{target.dbname}@{target.host}", dry_run=dry_run)
@@ -272,12 +283,15 @@ def migrate(target: DbTarget, directory: Optional[Path] = None, *, dry_run: bool
             # A dry run changes nothing: no lock, no record table.
             plan = _checked_plan(files, read_applied(conn) or {}, directory, allow_out_of_order, log)
             return _finish(result, plan, [])
+        if deadline is not None:
+            lock_wait_seconds = int(min(lock_wait_seconds, max(0.0, deadline.remaining() - timeouts.file_budget_seconds())))
         _acquire_lock(conn, lock_wait_seconds, log)
         try:
             conn.execute(_CREATE_TABLE)
             plan = _checked_plan(files, read_applied(conn) or {}, directory, allow_out_of_order, log)
             applied: list[dict[str, Any]] = []
             for migration in plan.pending:
+                _check_time_left(deadline, timeouts, migration, len(applied))
                 log(f"applying {migration.filename}" + ("" if migration.transactional else " (no transaction)"))
                 applied.append(_apply(conn, migration, applied, timeouts, log))
                 log(f"applied {migration.filename} in {applied[-1]['duration_ms']} ms")
@@ -287,6 +301,14 @@ def migrate(target: DbTarget, directory: Optional[Path] = None, *, dry_run: bool
         finally:
             if not conn.closed:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+
+
+def _check_time_left(deadline: Optional[Deadline], timeouts: Timeouts, migration: Migration, applied: int) -> None:
+    if deadline is None or deadline.remaining() >= timeouts.file_budget_seconds():
+        return
+    raise ScriptError(f"stopped before {migration.filename} with {applied} applied in this run: "
+                      f"{max(0, int(deadline.remaining()))} s left ({deadline.what}), a file may need "
+                      f"{int(timeouts.file_budget_seconds())} s; run the migrations again to continue")
 
 
 def _checked_plan(files: list[Migration], applied: dict[int, AppliedMigration], directory: Path,

@@ -346,21 +346,33 @@ class Translator:
             items = value if isinstance(value, list) else [value]
             return [self._block(block, item, (*tf_path, i), f"{pulumi_path}[{i}]", context)
                     for i, item in enumerate(items)]
-        return self._typed(attribute.get("type"), value, context)
+        return self._typed(attribute.get("type"), value, context, pulumi_path)
 
-    def _typed(self, cty: Any, value: Any, context: _Context) -> Any:
+    def _typed(self, cty: Any, value: Any, context: _Context, path: str = "") -> Any:
         if isinstance(value, str):
             reference = self._references.lookup(value, context.resource.depends_on, context.address)
             return reference or value
         if isinstance(cty, list) and cty[0] in ("list", "set") and isinstance(value, list):
-            return [self._typed(cty[1], v, context) for v in value]
+            return [self._typed(cty[1], v, context, f"{path}[{i}]") for i, v in enumerate(value)]
         if isinstance(cty, list) and cty[0] == "map" and isinstance(value, dict):
-            return {k: self._typed(cty[1], v, context) for k, v in value.items()}
+            return {k: self._typed(cty[1], v, context, f"{path}.{k}") for k, v in value.items()}
         if isinstance(cty, list) and cty[0] == "object" and isinstance(value, dict):
-            fields = cty[1]
-            return {(snake(k) if snake(k) in fields else k): self._typed(fields.get(snake(k)), v, context)
-                    for k, v in value.items()}
+            return self._object(cty[1], value, context, path)
         return value
+
+    def _object(self, fields: dict[str, Any], value: dict[str, Any], context: _Context, path: str) -> dict[str, Any]:
+        """An object-typed attribute: Terraform's conversion would drop a key its type lacks
+        without a word, so such a key is a problem of the check, as at the top level."""
+        out = {}
+        for key, item in value.items():
+            if item is None:
+                continue
+            if snake(key) not in fields:
+                self._problem(context.resource, f"{path}.{key}", f"no attribute {snake(key)!r} in the object type "
+                                                                 f"of {path} for {context.tf_type}")
+                continue
+            out[snake(key)] = self._typed(fields[snake(key)], item, context, f"{path}.{key}")
+        return out
 
     @staticmethod
     def _asset(value: dict[str, Any], context: _Context) -> Any:

@@ -389,3 +389,19 @@ def test_a_renamed_applied_file_is_reported(pg_server: PgServer, database: str, 
     (migrations_copy / "0100_second_name.sql").rename(migrations_copy / "0105_first_name.sql")
     with pytest.raises(cli.ScriptError, match=r"^0105_first_name\.sql has the contents of the applied 0100_first_name\.sql"):
         migrate(admin_target, migrations_copy)
+
+
+def test_a_run_stops_between_files_before_the_invocations_deadline(admin_target: DbTarget) -> None:
+    """A file starts only with its whole budget left (lock attempts, their waits, the statement
+    timeout): the function stops between files, not killed inside one, and the next run goes on."""
+    from scripts.dbops.elasticache import Deadline
+    from scripts.dbops.migrations import Timeouts
+
+    timeouts = Timeouts(lock_timeout_seconds=1, lock_attempts=2, statement_timeout_seconds=30)
+    assert timeouts.file_budget_seconds() == 1 * 2 + 1 + 30
+    with pytest.raises(cli.ScriptError, match=r"^stopped before 0001_bootstrap_roles\.sql with 0 applied in this run: "
+                                              r"\d+ s left \(the test's invocation\), a file may need 33 s; run the migrations again"):
+        migrate(admin_target, timeouts=timeouts, deadline=Deadline.after(20, what="the test's invocation"))
+    assert records(admin_target) == []
+    result = migrate(admin_target, timeouts=timeouts, deadline=Deadline.after(600, what="the test's invocation"))
+    assert [a["file"] for a in result.applied] == [m.filename for m in load_migrations()]

@@ -141,7 +141,7 @@ BAD_VALUES = [
     ("staging", {"migrationLockAttempts": "11"}, "migrationLockAttempts", "1 to 10"),
     ("staging", {"migrationStatementTimeoutSeconds": "5"}, "migrationStatementTimeoutSeconds", "10 to 600"),
     ("staging", {"migrationLockTimeoutSeconds": "60", "migrationLockAttempts": "5"}, "migrationStatementTimeoutSeconds",
-     "at most 540 with 300 s of lock waits"),
+     "at most 525 with 315 s of lock waits"),
 ]
 
 

@@ -122,7 +122,8 @@ def test_staging_warns_about_placeholders_and_plans(key: str, value: object, rds
     plan = run_program("staging", overrides=overrides, program=lambda: main(placeholders="refuse"))
     assert len(plan.warnings) == 1
     assert plan.warnings[0].startswith(f"placeholder value psychology-api:{key} = ")
-    assert plan.warnings[0].endswith("fine for a trial stack, replace it before real use")
+    assert plan.warnings[0].endswith("staging warns only; replace it before its `pulumi up` (an example zone or domain "
+                                     "cannot validate the certificate, example addresses reach nobody)")
 
 
 def test_the_offline_plan_warns_instead_of_refusing(capsys: pytest.CaptureFixture[str]) -> None:

@@ -219,3 +219,17 @@ def test_cli_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     report = document["provider_check"]
     assert report["ok"] is True and report["exit_code"] == 0 and report["findings"] == []
     assert report["provider_version"] and report["planned"] is True
+
+
+def test_an_object_attribute_key_its_type_lacks_is_a_problem_not_dropped(staging: Plan, schema: ProviderSchema) -> None:
+    """Terraform's type conversion would drop such a key without a word."""
+    from scripts.provider_check.translate import Translator, _Context
+
+    translator = Translator(staging, schema)
+    vpc = staging.one("aws:ec2/vpc:Vpc")
+    out = translator._object({"known_key": "string"}, {"knownKey": "a", "extraKey": "b"},
+                             _Context(vpc, "aws_vpc.x", {}), "settings")
+    assert out == {"known_key": "a"}
+    assert [p.line() for p in translator.translation.problems] == [
+        f"aws:ec2/vpc:Vpc {vpc.name}.settings.extraKey: no attribute 'extra_key' in the object type of settings for aws_vpc"]
+    assert not translator.translation.problems[0].refused  # a gap of the check: exit 1
