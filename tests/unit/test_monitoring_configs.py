@@ -36,6 +36,7 @@ from components.loadbalancer import MAINTENANCE_MARKER, maintenance_page
 from components.monitoring_render import MonitoringSettings
 from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data, user_data_size
 from harness.mock_engine import ROOT_DIR, load_stack_config_file
+from tests.dependencies import installed_closure
 
 pytestmark = pytest.mark.tools
 
@@ -459,30 +460,6 @@ def test_ops_requirements_are_pinned_from_requirements_txt() -> None:
     assert [line.split("==")[0] for line in tops] == list(render.OPS_PACKAGES)
 
 
-def _closure(requirements: list[str]) -> dict[str, str]:
-    """name -> installed version of the distributions and everything they require (markers
-    evaluated for this interpreter, extras followed): the venv holds requirements.txt's pins."""
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    found: dict[str, str] = {}
-    queue = [Requirement(r) for r in requirements]
-    while queue:
-        requirement = queue.pop()
-        name = canonicalize_name(requirement.name)
-        if name in found and not requirement.extras:
-            continue
-        found[name] = metadata.version(name)
-        environments = [{"extra": e} for e in requirement.extras] or [{"extra": ""}]
-        for text in metadata.requires(name) or []:
-            dependency = Requirement(text)
-            if dependency.marker is None or any(dependency.marker.evaluate(e) for e in environments):
-                queue.append(dependency)
-    return found
-
-
 def test_ops_requirements_are_hashed_and_complete() -> None:
     """pip --require-hashes needs the whole closure, each with a hash: the file lists exactly
     what the pinned packages pull in, at the versions the tests run with."""
@@ -492,7 +469,7 @@ def test_ops_requirements_are_hashed_and_complete() -> None:
     text = render.ops_requirements()
     locked = render.locked_requirements(text)
     listed = {canonicalize_name(Requirement(line).name): line.split("==")[1] for line in locked.values()}
-    assert listed == _closure(list(render.OPS_PACKAGES))
+    assert listed == installed_closure(list(render.OPS_PACKAGES))
     assert text.count("--hash=sha256:") >= len(listed)
     assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in re.findall(r"--hash=sha256:(\S+)", text))
     assert render.bundle_files()["requirements-ops.txt"] == text
