@@ -122,10 +122,20 @@ def sensitive_values(outputs: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def add_mask_commands(value: str) -> list[str]:
+    """`::add-mask::` workflow commands for a value. The runner masks what one command names as
+    one string, but prints a multi-line value line by line, so each line (and the JSON-escaped
+    form) gets its own command; the command's data is escaped as the runner decodes it."""
+    def escape(text: str) -> str:
+        return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return [f"::add-mask::{escape(form)}\n" for form in cli.Masker.forms(value)]
+
+
 def markdown_summary(outputs: dict[str, Any], stack: str) -> str:
     lines = [f"### Stack outputs: {stack}", "", "| output | value |", "|---|---|"]
     for name in sorted(outputs):
-        text = json.dumps(outputs[name], separators=(",", ":"))
+        # Masked before it is cut: a cut value would no longer match what the masker knows.
+        text = cli.masker(json.dumps(outputs[name], separators=(",", ":")))
         if len(text) > _VALUE_WIDTH:
             text = text[: _VALUE_WIDTH - 3] + "..."
         escaped = text.replace("|", "\\|")
@@ -163,7 +173,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     for value in sensitive_values(outputs):
         # Registered with the runner before the value can appear anywhere in the log.
-        sys.stdout.write(f"::add-mask::{value}\n")
+        sys.stdout.writelines(add_mask_commands(value))
         cli.masker.add(value)
     table = cli.masker(markdown_summary(outputs, args.stack))
     if args.summary_file is not None:

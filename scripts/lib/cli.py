@@ -66,9 +66,18 @@ class Masker:
     def __init__(self) -> None:
         self._values: set[str] = set()
 
+    @staticmethod
+    def forms(value: str) -> list[str]:
+        """The ways a value can reach an output: as it is, JSON-escaped (a quote, backslash or
+        newline in it is written differently there), and line by line (a multi-line value such
+        as a PEM key is printed, and masked by CI runners, one line at a time)."""
+        escaped = [json.dumps(value, ensure_ascii=ascii_only)[1:-1] for ascii_only in (True, False)]
+        lines = [line.strip() for line in value.splitlines()]
+        return [form for form in dict.fromkeys([value, *escaped, *lines]) if len(form) >= 4]
+
     def add(self, value: Optional[str]) -> None:
-        if value and len(value) >= 4:
-            self._values.add(value)
+        if value:
+            self._values.update(self.forms(value))
 
     def __call__(self, text: str) -> str:
         for value in sorted(self._values, key=len, reverse=True):

@@ -90,3 +90,27 @@ def test_real_stack_outputs_need_no_mask_and_no_secret_leaks(plan: Any) -> None:
     assert sensitive_values(plan.outputs) == []
     table = markdown_summary(plan.outputs, plan.stack)
     assert "`private_subnet_ids`" in table
+
+
+_PEM = ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n"
+        "-----END PRIVATE KEY-----")
+
+
+def test_cli_summary_masks_every_line_and_every_encoding_of_a_value(tmp_path: Path) -> None:
+    """A multi-line value is masked line by line (the runner prints it so), a value with a quote or a
+    backslash also in its JSON-escaped form (the table is JSON), and a long one before it is cut."""
+    quoted, long_token = 'ab"cd\\ef-XyZ12%0A', "tok-" + "q7" * 100
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"db_password": quoted, "tls_private_key": _PEM, "api_token": long_token,
+                                   "smoke_test_report": {"passed": True}}))
+    summary = tmp_path / "summary.md"
+    result = _run("summary", "--outputs", str(outputs), "--stack", "prod", "--summary-file", str(summary))
+    assert result.returncode == 0, result.stderr
+    masks = {line.removeprefix("::add-mask::") for line in result.stdout.splitlines() if line.startswith("::add-mask::")}
+    assert {"MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", "BKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj"} <= masks
+    # Workflow-command data is percent-decoded by the runner: a literal "%0A" must arrive as itself.
+    assert 'ab"cd\\ef-XyZ12%250A' in masks and 'ab\\"cd\\\\ef-XyZ12%250A' in masks
+    text = summary.read_text()
+    for secret in ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", "BKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj", "ab\\\"cd", "q7q7q7"]:
+        assert secret not in text
+    assert "| `api_token` | `\"***\"` |" in text and "| `db_password` | `\"***\"` |" in text
