@@ -44,12 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="list what would be applied; change nothing")
     parser.add_argument("--lock-wait", type=cli.int_range(0), default=DEFAULT_LOCK_WAIT_SECONDS, metavar="SECONDS",
                         help="how long to wait for another run's migration lock (default %(default)s)")
-    parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT_SECONDS, metavar="SECONDS",
+    parser.add_argument("--lock-timeout", type=cli.float_range(0.001), default=DEFAULT_LOCK_TIMEOUT_SECONDS, metavar="SECONDS",
                         help="lock_timeout of each file: how long its DDL may wait for a table lock, and so how long "
                              "the application may queue behind it (default %(default)s)")
     parser.add_argument("--lock-attempts", type=int, default=DEFAULT_LOCK_ATTEMPTS, metavar="N",
                         help="attempts per file when the lock_timeout is reached, with growing waits (default %(default)s)")
-    parser.add_argument("--statement-timeout", type=float, default=DEFAULT_STATEMENT_TIMEOUT_SECONDS, metavar="SECONDS",
+    parser.add_argument("--statement-timeout", type=cli.float_range(0.001), default=DEFAULT_STATEMENT_TIMEOUT_SECONDS, metavar="SECONDS",
                         help="statement_timeout of each file (default %(default)s)")
     parser.add_argument("--allow-out-of-order", action="store_true",
                         help="apply files older than the latest applied version (refused by default)")

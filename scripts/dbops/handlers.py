@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -96,9 +97,12 @@ def migration_timeouts(event: dict[str, Any]) -> Timeouts:
     def setting(key: str, variable: str, default: float) -> float:
         value = event.get(key, os.environ.get(variable) or default)
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
-            raise ScriptError(f"{key} must be a number, not {value!r}") from None
+            number = math.nan
+        if not math.isfinite(number):
+            raise ScriptError(f"{key} must be a finite number, not {value!r}")
+        return number
 
     return Timeouts(
         lock_timeout_seconds=setting("lock_timeout_seconds", "MIGRATION_LOCK_TIMEOUT_SECONDS", DEFAULT_LOCK_TIMEOUT_SECONDS),

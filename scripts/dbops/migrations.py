@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import re
 import time
@@ -86,14 +87,20 @@ class Timeouts:
     retry_wait_seconds: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.lock_timeout_seconds <= 0 or self.statement_timeout_seconds <= 0 or self.retry_wait_seconds < 0:
-            raise ScriptError("lock and statement timeouts must be positive", 2)
+        # Comparisons written so that NaN fails them too. PostgreSQL reads 0 as "no timeout", so
+        # the shortest timeout is 1 ms.
+        for what, seconds in (("lock timeout", self.lock_timeout_seconds),
+                              ("statement timeout", self.statement_timeout_seconds)):
+            if not 0.001 <= seconds < math.inf:
+                raise ScriptError(f"the {what} must be a finite number of seconds, at least 0.001, not {seconds:g}", 2)
+        if not 0 <= self.retry_wait_seconds < math.inf:
+            raise ScriptError(f"the retry wait must be a finite number of seconds, not {self.retry_wait_seconds:g}", 2)
         if self.lock_attempts < 1:
             raise ScriptError("lock attempts must be at least 1", 2)
 
     def settings(self) -> tuple[str, str]:
         """lock_timeout and statement_timeout as PostgreSQL settings."""
-        return f"{int(self.lock_timeout_seconds * 1000)}ms", f"{int(self.statement_timeout_seconds * 1000)}ms"
+        return _milliseconds(self.lock_timeout_seconds), _milliseconds(self.statement_timeout_seconds)
 
     def wait_before(self, attempt: int) -> float:
         return min(self.retry_wait_seconds * 2 ** (attempt - 2), 30.0)
@@ -339,8 +346,11 @@ def _acquire_lock(conn: psycopg.Connection, wait_seconds: int, log: Log) -> None
     got = conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()
     if got and got[0]:
         return
+    if wait_seconds <= 0:
+        # Not a lock_timeout of 0: PostgreSQL reads that as "wait for ever".
+        raise ScriptError("another migration run holds the migration lock and no wait is allowed; nothing was applied")
     log(f"another migration run holds the lock; waiting up to {wait_seconds} s")
-    conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait_seconds * 1000)}ms",))
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (_milliseconds(wait_seconds),))
     try:
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
     except psycopg.errors.LockNotAvailable:
@@ -348,6 +358,11 @@ def _acquire_lock(conn: psycopg.Connection, wait_seconds: int, log: Log) -> None
                           "nothing was applied") from None
     finally:
         conn.execute("RESET lock_timeout")
+
+
+def _milliseconds(seconds: float) -> str:
+    """A PostgreSQL duration setting, rounded up: a positive wait never becomes 0 ("no limit")."""
+    return f"{max(1, math.ceil(seconds * 1000))}ms"
 
 
 def _db_error(err: psycopg.Error) -> str:

@@ -405,3 +405,44 @@ def test_a_run_stops_between_files_before_the_invocations_deadline(admin_target:
     assert records(admin_target) == []
     result = migrate(admin_target, timeouts=timeouts, deadline=Deadline.after(600, what="the test's invocation"))
     assert [a["file"] for a in result.applied] == [m.filename for m in load_migrations()]
+
+
+@pytest.fixture
+def lock_held_elsewhere(admin_target: DbTarget) -> Iterator[None]:
+    """Another migration run's session, holding the migration lock."""
+    with connect(admin_target, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        yield
+
+
+def test_no_wait_for_the_migration_lock_fails_at_once(pg_server: PgServer, database: str, admin_target: DbTarget,
+                                                      lock_held_elsewhere: None) -> None:
+    """A lock wait of 0 (asked for, or all that an invocation's deadline leaves) fails at once:
+    a lock_timeout of 0 would have made PostgreSQL wait for ever."""
+    from scripts.dbops.elasticache import Deadline
+
+    run = subprocess.run([sys.executable, "-m", "scripts.migrate", "--dsn", pg_server.dsn(database), "--lock-wait", "0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == ("error: another migration run holds the migration lock and no wait "
+                                                   "is allowed; nothing was applied")
+    timeouts = Timeouts(lock_timeout_seconds=1, lock_attempts=1, statement_timeout_seconds=9.5)
+    deadline = Deadline.after(11, what="the test's invocation")  # leaves less than 1 s to wait for the lock
+    with pytest.raises(cli.ScriptError, match="no wait is allowed"):
+        migrate(admin_target, timeouts=timeouts, deadline=deadline)
+    assert deadline.remaining() > 9
+
+
+def test_timeouts_never_become_no_timeout() -> None:
+    """PostgreSQL reads 0 as "no timeout": a positive setting is rounded up, and one below 1 ms
+    (or not finite) is refused in the CLI, the function and the library."""
+    assert Timeouts(lock_timeout_seconds=0.0015, statement_timeout_seconds=2.0001).settings() == ("2ms", "2001ms")
+    for bad in (0.0004, float("nan"), float("inf")):
+        with pytest.raises(cli.ScriptError, match="must be a finite number of seconds, at least 0.001") as refused:
+            Timeouts(lock_timeout_seconds=bad)
+        assert refused.value.exit_code == 2
+    from scripts.dbops.handlers import migration_timeouts
+    with pytest.raises(cli.ScriptError, match=r"^lock_timeout_seconds must be a finite number, not 'nan'$"):
+        migration_timeouts({"lock_timeout_seconds": "nan"})
+    with pytest.raises(cli.ScriptError, match=r"^lock_attempts must be a finite number, not inf$"):
+        migration_timeouts({"lock_attempts": float("inf")})
