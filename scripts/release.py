@@ -54,7 +54,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         json.loads(payload)
     except json.JSONDecodeError:
         cli.fail("--payload is not JSON", cli.EXIT_USAGE)
-    client = aws.client("lambda", region=args.region, endpoint_url=args.endpoint_url, read_timeout=900, max_attempts=1)
+    client = aws.client("lambda", region=args.region, endpoint_url=args.endpoint_url, read_timeout=900, total_attempts=1)
     cli.info(f"invoking {args.function}")
     response = client.invoke(FunctionName=args.function, InvocationType="RequestResponse", Payload=payload.encode())
     raw = response["Payload"].read()

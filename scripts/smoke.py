@@ -93,7 +93,7 @@ def _invoke_function(name: str, policy: smoke.RetryPolicy, *, region: Optional[s
                      endpoint_url: Optional[str]) -> list[smoke.CheckResult]:
     started = time.monotonic()
     try:
-        client = aws.client("lambda", region=region, endpoint_url=endpoint_url, read_timeout=900, max_attempts=1)
+        client = aws.client("lambda", region=region, endpoint_url=endpoint_url, read_timeout=900, total_attempts=1)
         response = client.invoke(FunctionName=name, InvocationType="RequestResponse", Payload=json.dumps(
             {"attempts": policy.attempts, "initial_wait": policy.initial_wait, "max_wait": policy.max_wait}).encode())
         payload = json.loads(response["Payload"].read() or b"null")

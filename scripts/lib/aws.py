@@ -25,15 +25,17 @@ def region_name(region: Optional[str] = None) -> str:
 
 
 def client(service: str, *, region: Optional[str] = None, endpoint_url: Optional[str] = None,
-           read_timeout: Optional[int] = None, max_attempts: Optional[int] = None) -> Any:
+           read_timeout: Optional[int] = None, total_attempts: Optional[int] = None) -> Any:
     """A boto3 client. `endpoint_url` (or AWS_ENDPOINT_URL, which boto3 reads itself) points
-    it at moto's server in tests. `read_timeout` / `max_attempts` override the defaults for
-    calls that legitimately take long (a synchronous Lambda invoke) or must not be repeated."""
+    it at moto's server in tests. `read_timeout` / `total_attempts` override the defaults for
+    calls that legitimately take long (a synchronous Lambda invoke) or must not be repeated
+    (`total_attempts=1`: botocore's `max_attempts` counts retries, so 1 there means two calls)."""
     config = _CLIENT_CONFIG
-    if read_timeout is not None or max_attempts is not None:
+    if read_timeout is not None or total_attempts is not None:
+        retries: Any = ({"mode": "standard", "total_max_attempts": total_attempts} if total_attempts is not None
+                        else {"mode": "standard", "max_attempts": 5})
         config = config.merge(Config(
-            read_timeout=read_timeout if read_timeout is not None else _CLIENT_CONFIG.read_timeout,
-            retries={"max_attempts": max_attempts if max_attempts is not None else 5, "mode": "standard"}))
+            read_timeout=read_timeout if read_timeout is not None else _CLIENT_CONFIG.read_timeout, retries=retries))
     return boto3.client(service, region_name=region_name(region), endpoint_url=endpoint_url or None,
                         config=config)
 

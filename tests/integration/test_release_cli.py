@@ -5,8 +5,11 @@ targets."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,6 +58,33 @@ def test_invoke_passes_the_migrate_answer_and_fails_with_its_message(
 def test_invoke_of_a_missing_function_fails(moto_lambda: MotoServer) -> None:
     run = release("invoke", "--function", "no-such-function", endpoint=moto_lambda.endpoint_url)
     assert run.returncode == 1 and "error:" in run.stderr
+
+
+def test_invoke_is_never_sent_twice(tmp_path: Path) -> None:
+    """A connection dropped during the migrate function's invocation (a NAT idle timeout in a long
+    migration) fails the step; the client does not invoke the function a second time."""
+    connections: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def drop_every_connection() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                connections.append(conn.recv(65536))  # read the request, then hang up without an answer
+
+    threading.Thread(target=drop_every_connection, daemon=True).start()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    try:
+        run = subprocess.run([sys.executable, "-m", "scripts.release", "invoke", "--function", "psychology-api-x-db-migrate",
+                              "--endpoint-url", f"http://127.0.0.1:{server.getsockname()[1]}", "--region", "eu-central-1"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        server.close()
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert len(connections) == 1 and b"/functions/psychology-api-x-db-migrate/invocations" in connections[0]
 
 
 def test_pre_migration_snapshot(aws_env: MotoServer) -> None:
