@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -48,6 +50,7 @@ from scripts.restore import RestoreOptions, RestoreResult, print_tables, restore
 DEFAULT_SCRATCH_DB = "psychology_restore_drill"
 _SCRATCH_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _PROTECTED = {"postgres", "template0", "template1", "rdsadmin"}
+_LOCK_NAMESPACE = "psychology-api-restore-drill"
 
 
 def _validate_scratch(scratch: str, source: DbTarget) -> None:
@@ -56,6 +59,24 @@ def _validate_scratch(scratch: str, source: DbTarget) -> None:
     if scratch == source.dbname or scratch in _PROTECTED:
         raise cli.ScriptError(f"--scratch-db {scratch!r} must not be the source database or a system database; "
                               "the drill drops and recreates it", 2)
+
+
+class DrillInProgress(cli.ScriptError):
+    """Another drill into the same scratch database runs: this one must not touch it."""
+
+
+@contextmanager
+def _drill_lock(source: DbTarget, scratch: str) -> Iterator[None]:
+    """One drill per scratch database at a time: a second one would drop the first one's
+    database in the middle of its restore. The lock is a session-level advisory lock on the
+    source database, so it goes with its connection when the drill ends, however it ends; the
+    connection is the drill's admin connection in the connection budget."""
+    with connect(source, autocommit=True, application_name="psychology-api-restore-drill") as conn:
+        got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"{_LOCK_NAMESPACE}:{scratch}",)).fetchone()
+        if not (got and got[0]):
+            raise DrillInProgress(f"another restore drill into scratch database {scratch} is running; "
+                                  "this one changed nothing and recorded nothing")
+        yield
 
 
 def _recreate(admin: DbTarget, scratch: str) -> None:
@@ -77,16 +98,17 @@ def run_drill(source: DbTarget, s3: Any, *, bucket: str, prefix: str, scratch: s
     for bad in skipped:
         cli.info(f"drill: skipped s3://{bucket}/{bad.key}: {bad.reason}")
     cli.info(f"drill: restoring s3://{bucket}/{manifest.key} (finished {manifest.finished_at}) into scratch database {scratch}")
-    _recreate(source, scratch)
-    try:
-        result = restore_backup(source.with_dbname(scratch), s3, RestoreOptions(
-            bucket=bucket, key=manifest.key, jobs=jobs, spool_dir=spool_dir, pg_bin=pg_bin,
-            # The drill's login cannot create extensions (only rds_superuser can); they hold no rows.
-            skip_extensions=True))
-    finally:
-        if not keep_scratch:
-            with sigterm_ignored():
-                _drop(source, scratch)
+    with _drill_lock(source, scratch):
+        _recreate(source, scratch)
+        try:
+            result = restore_backup(source.with_dbname(scratch), s3, RestoreOptions(
+                bucket=bucket, key=manifest.key, jobs=jobs, spool_dir=spool_dir, pg_bin=pg_bin,
+                # The drill's login cannot create extensions (only rds_superuser can); they hold no rows.
+                skip_extensions=True))
+        finally:
+            if not keep_scratch:
+                with sigterm_ignored():
+                    _drop(source, scratch)
     result.skipped_manifests = skipped
     live: dict[str, int] = {}
     if source_counts:
@@ -131,6 +153,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             result, live = run_drill(source, s3, bucket=args.bucket, prefix=args.prefix, scratch=args.scratch_db,
                                      jobs=args.jobs, spool_dir=args.spool_dir, pg_bin=args.pg_bin,
                                      source_counts=args.source_counts, keep_scratch=args.keep_scratch)
+    except DrillInProgress:
+        raise  # the running drill records its own result
     except BaseException as err:
         update_metrics(textfile, DRILL_GAUGES, {DRILL_LAST_RUN.name: round(time.time(), 3), DRILL_LAST_STATUS.name: 0},
                        defaults={DRILL_LAST_SUCCESS.name: 0})
