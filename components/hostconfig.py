@@ -37,6 +37,8 @@ PACKAGES = ("nginx", "python3.11", "python3.11-pip", "amazon-cloudwatch-agent", 
 SERVICE_USER = "psychology-api"
 APP_ROOT = "/opt/psychology-api"
 GUNICORN_BIND = "127.0.0.1:8000"
+# Under /run: the gunicorn workers' shared metrics files (prometheus_client multiprocess mode).
+METRICS_RUNTIME_DIRECTORY = "psychology-api-metrics"
 # Django's settings module and WSGI application inside the release archive (spec 3.5, 3.7.2).
 DJANGO_SETTINGS_MODULE = "config.settings.production"
 WSGI_APPLICATION = "config.wsgi:application"
@@ -124,6 +126,7 @@ def _context(settings: ApiHostSettings) -> dict[str, object]:
         "service_user": SERVICE_USER,
         "app_root": APP_ROOT,
         "gunicorn_bind": GUNICORN_BIND,
+        "metrics_runtime_directory": METRICS_RUNTIME_DIRECTORY,
         "metrics_port": APP_METRICS_PORT,
         "django_settings_module": DJANGO_SETTINGS_MODULE,
         "wsgi_application": WSGI_APPLICATION,
