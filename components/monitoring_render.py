@@ -64,7 +64,9 @@ GRAFANA_ADMIN_PASSWORD_PATH = "/usr/local/sbin/psychology-grafana-admin-password
 GRAFANA_PASSWORD_FILE = "/etc/grafana/secrets/admin_password"  # noqa: S105 - a path
 
 CLOUDWATCH_NAMESPACE = "PsychologyApi/MonitoringHost"
-RETENTION_DAYS = 31                                    # a month: the SLO window
+# A month (the SLO window) and the restore drill's 35-day checks, which need that much history,
+# with a margin for the oldest block (Prometheus drops whole blocks of up to a tenth of this).
+RETENTION_DAYS = 40
 
 # What scripts/ imports on the host; versions come from requirements.txt (one place).
 OPS_PACKAGES = ("boto3", "psycopg[binary]", "rich", "tenacity")

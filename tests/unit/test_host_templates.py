@@ -588,6 +588,22 @@ def unit_settings(path: Path) -> dict[str, list[str]]:
     return out
 
 
+def systemd_collector_includes(node_exporter_unit: str) -> re.Pattern[str]:
+    """The units node_exporter's systemd collector exports: its --collector.systemd.unit-include,
+    anchored at both ends as node_exporter anchors it."""
+    pattern = grab(r"--collector\.systemd\.unit-include=(\S+)", node_exporter_unit)
+    return re.compile(f"^(?:{pattern})$")
+
+
+def test_node_exporter_reports_the_state_of_every_unit_we_ship(host: HostFiles) -> None:
+    """SystemdUnitFailed can only fire for a unit node_exporter exports: a failing daily secrets
+    refresh would otherwise go unseen until the next rotation broke the host's login."""
+    included = systemd_collector_includes(host.text("/etc/systemd/system/node_exporter.service"))
+    shipped = [path.name for path in units(host)]
+    assert "psychology-api-secrets-refresh.service" in shipped
+    assert [name for name in shipped if not included.match(name)] == []
+
+
 def test_app_unit_is_hardened_and_restarts(host: HostFiles) -> None:
     unit = unit_settings(host.path("/etc/systemd/system/psychology-api.service"))
     assert unit["Type"] == ["notify"]

@@ -139,6 +139,28 @@ def _alert_names() -> set[str]:
     return names
 
 
+_HISTORY_CONDITION = re.compile(r"time\(\) - prometheus_tsdb_lowest_timestamp_seconds > (\d+) \* (\d+)")
+_RANGE = re.compile(r"\[(\d+)([hd])(?::\w+)?\]")
+
+
+def test_the_rules_never_ask_for_more_history_than_prometheus_keeps() -> None:
+    """A rule that waits for N days of history, or looks back N days, can only fire when the
+    retention keeps N days: Prometheus drops its oldest block once all of it is older than the
+    retention, so the oldest sample is never younger than the retention (once that much has been
+    kept), and never older than it by more than one block."""
+    retention = render.RETENTION_DAYS * 86400
+    judged = 0
+    for content in render.rule_files().values():
+        for group in yaml.safe_load(content)["groups"]:
+            for rule in group["rules"]:
+                for count, unit in _HISTORY_CONDITION.findall(rule["expr"]):
+                    assert int(count) * int(unit) <= retention, (rule.get("alert") or rule.get("record"), rule["expr"])
+                    judged += 1
+                for count, unit in _RANGE.findall(rule["expr"]):
+                    assert int(count) * {"h": 3600, "d": 86400}[unit] <= retention, rule["expr"]
+    assert judged >= 2
+
+
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
     firing: set[str] = set()
     quiet: set[str] = set()
@@ -344,6 +366,16 @@ def systemd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path.write_text("#!/bin/sh\n")
         path.chmod(0o755)
     return root
+
+
+def test_node_exporter_reports_the_state_of_every_unit_we_ship(variant: MonitoringSettings) -> None:
+    """SystemdUnitFailed can only fire for a unit node_exporter exports (its include pattern is
+    anchored at both ends)."""
+    shipped = render.systemd_units(variant)
+    pattern = re.search(r"--collector\.systemd\.unit-include=(\S+)", shipped["node_exporter.service"])
+    assert pattern is not None
+    included = re.compile(f"^(?:{pattern[1]})$")
+    assert [name for name in shipped if not included.match(name)] == []
 
 
 def test_systemd_analyze_verifies_units_and_timers(variant: MonitoringSettings, systemd_root: Path) -> None:
