@@ -468,7 +468,13 @@ class BackupPipeline:
     @staticmethod
     def _check_toc(toc: list[str], tables: list[tuple[str, str]]) -> None:
         data_entries = [line for line in toc if " TABLE DATA " in line]
-        missing = [f"{s}.{t}" for s, t in tables if not any(f" TABLE DATA {s} {t} " in line for line in data_entries)]
+
+        def listed(name: str) -> str:
+            # pg_restore --list prints each CR and LF in a name as a space (its sanitize_line).
+            return name.replace("\n", " ").replace("\r", " ")
+
+        missing = [f"{s}.{t}" for s, t in tables
+                   if not any(f" TABLE DATA {listed(s)} {listed(t)} " in line for line in data_entries)]
         if missing:
             raise cli.ScriptError(f"the archive's table of contents lacks data for {', '.join(missing[:5])}")
 
