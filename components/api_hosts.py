@@ -38,7 +38,9 @@ GROUP_METRICS = tuple(aws.autoscaling.Metric(m) for m in (
 
 @dataclass
 class ApiHostsArgs:
-    ami_id: pulumi.Input[str]                    # components.ami.amazon_linux_2023_ami
+    # An AMI id, or `resolve:ssm:<parameter>` (components.ami.AL2023_AT_LAUNCH): the image each
+    # host is launched from.
+    image_id: pulumi.Input[str]
     instance_type: str                           # config apiInstanceType, e.g. "c6i.xlarge"
     root_volume_gb: int                          # config apiRootVolumeGb: encrypted gp3 root volume (GiB)
     kms_key_arn: pulumi.Input[str]               # DataKey.arn: root volumes, the log group, the secrets' decryption
@@ -69,6 +71,9 @@ class ApiHostsArgs:
     # Created by the data part ({host, port, auth_token, tls}).
     redis_secret_arn: Optional[pulumi.Input[str]] = None
     root_device_name: str = "/dev/xvda"          # the AMI's root device (components.ami lookup)
+    # Config apiMaxInstanceLifetimeDays: a host older than this is replaced (its successor launched
+    # first) on the image current then; 0: hosts are replaced only by releases and health checks.
+    max_instance_lifetime_days: int = 14
     log_retention_days: int = API_LOG_RETENTION_DAYS  # days the hosts' log group keeps logs
     # Resources a new release waits for before its launch template exists (the migrations):
     # hosts of a release never start against a schema older than the release.
@@ -154,7 +159,7 @@ class ApiHosts(pulumi.ComponentResource):
         return aws.ec2.LaunchTemplate(f"{name}-lt", aws.ec2.LaunchTemplateArgs(
             name_prefix=f"{physical_prefix()}-api-",
             description=f"psychology-api hosts, release {args.app_version}",
-            image_id=args.ami_id,
+            image_id=args.image_id,
             instance_type=args.instance_type,
             iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
@@ -221,6 +226,9 @@ class ApiHosts(pulumi.ComponentResource):
             instance_maintenance_policy=aws.autoscaling.GroupInstanceMaintenancePolicyArgs(
                 min_healthy_percentage=REFRESH_MIN_HEALTHY_PERCENT, max_healthy_percentage=args.refresh_max_healthy_percent),
             termination_policies=["OldestLaunchTemplate", "OldestInstance"],
+            # Patching between releases: with the image resolved at launch, a replaced host comes
+            # up on the newest Amazon Linux, under the maintenance policy above.
+            max_instance_lifetime=args.max_instance_lifetime_days * 86400,
             enabled_metrics=list(GROUP_METRICS),
             metrics_granularity="1Minute",
             # `pulumi up` fails when the hosts do not become healthy behind the load balancer.

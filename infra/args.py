@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pulumi
 
 from components.alarms import AlertsTopicArgs, CloudWatchAlarmsArgs
+from components.ami import AL2023_AT_LAUNCH
 from components.api_hosts import ApiHosts, ApiHostsArgs
 from components.cache import Cache, CacheArgs
 from components.connection_budget import refresh_max_healthy_percent
@@ -119,7 +120,8 @@ def api_hosts_args(ctx: StackContext, network: Network, security: SecurityGroups
                    start_after: Sequence[pulumi.Resource]) -> ApiHostsArgs:
     cfg = ctx.cfg
     return ApiHostsArgs(
-        ami_id=ctx.ami.id, root_device_name=ctx.ami.root_device_name, instance_type=cfg.api_instance_type,
+        image_id=AL2023_AT_LAUNCH, root_device_name=ctx.ami.root_device_name, instance_type=cfg.api_instance_type,
+        max_instance_lifetime_days=cfg.api_max_instance_lifetime_days,
         root_volume_gb=cfg.api_root_volume_gb, kms_key_arn=ctx.key_arn,
         private_subnet_ids=network.private_subnet_ids, security_group_id=security.ids["api"],
         target_group_arn=alb.target_group_arn,

@@ -148,6 +148,8 @@ class StackConfig(BaseModel):
                                       json_schema_extra=_allowed("an integer between apiMinSize and apiMaxSize"))
     api_root_volume_gb: int = Field(alias="apiRootVolumeGb", ge=20, le=16384,
                                     json_schema_extra=_allowed("an integer from 20 to 16384"))
+    api_max_instance_lifetime_days: int = Field(alias="apiMaxInstanceLifetimeDays", ge=0, le=365,
+                                                json_schema_extra=_allowed("0 (off) or days from 1 to 365"))
     api_cpu_target_percent: int = Field(alias="apiCpuTargetPercent", ge=10, le=90,
                                         json_schema_extra=_allowed("an integer from 10 to 90"))
     app_artifact_url: str = Field(alias="appArtifactUrl",

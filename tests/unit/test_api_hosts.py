@@ -6,11 +6,13 @@ import json
 from typing import Any
 
 import pulumi
+import pytest
 
 from components.api_hosts import ApiHosts, ApiHostsArgs
 from components.connection_budget import refresh_max_healthy_percent
 from components.postgres_parameters import max_connections
 from components.userdata import decode_user_data
+from harness import mock_engine
 from harness.mock_engine import Plan, run_program
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -56,11 +58,38 @@ def test_no_public_address_and_only_the_api_security_group(plan: Plan) -> None:
 def test_detailed_monitoring_image_and_instance_type(plan: Plan) -> None:
     lt = plan.one(LT).inputs
     assert lt["monitoring"] == {"enabled": True}
-    assert lt["imageId"] == "ami-0c1f2e3d4b5a69788"  # the AL2023 answer of the mock engine
+    # Amazon's parameter for the newest AL2023 image, resolved by EC2 at each launch.
+    assert lt["imageId"] == "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
     assert lt["instanceType"] == {"staging": "t3.medium", "prod": "c6i.xlarge"}[plan.stack]
     assert lt["updateDefaultVersion"] is True
     profile = plan.one("aws:iam/instanceProfile:InstanceProfile", "api-profile")
     assert lt["iamInstanceProfile"] == {"arn": profile.outputs["arn"]}
+
+
+def test_a_new_amazon_linux_image_does_not_roll_the_hosts(prod: Plan, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Amazon publishes an image: the next `up` (say, one that only switches maintenance on)
+    leaves the launch template and the group as they are, so no instance refresh starts and no
+    release step runs again. Hosts get the image when they are next launched."""
+    newer = {"id": "ami-0fedcba9876543210", "imageId": "ami-0fedcba9876543210",
+             "name": "al2023-ami-2023.9.20261203.0-kernel-6.12-x86_64"}
+    answer = mock_engine._INVOKES["aws:ec2/getAmi:getAmi"]
+    monkeypatch.setitem(mock_engine._INVOKES, "aws:ec2/getAmi:getAmi", lambda m, a: {**answer(m, a), **newer})
+    later = run_program("prod")
+    for token in (LT, "aws:autoscaling/group:Group"):
+        assert later.one(token).inputs == prod.one(token).inputs, token
+    release_steps = {r.name: r.inputs for r in prod.of_type("command:local:Command")}
+    assert {r.name: r.inputs for r in later.of_type("command:local:Command")} == release_steps
+
+
+def test_hosts_are_replaced_on_the_newest_image_between_releases(plan: Plan) -> None:
+    """Patching without a release: a host older than apiMaxInstanceLifetimeDays is replaced
+    (successor first, by the maintenance policy) and launched from the image current then."""
+    group = plan.one("aws:autoscaling/group:Group").inputs
+    days = {"staging": 7, "prod": 14}[plan.stack]
+    assert group["maxInstanceLifetime"] == days * 86400
+    assert group["instanceMaintenancePolicy"]["minHealthyPercentage"] == 100
+    assert run_program(plan.stack, overrides={"apiMaxInstanceLifetimeDays": 0}).one(
+        "aws:autoscaling/group:Group").inputs.get("maxInstanceLifetime", 0) == 0
 
 
 def test_instances_and_volumes_carry_every_tag(plan: Plan) -> None:
@@ -172,7 +201,7 @@ def test_data_tier_secrets_join_the_policy_when_given() -> None:
 
     def program() -> None:
         ApiHosts("api", ApiHostsArgs(
-            ami_id="ami-0c1f2e3d4b5a69788", instance_type="t3.medium", root_volume_gb=50,
+            image_id="ami-0c1f2e3d4b5a69788", instance_type="t3.medium", root_volume_gb=50,
             kms_key_arn="arn:aws:kms:eu-central-1:123456789012:key/k", private_subnet_ids=["subnet-a", "subnet-b"],
             security_group_id="sg-api", target_group_arn="arn:tg", min_size=1, max_size=2, desired_capacity=1,
             cpu_target_percent=60, environment="staging", region="eu-central-1", vpc_cidr="10.20.0.0/16",

@@ -181,7 +181,7 @@ def test_first_credential_documents() -> None:
 
 def api_args(**changes: Any) -> ApiHostsArgs:
     args = ApiHostsArgs(
-        ami_id="ami-0123", instance_type="t3.small", root_volume_gb=30, kms_key_arn=KEY,
+        image_id="ami-0123", instance_type="t3.small", root_volume_gb=30, kms_key_arn=KEY,
         private_subnet_ids=["subnet-1"], security_group_id="sg-api", target_group_arn="arn:tg", min_size=1,
         max_size=2, desired_capacity=1, cpu_target_percent=50, environment="staging", region=REGION,
         vpc_cidr="10.9.0.0/16", app_port=8000, health_check_path="/ping/", app_version="2.3.4",

@@ -65,6 +65,8 @@ def test_desired_capacity_outside_the_group() -> None:
 @pytest.mark.parametrize(("key", "value"), [
     ("apiCpuTargetPercent", 95),
     ("apiRootVolumeGb", 8),
+    ("apiMaxInstanceLifetimeDays", 366),   # AWS takes at most a year
+    ("apiMaxInstanceLifetimeDays", -1),
     ("apiInstanceType", "huge"),
     ("appArtifactUrl", "https://example.com/app.tar.gz"),
     ("appArtifactUrl", "s3://releases/app.tar.gz"),  # without {version}, a release cannot roll

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from components import monitoring, monitoring_render
+from components.ami import AL2023_AMI_NAME, AL2023_LATEST_PARAMETER
 from components.monitoring_render import (
     BOOTSTRAP_PATH,
     BUNDLE_INSTALL_PATH,
@@ -189,11 +190,17 @@ def test_host_waits_for_its_network_path(plan: Plan) -> None:
     assert network_path <= after, sorted(network_path - after)
 
 
-def test_host_runs_the_same_image_as_the_api_hosts(plan: Plan) -> None:
-    """One AL2023 lookup in the program feeds both kinds of host."""
-    launch_template = plan.one("aws:ec2/launchTemplate:LaunchTemplate", "api-lt")
-    assert host(plan).inputs["ami"] == launch_template.inputs["imageId"]
+def test_host_runs_the_newest_amazon_linux_found_when_it_was_created(plan: Plan) -> None:
+    """The program's AL2023 lookup (the mock engine's answer); a newer image later does not
+    replace the long-lived host (it patches itself, docs/monitoring.md). The API hosts name the
+    same family by Amazon's parameter, resolved at each launch."""
+    assert host(plan).inputs["ami"] == "ami-0c1f2e3d4b5a69788"
     assert "ami" in host(plan).options["ignoreChanges"]
+    launch_template = plan.one("aws:ec2/launchTemplate:LaunchTemplate", "api-lt")
+    assert launch_template.inputs["imageId"] == f"resolve:ssm:{AL2023_LATEST_PARAMETER}"
+    assert AL2023_AMI_NAME.startswith("al2023-ami-") and AL2023_AMI_NAME.endswith("-x86_64")
+    assert AL2023_LATEST_PARAMETER.split("/")[-1].startswith("al2023-ami-")
+    assert AL2023_LATEST_PARAMETER.endswith("-x86_64")
 
 
 def test_host_waits_for_bundle_and_secret_values(plan: Plan) -> None:
