@@ -151,13 +151,18 @@ def bucket_policy_statements(bucket_arn: pulumi.Input[str], args: PrivateBucketA
         "Condition": {"Bool": {"aws:SecureTransport": "false"}},
     }]
     if args.kms_key_arn is not None:
+        # Only a request that names another encryption is refused. One without the header gets
+        # the bucket's default (SSE-KMS with this key); refusing it too would also refuse the
+        # part uploads of a multipart upload (authorised as s3:PutObject, and only its first
+        # request carries the header), which the backups stream through.
         statements.append({
             "Sid": "DenyObjectsNotEncryptedWithKms",
             "Effect": "Deny",
             "Principal": "*",
             "Action": "s3:PutObject",
             "Resource": objects,
-            "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}},
+            "Condition": {"Null": {"s3:x-amz-server-side-encryption": "false"},
+                          "StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"}},
         })
     for statement in args.extra_policy_statements:
         resolved = dict(statement)

@@ -307,7 +307,12 @@ def test_bucket_policy_with_a_key_refuses_objects_not_encrypted_with_kms() -> No
     args = PrivateBucketArgs(purpose="trial", kms_key_arn=KEY, expire_days=10, noncurrent_version_days=5)
     statements = by_sid([dict(s) for s in bucket_policy_statements("arn:aws:s3:::trial", args)])
     assert statements["DenyInsecureTransport"]["Resource"] == ["arn:aws:s3:::trial", "arn:aws:s3:::trial/*"]
-    assert statements["DenyObjectsNotEncryptedWithKms"]["Resource"] == "arn:aws:s3:::trial/*"
+    kms_only = statements["DenyObjectsNotEncryptedWithKms"]
+    assert kms_only["Resource"] == "arn:aws:s3:::trial/*" and kms_only["Action"] == "s3:PutObject"
+    # A request naming another encryption is refused; one naming none (a multipart upload's
+    # parts) gets the bucket's default SSE-KMS and is not: no IfExists, which would refuse it.
+    assert kms_only["Condition"] == {"Null": {"s3:x-amz-server-side-encryption": "false"},
+                                     "StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"}}
 
 
 def test_bucket_policy_fills_in_extra_statements_without_changing_them() -> None:
