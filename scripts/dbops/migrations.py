@@ -362,7 +362,7 @@ def _acquire_lock(conn: psycopg.Connection, wait_seconds: int, log: Log) -> None
 
 def _milliseconds(seconds: float) -> str:
     """A PostgreSQL duration setting, rounded up: a positive wait never becomes 0 ("no limit")."""
-    return f"{max(1, math.ceil(seconds * 1000))}ms"
+    return f"{max(1, math.ceil(round(seconds * 1000, 6)))}ms"  # round: 1.1 s is 1100 ms, not 1101
 
 
 def _db_error(err: psycopg.Error) -> str:

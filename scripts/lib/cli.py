@@ -57,6 +57,9 @@ class ScriptError(Exception):
         self.exit_code = exit_code
 
 
+_MIN_MASKED_LINE = 16  # a line of a multi-line secret is masked on its own from this length
+
+
 class Masker:
     """Replaces registered secret values (and password fields in URLs) with ***."""
 
@@ -70,9 +73,12 @@ class Masker:
     def forms(value: str) -> list[str]:
         """The ways a value can reach an output: as it is, JSON-escaped (a quote, backslash or
         newline in it is written differently there), and line by line (a multi-line value such
-        as a PEM key is printed, and masked by CI runners, one line at a time)."""
+        as a PEM key is printed, and masked by CI runners, one line at a time). Only lines long
+        enough to be secret material count, not a PEM armour line: those would mask harmless
+        text everywhere else."""
         escaped = [json.dumps(value, ensure_ascii=ascii_only)[1:-1] for ascii_only in (True, False)]
-        lines = [line.strip() for line in value.splitlines()]
+        lines = [line.strip() for line in value.splitlines()] if len(value.splitlines()) > 1 else []
+        lines = [line for line in lines if len(line) >= _MIN_MASKED_LINE and not line.startswith("-----")]
         return [form for form in dict.fromkeys([value, *escaped, *lines]) if len(form) >= 4]
 
     def add(self, value: Optional[str]) -> None:

@@ -437,6 +437,7 @@ def test_timeouts_never_become_no_timeout() -> None:
     """PostgreSQL reads 0 as "no timeout": a positive setting is rounded up, and one below 1 ms
     (or not finite) is refused in the CLI, the function and the library."""
     assert Timeouts(lock_timeout_seconds=0.0015, statement_timeout_seconds=2.0001).settings() == ("2ms", "2001ms")
+    assert Timeouts(lock_timeout_seconds=1.1, statement_timeout_seconds=0.3).settings() == ("1100ms", "300ms")
     for bad in (0.0004, float("nan"), float("inf")):
         with pytest.raises(cli.ScriptError, match="must be a finite number of seconds, at least 0.001") as refused:
             Timeouts(lock_timeout_seconds=bad)

@@ -39,6 +39,7 @@ from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data
 from harness.mock_engine import Plan, run_program
 from scripts.lib import rds_ca
 from tests.services import free_port, self_signed_certificate
+from tests.unit.node_exporter import unwatched_units
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
 # Created on the host at boot (the release's virtualenv, the downloaded node_exporter, the
@@ -588,20 +589,12 @@ def unit_settings(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def systemd_collector_includes(node_exporter_unit: str) -> re.Pattern[str]:
-    """The units node_exporter's systemd collector exports: its --collector.systemd.unit-include,
-    anchored at both ends as node_exporter anchors it."""
-    pattern = grab(r"--collector\.systemd\.unit-include=(\S+)", node_exporter_unit)
-    return re.compile(f"^(?:{pattern})$")
-
-
 def test_node_exporter_reports_the_state_of_every_unit_we_ship(host: HostFiles) -> None:
     """SystemdUnitFailed can only fire for a unit node_exporter exports: a failing daily secrets
     refresh would otherwise go unseen until the next rotation broke the host's login."""
-    included = systemd_collector_includes(host.text("/etc/systemd/system/node_exporter.service"))
     shipped = [path.name for path in units(host)]
     assert "psychology-api-secrets-refresh.service" in shipped
-    assert [name for name in shipped if not included.match(name)] == []
+    assert unwatched_units(host.text("/etc/systemd/system/node_exporter.service"), shipped) == []
 
 
 def test_app_unit_is_hardened_and_restarts(host: HostFiles) -> None:

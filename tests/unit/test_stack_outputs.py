@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from scripts.lib.cli import Masker
 from scripts.stack_outputs import markdown_summary, sensitive_values, smoke_verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,3 +115,13 @@ def test_cli_summary_masks_every_line_and_every_encoding_of_a_value(tmp_path: Pa
     for secret in ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", "BKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj", "ab\\\"cd", "q7q7q7"]:
         assert secret not in text
     assert "| `api_token` | `\"***\"` |" in text and "| `db_password` | `\"***\"` |" in text
+
+
+
+def test_the_masker_takes_the_secret_lines_of_a_value_not_its_armour() -> None:
+    """Line by line, only what can be secret material: not the PEM armour, not short lines that
+    would mask harmless text wherever else they appear."""
+    forms = Masker.forms(_PEM + "\nok\n")
+    assert {"MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", "BKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj"} <= set(forms)
+    assert not {"-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----", "ok"} & set(forms)
+    assert Masker.forms("hunter2hunter2") == ["hunter2hunter2"]
