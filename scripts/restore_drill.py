@@ -30,7 +30,7 @@ from typing import Any, Optional
 from psycopg import sql
 
 from scripts.lib import aws, cli
-from scripts.lib.db import DbTarget, add_target_arguments, connect, target_from_args
+from scripts.lib.db import DbConnectError, DbTarget, add_target_arguments, connect, target_from_args
 from scripts.lib.pgbackup import (
     DEFAULT_PREFIX,
     DRILL_GAUGES,
@@ -70,8 +70,16 @@ def _drill_lock(source: DbTarget, scratch: str) -> Iterator[None]:
     """One drill per scratch database at a time: a second one would drop the first one's
     database in the middle of its restore. The lock is a session-level advisory lock on the
     source database, so it goes with its connection when the drill ends, however it ends; the
-    connection is the drill's admin connection in the connection budget."""
-    with connect(source, autocommit=True, application_name="psychology-api-restore-drill") as conn:
+    connection is the drill's admin connection in the connection budget. With the drill login's
+    CONNECTION LIMIT reached, a running drill holds them all: that is the same answer."""
+    try:
+        conn = connect(source, autocommit=True, application_name="psychology-api-restore-drill")
+    except DbConnectError as err:
+        if err.role_connection_limit:
+            raise DrillInProgress(f"another restore drill is running (it holds every connection of the login "
+                                  f"{source.user}); this one changed nothing and recorded nothing") from None
+        raise
+    with conn:
         got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"{_LOCK_NAMESPACE}:{scratch}",)).fetchone()
         if not (got and got[0]):
             raise DrillInProgress(f"another restore drill into scratch database {scratch} is running; "

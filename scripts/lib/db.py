@@ -164,6 +164,11 @@ class DbConnectError(ScriptError):
     def auth_failed(self) -> bool:
         return "password authentication failed" in str(self)
 
+    @property
+    def role_connection_limit(self) -> bool:
+        """The login's CONNECTION LIMIT is reached (SQLSTATE 53300): its other sessions hold them all."""
+        return "too many connections for role" in str(self)
+
 
 def connect(target: DbTarget, *, autocommit: bool = False, application_name: str = "psychology-api-ops") -> psycopg.Connection:
     try:

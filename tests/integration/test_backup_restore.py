@@ -625,13 +625,18 @@ def test_sigterm_stops_a_drill_cleanly(pg_server: PgServer, env: Env, large_db: 
 
 def test_a_second_drill_into_the_same_scratch_database_leaves_the_first_alone(pg_server: PgServer, env: Env,
                                                                               large_db: str, tmp_path: Path) -> None:
-    """Two drills at once (the timer and an operator): the second refuses at once, without
-    dropping the first one's scratch database mid-restore and without recording anything."""
+    """Two drills at once (the timer and an operator), as the host's drill login with its
+    CONNECTION LIMIT 2 (migration 0005): the second refuses at once, without dropping the first
+    one's scratch database mid-restore and without recording anything."""
     assert backup.main(backup_args(pg_server, large_db, env, "--no-checksums")) == 0
+    login, password = f"drill_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("create role {} login createdb connection limit 2 password {}").format(
+            sql.Identifier(login), sql.Literal(password)))
     scratch = f"drill_{uuid.uuid4().hex[:8]}"
     textfile = tmp_path / "drill.prom"
-    args = ["--dsn", pg_server.dsn(large_db), "--bucket", env.bucket, "--endpoint-url", env.endpoint,
-            "--scratch-db", scratch, "--textfile", str(textfile)]
+    args = ["--dsn", pg_server.dsn(large_db, user=login, password=password), "--bucket", env.bucket,
+            "--endpoint-url", env.endpoint, "--scratch-db", scratch, "--textfile", str(textfile), "--no-source-counts"]
     first = subprocess.Popen([sys.executable, "-m", "scripts.restore_drill", *args], cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
@@ -641,14 +646,19 @@ def test_a_second_drill_into_the_same_scratch_database_leaves_the_first_alone(pg
             time.sleep(0.02)
     assert first.poll() is None, "the first drill ended before its restore could be seen"
     with pytest.raises(restore_drill.DrillInProgress,
-                       match=f"^another restore drill into scratch database {scratch} is running; this one changed nothing"):
+                       match=rf"^another restore drill is running \(it holds every connection of the login {login}\); "
+                             "this one changed nothing and recorded nothing$"):
         restore_drill.main(args)
+    # The lock alone (a login with connections to spare) gives the same answer.
+    with pytest.raises(restore_drill.DrillInProgress,
+                       match=f"^another restore drill into scratch database {scratch} is running; this one changed nothing"):
+        restore_drill.main(["--dsn", pg_server.dsn(large_db), *args[2:]])
     assert not textfile.exists()
     _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr.decode()
     assert metrics(textfile)["psychology_restore_drill_last_status"] == 1
     # The lock went with the first drill's session: the next drill runs.
-    assert restore_drill.main([*args, "--no-source-counts"]) == 0
+    assert restore_drill.main(args) == 0
 
 
 # --- bad manifests, killed restores (issue 9, item 9) --------------------------------------------
