@@ -30,8 +30,10 @@ _ABSENT = object()
 def compare(state_props: dict[str, Any], live_props: dict[str, Any]) -> list[PropertyChange]:
     changes = []
     for key, state_value in state_props.items():
-        if state_value is None or masking.contains_secret(state_value):
-            continue  # not recorded, or a secret we must not (and cannot) compare
+        if state_value is None or state_value == "" or masking.contains_secret(state_value):
+            # Not recorded (an export holds an unset computed string as ""), or a secret we must
+            # not (and cannot) compare.
+            continue
         live_value = live_props.get(key, _ABSENT)
         if live_value is _ABSENT or live_value == state_value:
             continue

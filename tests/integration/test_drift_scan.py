@@ -240,7 +240,9 @@ class World:
             "protocol": "HTTPS", "port": 443, "sslPolicy": "ELBSecurityPolicy-TLS13-1-2-2021-06", "certificateArn": certificate})
         redirect = self.elbv2.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80, DefaultActions=[
             {"Type": "redirect", "RedirectConfig": {"Protocol": "HTTPS", "Port": "443", "StatusCode": "HTTP_301"}}])["Listeners"][0]
-        state.add("aws:lb/listener:Listener", "api-http-redirect", redirect["ListenerArn"], {"protocol": "HTTP", "port": 80})
+        # An export records an HTTP listener's computed sslPolicy and certificateArn as "".
+        state.add("aws:lb/listener:Listener", "api-http-redirect", redirect["ListenerArn"],
+                  {"protocol": "HTTP", "port": 80, "sslPolicy": "", "certificateArn": ""})
         self.autoscaling.create_auto_scaling_group(
             AutoScalingGroupName=f"{PROJECT}-{STACK}-api", MinSize=1, MaxSize=3, DesiredCapacity=1,
             LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "$Latest"},
