@@ -1,5 +1,5 @@
-"""Rotate a database credentials secret or the Redis AUTH token by hand, with the code the
-rotation functions run.
+"""Rotate a database credentials secret, the Redis AUTH token or a generated secret by hand,
+with the code the rotation functions run.
 
     python -m scripts.rotate --secret-id ID [--step createSecret|setSecret|testSecret|finishSecret|all]
                              [--token VERSION] [--master-secret-id ARN]
@@ -19,6 +19,8 @@ The secret's current value says what it is:
   redis_replication_group_id); the current token keeps working. Waiting for the group's token
   changes stops after --timeout seconds for the whole run (default 1800) with "retry this
   step"; running the same step again continues.
+* a generated secret (Django's `SECRET_KEY` with its fallbacks, Grafana's `admin_password`): a
+  new value, announced or applied by the hosts' refresh as the rotation function does.
 
 In AWS the database and Redis are reachable only inside the VPC: there, start a rotation with
 `aws secretsmanager rotate-secret --secret-id ID` and the rotation function runs these steps.
@@ -31,6 +33,7 @@ import uuid
 from typing import Any, Optional
 
 from scripts.dbops.elasticache import Deadline, ElastiCacheAuthTokens
+from scripts.dbops.generated_rotation import GeneratedSecretRotation, is_django_document, is_grafana_document
 from scripts.dbops.redis_rotation import RedisRotation, is_redis_document
 from scripts.dbops.rotation import STEPS, Rotation, SecretRotation, pending_version, run_all
 from scripts.lib import aws, cli
@@ -75,6 +78,8 @@ def _rotation(args: argparse.Namespace, sm: Any, token: str, deadline: Deadline)
                 deadline=deadline, log=cli.info)
         return RedisRotation(sm, args.secret_id, token, tokens=tokens, ca_bundle=args.redis_ca_bundle, manual=True,
                              log=cli.info)
+    if is_django_document(current) or is_grafana_document(current):
+        return GeneratedSecretRotation(sm, args.secret_id, token, manual=True, log=cli.info)
     return Rotation(sm, args.secret_id, token, master_secret_id=args.master_secret_id, manual=True, log=cli.info)
 
 

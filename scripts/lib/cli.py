@@ -41,7 +41,7 @@ class _Console:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+            self._console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
         return getattr(self._console, name)
 
 

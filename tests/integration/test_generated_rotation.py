@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import string
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,8 @@ from scripts.dbops.rotation import STEPS
 from tests.integration.dbops_support import create_function, event, stage_rotation, stages
 from tests.integration.dbops_support import read_json as read_version
 from tests.services import MotoServer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytest_plugins = ["tests.integration.dbops_fixtures"]
 pytestmark = pytest.mark.integration
@@ -203,3 +208,23 @@ def test_a_stale_pending_copy_of_the_current_value_is_made_again(sm: Any, moto_l
     else:
         assert current["admin_password"] != FIRST_PASSWORD
     assert not any("AWSPENDING" in s for s in stages(sm, secret).values())
+
+
+def test_the_rotate_cli_rotates_generated_secrets_too(sm: Any, django_secret: str, grafana_secret: str,
+                                                      moto_lambda: MotoServer) -> None:
+    """`python -m scripts.rotate` tells a generated secret by its value and runs the same steps as
+    the function (it took them for database credentials before, and failed)."""
+    for secret in (django_secret, grafana_secret):
+        before = read_json(sm, secret)
+        run = subprocess.run([sys.executable, "-m", "scripts.rotate", "--secret-id", secret,
+                              "--endpoint-url", moto_lambda.endpoint_url, "--json"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        after = read_json(sm, secret)
+        assert after != before and read_json(sm, secret, VersionStage="AWSPREVIOUS") == before
+        assert run.stderr.strip().splitlines()[-1].startswith(f"PASS: {secret}: version ")
+        for value in [*before.values(), *after.values()]:
+            for text in value if isinstance(value, list) else [value]:
+                if text != "admin":
+                    assert text not in run.stdout + run.stderr
+    assert_overlap(read_json(sm, django_secret, VersionStage="AWSPREVIOUS"), read_json(sm, django_secret))

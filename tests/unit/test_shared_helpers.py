@@ -125,3 +125,17 @@ def test_backup_prefix_is_the_scripts_default() -> None:
     from scripts.lib.pgbackup import DEFAULT_PREFIX
 
     assert BACKUP_PREFIX == DEFAULT_PREFIX == "postgres/"
+
+
+def test_script_output_prints_text_as_it_is() -> None:
+    """What the scripts print goes out unchanged: rich would turn the ":secret:" of every Secrets
+    Manager ARN into an emoji and read "[...]" as markup."""
+    import subprocess
+    import sys
+
+    arn = "arn:aws:secretsmanager:eu-central-1:123456789012:secret:psychology-api/prod/app-AbCdEf"
+    text = f"{arn} [bold]x[/bold] :thumbs_up:"
+    run = subprocess.run([sys.executable, "-c", f"from scripts.lib import cli; cli.info({text!r}); cli.verdict(True, {arn!r})"],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == [text, f"PASS: {arn}"]
