@@ -58,6 +58,11 @@ SECRET_KEYS = (
 
 _INSTANCE_TYPE = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"
 
+# A rotation does not start while the previous one is younger than the clients' refresh allows
+# (scripts/dbops/rotation.py: MIN_HOURS_BETWEEN_ROTATIONS, 28 h): scheduled rotations must be
+# further apart than that.
+MIN_ROTATION_DAYS = 2
+
 
 def _allowed(text: str) -> Any:
     return {"allowed": text}
@@ -105,8 +110,8 @@ class StackConfig(BaseModel):
     access_log_retention_days: int = Field(alias="accessLogRetentionDays", ge=SECURITY_LOG_MIN_DAYS, le=3650,
                                            json_schema_extra=_allowed(f"an integer from {SECURITY_LOG_MIN_DAYS} to 3650"))
 
-    secret_rotation_days: int = Field(alias="secretRotationDays", ge=1, le=1000,
-                                      json_schema_extra=_allowed("an integer from 1 to 1000"))
+    secret_rotation_days: int = Field(alias="secretRotationDays", ge=MIN_ROTATION_DAYS, le=1000,
+                                      json_schema_extra=_allowed(f"an integer from {MIN_ROTATION_DAYS} to 1000"))
     secret_recovery_window_days: int = Field(alias="secretRecoveryWindowDays", ge=7, le=30,
                                              json_schema_extra=_allowed("an integer from 7 to 30"))
     smtp_host: str = Field(alias="smtpHost", pattern=r"^$|^[A-Za-z0-9.-]+$",

@@ -35,7 +35,7 @@ from typing import Any, Optional
 from scripts.dbops.elasticache import Deadline, ElastiCacheAuthTokens
 from scripts.dbops.generated_rotation import GeneratedSecretRotation, is_django_document, is_grafana_document
 from scripts.dbops.redis_rotation import RedisRotation, is_redis_document
-from scripts.dbops.rotation import STEPS, Rotation, SecretRotation, pending_version, run_all
+from scripts.dbops.rotation import MIN_HOURS_BETWEEN_ROTATIONS, STEPS, Rotation, SecretRotation, pending_version, run_all
 from scripts.lib import aws, cli
 from scripts.lib.secrets import read_secret_json
 
@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
                         help="Redis: stop waiting for the replication group's token changes after this many seconds "
                              "for the whole run (default %(default)s); the step then fails with 'retry this step'")
+    parser.add_argument("--force", action="store_true",
+                        help=f"start a rotation although the current version is younger than "
+                             f"{MIN_HOURS_BETWEEN_ROTATIONS} h: clients that have not re-read the secret since the last "
+                             "rotation lose access, so refresh every client first")
     cli.add_common_arguments(parser, endpoint=True)
     return parser
 
@@ -77,10 +81,11 @@ def _rotation(args: argparse.Namespace, sm: Any, token: str, deadline: Deadline)
                 aws.client("elasticache", region=args.region, endpoint_url=args.endpoint_url), args.replication_group_id,
                 deadline=deadline, log=cli.info)
         return RedisRotation(sm, args.secret_id, token, tokens=tokens, ca_bundle=args.redis_ca_bundle, manual=True,
-                             log=cli.info)
+                             force=args.force, log=cli.info)
     if is_django_document(current) or is_grafana_document(current):
-        return GeneratedSecretRotation(sm, args.secret_id, token, manual=True, log=cli.info)
-    return Rotation(sm, args.secret_id, token, master_secret_id=args.master_secret_id, manual=True, log=cli.info)
+        return GeneratedSecretRotation(sm, args.secret_id, token, manual=True, force=args.force, log=cli.info)
+    return Rotation(sm, args.secret_id, token, master_secret_id=args.master_secret_id, manual=True, force=args.force,
+                    log=cli.info)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -69,10 +69,10 @@ def is_redis_document(doc: dict[str, Any]) -> bool:
 class RedisRotation(SecretRotation):
     def __init__(self, sm: Any, secret_id: str, token: str, *, tokens: Optional[AuthTokens],
                  endpoint: Optional[dict[str, Any]] = None, ca_bundle: Optional[str] = None,
-                 manual: bool = False, log: Log = _no_log):
+                 manual: bool = False, force: bool = False, log: Log = _no_log):
         """`tokens` None: no replication group to change (a hand-run createSecret or testSecret
         may go without one; setSecret may not)."""
-        super().__init__(sm, secret_id, token, manual=manual, log=log)
+        super().__init__(sm, secret_id, token, manual=manual, force=force, log=log)
         self._tokens = tokens
         self.endpoint = dict(endpoint or {})
         self.ca_bundle = ca_bundle
@@ -145,6 +145,10 @@ class RedisRotation(SecretRotation):
             if token not in avoid:
                 return token
         raise RotationError("GetRandomPassword kept returning a token already in use")
+
+    def retires(self, previous: dict[str, Any], current: dict[str, Any]) -> bool:
+        # createSecret removes from the group every token but the current one.
+        return previous.get("auth_token") != current.get("auth_token")
 
     def stale_pending(self, pending: dict[str, Any], current: dict[str, Any]) -> Optional[str]:
         token = pending.get("auth_token")

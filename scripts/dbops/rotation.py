@@ -32,6 +32,13 @@ version loses AWSPENDING and the step fails once, so that the next rotation star
 The same functions serve `python -m scripts.rotate` for operators: `manual=True` lets
 createSecret stage a version that Secrets Manager did not announce (there is no RotateSecret
 call behind a hand-run rotation).
+
+Two rotations too close together would lock clients out: the second retires the previous value
+(the other user's password, the other Redis token, the oldest Django key), which hosts that have
+not re-read their secret since the first still use. So a rotation does not start while the
+current version is younger than MIN_HOURS_BETWEEN_ROTATIONS and a previous one exists (the first
+rotation of a secret retires nothing a client could hold); `force` (scripts.rotate --force)
+overrides that once every client has refreshed.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Optional
 
 import psycopg
@@ -65,6 +73,11 @@ from scripts.lib.db import DbConnectError, connect, target_from_document
 from scripts.lib.secrets import read_secret_json
 
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+# The clients' refresh timers (the API hosts' psychology-api-secrets-refresh.timer and the
+# monitoring host's psychology-exporter-secrets-refresh.timer: daily, with up to 2 h of random
+# delay) re-read every secret within 26 h; 2 h more for a rotation's own duration.
+HOST_REFRESH_HOURS = 26
+MIN_HOURS_BETWEEN_ROTATIONS = HOST_REFRESH_HOURS + 2
 PASSWORD_LENGTH = 32
 # Characters that need quoting in a libpq DSN, a URL, a shell, JSON or an .env file. What is left
 # (letters, digits, "-", "_", ".") is safe everywhere the password travels.
@@ -204,11 +217,13 @@ class SecretRotation:
     """Secrets Manager's checks around the four steps, and finishSecret; subclasses do the
     first three for their kind of credentials."""
 
-    def __init__(self, sm: Any, secret_id: str, token: str, *, manual: bool = False, log: Log = _no_log):
+    def __init__(self, sm: Any, secret_id: str, token: str, *, manual: bool = False, force: bool = False,
+                 log: Log = _no_log):
         self.sm = sm
         self.secret_id = secret_id
         self.token = token
         self.manual = manual
+        self.force = force
         self.log = log
 
     def run(self, step: str) -> StepResult:
@@ -234,8 +249,31 @@ class SecretRotation:
             return StepResult(step, self.token, "already-current")
         elif "AWSPENDING" not in stages:
             raise RotationError(f"secret version {self.token} is not staged AWSPENDING for rotation of secret {name}")
+        if step == "createSecret" and not self.force and self._staged_pending() is None:
+            self._refuse_while_clients_may_hold_the_previous(name)
         return {"createSecret": self.create_secret, "setSecret": self.set_secret,
                 "testSecret": self.test_secret, "finishSecret": self.finish_secret}[step]()
+
+    def _refuse_while_clients_may_hold_the_previous(self, name: str) -> None:
+        """A new rotation (no value staged for it yet) must not retire what clients may still use."""
+        response = self.sm.get_secret_value(SecretId=self.secret_id, VersionStage="AWSCURRENT")
+        previous = self._previous()
+        if previous is None or not self.retires(previous, _parse(response.get("SecretString"), "AWSCURRENT")):
+            return
+        created = response["CreatedDate"]
+        age_hours = (datetime.now(created.tzinfo) - created).total_seconds() / 3600
+        if age_hours >= MIN_HOURS_BETWEEN_ROTATIONS:
+            return
+        after = created + timedelta(hours=MIN_HOURS_BETWEEN_ROTATIONS)
+        raise RotationError(
+            f"secret {name} has been current for only {age_hours:.1f} h: clients re-read it within "
+            f"{HOST_REFRESH_HOURS} h, and those that have not yet still use the previous value, which this rotation "
+            f"would retire; rotate after {after.astimezone(UTC):%Y-%m-%d %H:%M} UTC, or refresh every "
+            "client first and rotate with scripts.rotate --force")
+
+    def retires(self, previous: dict[str, Any], current: dict[str, Any]) -> bool:
+        """Whether this rotation makes what a client holding `previous` uses stop working."""
+        return previous != current
 
     # --- reading ------------------------------------------------------------------------
     def _current(self) -> tuple[str, dict[str, Any]]:
@@ -328,10 +366,16 @@ class Rotation(SecretRotation):
     """Database credentials (the application's or the monitoring role's), alternating users."""
 
     def __init__(self, sm: Any, secret_id: str, token: str, *, master_secret_id: Optional[str] = None,
-                 endpoint: Optional[dict[str, Any]] = None, manual: bool = False, log: Log = _no_log):
-        super().__init__(sm, secret_id, token, manual=manual, log=log)
+                 endpoint: Optional[dict[str, Any]] = None, manual: bool = False, force: bool = False,
+                 log: Log = _no_log):
+        super().__init__(sm, secret_id, token, manual=manual, force=force, log=log)
         self.endpoint = dict(endpoint or {})
         self.master_secret_id = master_secret_id
+
+    def retires(self, previous: dict[str, Any], current: dict[str, Any]) -> bool:
+        # The rotation sets a new password for the user that is not current: the previous
+        # version's, unless that version has the current user too (an edit of the endpoint).
+        return previous.get("username") != current.get("username")
 
     def stale_pending(self, pending: dict[str, Any], current: dict[str, Any]) -> Optional[str]:
         current_user = str(current.get("username", ""))

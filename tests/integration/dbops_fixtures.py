@@ -113,3 +113,14 @@ def rotation_enabled(sm: Any, moto_lambda: MotoServer, app_ready: DbSecrets) -> 
     sm.update_secret_version_stage(SecretId=app_ready.app_arn, VersionStage="AWSPENDING", RemoveFromVersionId=token)
     assert sm.describe_secret(SecretId=app_ready.app_arn)["RotationEnabled"] is True
     return app_ready
+
+
+@pytest.fixture
+def rotations_days_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests rotate one secret several times in a row, standing for rotations a period
+    apart: the spacing rule (tests/integration/test_rotation_spacing.py) is off for them, in this
+    process only."""
+    from scripts.dbops import rotation
+
+    monkeypatch.setattr(rotation, "MIN_HOURS_BETWEEN_ROTATIONS", 0)
+

@@ -82,6 +82,16 @@ def stages(sm: Any, secret_id: str) -> dict[str, list[str]]:
     return sm.describe_secret(SecretId=secret_id)["VersionIdsToStages"]
 
 
+def age_current_version(secret_id: str, hours: float) -> None:
+    """Make the AWSCURRENT version `hours` older, as if that much time had passed since it became
+    current (moto's in-process state, as stage_rotation uses it)."""
+    from moto.secretsmanager.models import secretsmanager_backends
+
+    secret = secretsmanager_backends[MOTO_ACCOUNT][MOTO_REGION].secrets[secret_id]
+    current = next(v for v in secret.versions.values() if "AWSCURRENT" in v.get("version_stages", []))
+    current["createdate"] = int(current["createdate"] - hours * 3600)
+
+
 def version_with(sm: Any, secret_id: str, stage: str) -> str:
     return next(v for v, s in stages(sm, secret_id).items() if stage in s)
 

@@ -29,7 +29,8 @@ from tests.services import MotoServer
 ROOT = Path(__file__).resolve().parents[2]
 
 pytest_plugins = ["tests.integration.dbops_fixtures"]
-pytestmark = pytest.mark.integration
+# Rotations back to back stand for rotations a period apart (see the fixture).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("rotations_days_apart")]
 FUNCTION = "psychology-api-test-db-rotate-generated"
 # Invented values in the shapes components/secrets.py and components/monitoring.py write.
 FIRST_KEY = "k0-" + "a1B2c3D4e5F6g7H8" * 4

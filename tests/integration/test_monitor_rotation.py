@@ -27,7 +27,8 @@ from tests.integration.dbops_support import (
 from tests.services import MotoServer, PgServer
 
 pytest_plugins = ["tests.integration.dbops_fixtures"]
-pytestmark = pytest.mark.integration
+# Rotations back to back stand for rotations a period apart (see the fixture).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("rotations_days_apart")]
 ROTATION_FUNCTION = "psychology-api-test-db-rotate"
 MARKER = "monitor_rotation_marker_7f3a"
 

@@ -30,7 +30,8 @@ from tests.integration.redis_rotation_support import FIRST_TOKEN, LocalRedis, Re
 from tests.services import MotoServer, free_port
 
 pytest_plugins = ["tests.integration.dbops_fixtures", "tests.integration.redis_rotation_fixtures"]
-pytestmark = pytest.mark.integration
+# Rotations back to back stand for rotations a period apart (see the fixture).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("rotations_days_apart")]
 ROOT = Path(__file__).resolve().parents[2]
 ROTATION_FUNCTION = "psychology-api-test-db-rotate-redis"
 

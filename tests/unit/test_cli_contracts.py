@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,19 @@ def test_help_exits_0_and_lists_every_option(tool: str, subcommand: str) -> None
 
 # --- the shared pieces, in process ---------------------------------------------------------------
 
+@pytest.fixture
+def no_registered_secrets() -> Iterator[None]:
+    """The shared masker as a fresh process has it: values that tests run before this one in the
+    same worker registered (a rotation test's "x" * 60 key) would mask this test's text."""
+    registered = set(cli.masker._values)
+    cli.masker._values.clear()
+    try:
+        yield
+    finally:
+        cli.masker._values.update(registered)
+
+
+@pytest.mark.usefixtures("no_registered_secrets")
 def test_a_long_verdict_or_error_is_cut_with_the_full_text_above(capsys: pytest.CaptureFixture[str]) -> None:
     long_text = "3/7 smoke checks passed; failed: " + "; ".join(f"check{i} (" + "x" * 120 + ")" for i in range(4))
     cli.verdict(False, long_text)

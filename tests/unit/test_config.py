@@ -84,8 +84,9 @@ BAD_VALUES = [
     ("staging", {"backupRetentionDays": "0"}, "backupRetentionDays", "1 to 3650"),
     ("staging", {"backupRetentionDays": "4000"}, "backupRetentionDays", "1 to 3650"),
     ("staging", {"backupNoncurrentVersionDays": "0"}, "backupNoncurrentVersionDays", "1 to 365"),
-    ("staging", {"secretRotationDays": "0"}, "secretRotationDays", "1 to 1000"),
-    ("staging", {"secretRotationDays": "1001"}, "secretRotationDays", "1 to 1000"),
+    ("staging", {"secretRotationDays": "0"}, "secretRotationDays", "2 to 1000"),
+    ("staging", {"secretRotationDays": "1"}, "secretRotationDays", "2 to 1000"),  # closer than the clients refresh
+    ("staging", {"secretRotationDays": "1001"}, "secretRotationDays", "2 to 1000"),
     ("staging", {"secretRecoveryWindowDays": "3"}, "secretRecoveryWindowDays", "7 to 30"),
     ("staging", {"kmsDeletionWindowDays": "31"}, "kmsDeletionWindowDays", "7 to 30"),
     ("staging", {"apiMinSize": "0"}, "apiMinSize", "1 to 100"),

@@ -139,3 +139,19 @@ def test_script_output_prints_text_as_it_is() -> None:
                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stderr.splitlines() == [text, f"PASS: {arn}"]
+
+
+def test_rotations_wait_for_every_client_refresh() -> None:
+    """The spacing between rotations (scripts/dbops/rotation.py) covers the longest gap between
+    two runs of the clients' refresh timers (daily, plus their random delay), and the shortest
+    schedule the configuration allows keeps it."""
+    from infra.config import MIN_ROTATION_DAYS
+    from scripts.dbops.rotation import HOST_REFRESH_HOURS, MIN_HOURS_BETWEEN_ROTATIONS
+
+    templates = Path(__file__).resolve().parents[2] / "components" / "templates"
+    for timer in ("api/psychology-api-secrets-refresh.timer.j2", "monitoring/systemd/psychology-exporter-secrets-refresh.timer.j2"):
+        text = (templates / timer).read_text()
+        assert re.search(r"^OnCalendar=daily$", text, re.MULTILINE), timer
+        delay = re.search(r"^RandomizedDelaySec=(\d+)h$", text, re.MULTILINE)
+        assert delay is not None and 24 + int(delay[1]) <= HOST_REFRESH_HOURS, timer
+    assert HOST_REFRESH_HOURS < MIN_HOURS_BETWEEN_ROTATIONS <= MIN_ROTATION_DAYS * 24
