@@ -467,9 +467,10 @@ def test_gunicorn_settings_follow_the_spec(host: HostFiles) -> None:
 # PROMETHEUS_MULTIPROC_DIR is set (else the worker's own registry, what a scrape saw before).
 METRICS_APP = """
 import os
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 HITS = Counter("demo_hits", "requests served")
+LATENCY = Histogram("demo_latency_seconds", "request latency", buckets=(0.025, 0.5))
 WORKERS = Gauge("demo_workers", "workers that served a request", multiprocess_mode="livesum")
 
 def application(environ, start_response):
@@ -481,6 +482,7 @@ def application(environ, start_response):
         body = generate_latest(registry)
     else:
         HITS.inc()
+        LATENCY.observe(0.01)
         WORKERS.set(1)
         body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Connection", "close")])
@@ -529,15 +531,25 @@ def test_every_worker_counts_in_the_metrics_a_scrape_sees(host: HostFiles, tmp_p
         _wait_until_serving(get, server)
         served_by = {get("/") for _ in range(39)}
         scrapes = [get("/metrics") for _ in range(6)]
+        files = sorted(path.name for path in metrics_dir.iterdir())
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert len(served_by) > 3  # workers were recycled (max_requests) while the test ran
     for scrape in scrapes:
         assert "\ndemo_hits_total 40.0\n" in scrape, scrape  # the 39 and the start-up probe
+        for sample in ('demo_latency_seconds_bucket{le="0.025"} 40.0', 'demo_latency_seconds_bucket{le="0.5"} 40.0',
+                       'demo_latency_seconds_bucket{le="+Inf"} 40.0', "demo_latency_seconds_count 40.0"):
+            assert f"\n{sample}\n" in scrape, (sample, scrape)
         # Live workers only: the recycled ones' gauges left with them (child_exit).
         assert float(grab(r"\ndemo_workers (\S+)\n", scrape)) <= 3, scrape
-    assert "Traceback" not in (tmp_path / "error.log").read_text()
+    errors = (tmp_path / "error.log").read_text()
+    assert "Traceback" not in errors and "not folded into the archive" not in errors
+    # The recycled workers' counters and histograms were folded into one archive per kind: the
+    # files a scrape reads stay as many as the live workers' (benchmarks/metrics_scrape.py).
+    assert {"counter_archive.db", "histogram_archive.db"} <= set(files), files
+    pids = {name.split("_")[-1] for name in files if name.split("_")[0] in ("counter", "histogram")} - {"archive.db"}
+    assert len(pids) <= 3, files  # the three live workers'
 
 
 def test_a_dead_workers_live_gauges_leave_the_sum(host: HostFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
