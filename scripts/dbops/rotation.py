@@ -36,8 +36,9 @@ call behind a hand-run rotation).
 Two rotations too close together would lock clients out: the second retires the previous value
 (the other user's password, the other Redis token, the oldest Django key), which hosts that have
 not re-read their secret since the first still use. So a rotation does not start while the
-current version is younger than MIN_HOURS_BETWEEN_ROTATIONS and a previous one exists (the first
-rotation of a secret retires nothing a client could hold); `force` (scripts.rotate --force)
+current version is younger than MIN_HOURS_BETWEEN_ROTATIONS and the previous version holds a
+value it would retire (`retires`: the first rotation of a secret, or one after an edit that kept
+the user or token, retires nothing a client could hold); `force` (scripts.rotate --force)
 overrides that once every client has refreshed.
 """
 
