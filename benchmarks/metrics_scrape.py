@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     write_workers_files(root, dead, args.series)
                     for pid in dead if layout == "folded" else []:
                         started = time.perf_counter()
-                        fold(pid)
+                        fold(str(root), [pid])
                         fold_seconds += time.perf_counter() - started
                 seconds, text = scrape(root, args.rounds)
                 row[layout] = {"files": len(list(root.iterdir())), "scrape_seconds": round(seconds, 4)}

@@ -17,8 +17,6 @@ import ssl
 import stat
 import subprocess
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ from components.hostconfig import (
 from components.userdata import USER_DATA_LIMIT_BYTES, decode_user_data
 from harness.mock_engine import Plan, run_program
 from scripts.lib import rds_ca
-from tests.services import free_port, self_signed_certificate
+from tests.services import self_signed_certificate
 from tests.unit.node_exporter import unwatched_units
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -462,110 +460,7 @@ def test_gunicorn_settings_follow_the_spec(host: HostFiles) -> None:
     assert namespace["errorlog"] == "/var/log/gunicorn/error.log"
 
 
-# A stand-in for the Django application's metrics as django-prometheus exports them: the worker's
-# own counter, and /metrics from prometheus_client's multiprocess collector when
-# PROMETHEUS_MULTIPROC_DIR is set (else the worker's own registry, what a scrape saw before).
-METRICS_APP = """
-import os
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
-
-HITS = Counter("demo_hits", "requests served")
-LATENCY = Histogram("demo_latency_seconds", "request latency", buckets=(0.025, 0.5))
-WORKERS = Gauge("demo_workers", "workers that served a request", multiprocess_mode="livesum")
-
-def application(environ, start_response):
-    if environ["PATH_INFO"] == "/metrics":
-        registry = REGISTRY
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-        body = generate_latest(registry)
-    else:
-        HITS.inc()
-        LATENCY.observe(0.01)
-        WORKERS.set(1)
-        body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Connection", "close")])
-    return [body]
-"""
-
-
-def _http_get(base: str, path: str) -> str:
-    with urllib.request.urlopen(base + path, timeout=10) as answer:  # noqa: S310 - a local test server
-        return answer.read().decode()
-
-
-def _wait_until_serving(get: Any, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            get("/")
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"gunicorn did not start (exit code {server.poll()})")
-
-
-def test_every_worker_counts_in_the_metrics_a_scrape_sees(host: HostFiles, tmp_path: Path) -> None:
-    """The rendered gunicorn configuration and the unit's environment, run by the real gunicorn
-    with workers recycled mid-test (max_requests): every scrape, whichever worker answers it,
-    reports every request served by every worker, dead ones included."""
-    gunicorn = Path(__file__).resolve().parents[2] / "venv" / "bin" / "gunicorn"
-    if not gunicorn.exists():
-        pytest.skip("gunicorn is not in venv/ (requirements.txt installs it)")
-    unit = unit_settings(host.path("/etc/systemd/system/psychology-api.service"))
-    [runtime_directory] = unit["RuntimeDirectory"]
-    assert f"PROMETHEUS_MULTIPROC_DIR=/run/{runtime_directory}" in unit["Environment"]
-    metrics_dir = tmp_path / runtime_directory
-    metrics_dir.mkdir()
-    (tmp_path / "demo_app.py").write_text(METRICS_APP)
-    port = free_port()
-    server = subprocess.Popen(
-        [str(gunicorn), "--config", str(host.path("/etc/psychology-api/gunicorn.conf.py")), "--bind", f"127.0.0.1:{port}",
-         "--workers", "3", "--max-requests", "7", "--max-requests-jitter", "0", "--worker-tmp-dir", str(tmp_path),
-         "--access-logfile", "/dev/null", "--error-logfile", str(tmp_path / "error.log"), "--chdir", str(tmp_path),
-         "demo_app:application"],
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        get = functools.partial(_http_get, f"http://127.0.0.1:{port}")
-        _wait_until_serving(get, server)
-        served_by = {get("/") for _ in range(39)}
-        scrapes = [get("/metrics") for _ in range(6)]
-        files = sorted(path.name for path in metrics_dir.iterdir())
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert len(served_by) > 3  # workers were recycled (max_requests) while the test ran
-    for scrape in scrapes:
-        assert "\ndemo_hits_total 40.0\n" in scrape, scrape  # the 39 and the start-up probe
-        for sample in ('demo_latency_seconds_bucket{le="0.025"} 40.0', 'demo_latency_seconds_bucket{le="0.5"} 40.0',
-                       'demo_latency_seconds_bucket{le="+Inf"} 40.0', "demo_latency_seconds_count 40.0"):
-            assert f"\n{sample}\n" in scrape, (sample, scrape)
-        # Live workers only: the recycled ones' gauges left with them (child_exit).
-        assert float(grab(r"\ndemo_workers (\S+)\n", scrape)) <= 3, scrape
-    errors = (tmp_path / "error.log").read_text()
-    assert "Traceback" not in errors and "not folded into the archive" not in errors
-    # The recycled workers' counters and histograms were folded into one archive per kind: the
-    # files a scrape reads stay as many as the live workers' (benchmarks/metrics_scrape.py).
-    assert {"counter_archive.db", "histogram_archive.db"} <= set(files), files
-    pids = {name.split("_")[-1] for name in files if name.split("_")[0] in ("counter", "histogram")} - {"archive.db"}
-    assert len(pids) <= 3, files  # the three live workers'
-
-
-def test_a_dead_workers_live_gauges_leave_the_sum(host: HostFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """gunicorn calls child_exit when it reaps a worker: its livesum/liveall gauge files go, so the
-    sum counts live workers only."""
-    from prometheus_client import CollectorRegistry, Gauge
-    from prometheus_client import values as prometheus_values
-
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    monkeypatch.setattr(prometheus_values, "ValueClass", prometheus_values.MultiProcessValue(lambda: 424242))
-    Gauge("demo_workers", "live workers", multiprocess_mode="livesum", registry=CollectorRegistry()).set(1)
-    assert [f.name for f in tmp_path.iterdir()] == ["gauge_livesum_424242.db"]
-    namespace: dict[str, Any] = {}
-    exec(compile(host.text("/etc/psychology-api/gunicorn.conf.py"), "gunicorn.conf.py", "exec"), namespace)  # noqa: S102
-    namespace["child_exit"](None, type("Worker", (), {"pid": 424242})())
-    assert list(tmp_path.iterdir()) == []
+# The metrics gunicorn serves from its workers: tests/unit/test_gunicorn_metrics.py.
 
 
 # --- systemd -------------------------------------------------------------------------------------
