@@ -456,6 +456,7 @@ def test_gunicorn_settings_follow_the_spec(host: HostFiles) -> None:
     assert namespace["keepalive"] == 2
     assert (namespace["max_requests"], namespace["max_requests_jitter"]) == (1000, 50)
     assert namespace["preload_app"] is True
+    assert namespace["control_socket_disable"] is True
     assert namespace["accesslog"] == "/var/log/gunicorn/access.log"
     assert namespace["errorlog"] == "/var/log/gunicorn/error.log"
 
