@@ -305,3 +305,10 @@ def test_a_scrape_passes_over_a_file_still_being_created(host: HostFiles, metric
     monkeypatch.setattr(multiprocess.MultiProcessCollector, "collect", multiprocess.MultiProcessCollector.collect)
     configuration(host)["post_fork"](master(), None)
     assert hits(scrape(metrics_dir)) == 3.0
+
+
+def test_a_master_started_outside_the_unit_reaps_workers_without_a_metrics_directory(
+        host: HostFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception in child_exit would stop the master; gunicorn run by hand has no directory."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    configuration(host)["child_exit"](master(), reaped(DEAD_PID))
