@@ -123,4 +123,3 @@ def rotations_days_apart(monkeypatch: pytest.MonkeyPatch) -> None:
     from scripts.dbops import rotation
 
     monkeypatch.setattr(rotation, "MIN_HOURS_BETWEEN_ROTATIONS", 0)
-

@@ -104,7 +104,8 @@ class Gunicorn:
         self.metrics_dir = tmp_path / runtime_directory
         self.error_log = tmp_path / "error.log"
         self._host, self._tmp_path = host, tmp_path
-        self.get: Callable[[str], str] = functools.partial(_http_get, f"http://127.0.0.1:{free_port()}")
+        self.bind = f"127.0.0.1:{free_port()}"
+        self.get: Callable[[str], str] = functools.partial(_http_get, f"http://{self.bind}")
 
     @contextmanager
     def running(self) -> Iterator[Gunicorn]:
@@ -113,9 +114,8 @@ class Gunicorn:
             pytest.skip("gunicorn is not in venv/ (requirements.txt installs it)")
         self.metrics_dir.mkdir()
         (self._tmp_path / "demo_app.py").write_text(METRICS_APP)
-        bind = self.get.args[0].removeprefix("http://")  # type: ignore[attr-defined]
         server = subprocess.Popen(
-            [str(gunicorn), "--config", str(self._host.path(GUNICORN_CONF)), "--bind", bind,
+            [str(gunicorn), "--config", str(self._host.path(GUNICORN_CONF)), "--bind", self.bind,
              "--workers", "3", "--max-requests", "7", "--max-requests-jitter", "0", "--worker-tmp-dir", str(self._tmp_path),
              "--access-logfile", "/dev/null", "--log-level", "debug", "--error-logfile", str(self.error_log), "--chdir", str(self._tmp_path),
              "demo_app:application"],
@@ -204,7 +204,9 @@ def test_scrapes_during_worker_recycling_all_answer_and_count_each_request_once(
     wrong = [(low, value, high) for low, value, high in scraped if not low <= value <= high]
     assert wrong == [], wrong
     assert final == 151.0
-    assert gunicorn.errors() == []
+    # A fold that found scrapes holding the lock for its whole second leaves the files to the next
+    # exit (a warning, by design: back-to-back scrapes here, one every 15 s on a host); nothing else.
+    assert [line for line in gunicorn.errors() if "not folded into the archive yet" not in line] == []
 
 
 # --- the hooks, called as gunicorn calls them -----------------------------------------------------
